@@ -1,0 +1,39 @@
+# vmportal: `make demo` runs the app, `make test` runs the tests. Both set up what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: test demo venv vcsim services lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+vcsim:
+	@bash tools/vcsim/build.sh
+
+services:
+	@bash tools/ensure-system.sh postgres redis chromium
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# ARGS passes options to pytest, e.g. make test ARGS="tests/test_foundation.py -k login"
+test: venv services vcsim lint
+	$(VENV)/bin/pytest $(ARGS)
+
+demo: venv vcsim
+	@bash tools/ensure-system.sh redis
+	$(PY) manage.py migrate --no-input -v 0
+	$(PY) manage.py demo
+
+bench: venv services vcsim
+	$(PY) bench/inventory.py
+
+clean:
+	rm -rf $(VENV) var tools/vcsim/bin

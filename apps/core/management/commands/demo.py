@@ -1,0 +1,119 @@
+"""`manage.py demo`: the simulator, web server, worker and scheduler in one terminal.
+
+Ctrl-C stops every process it started. A second run reuses the database, users and
+pools of the first.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from vmportal.config import env_int, env_str
+
+SIM_USER = "vmportal"
+
+
+def _interrupt(signum, frame):
+    # SIGTERM (e.g. from a process manager) stops the demo the same way Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+class Command(BaseCommand):
+    help = "Run vmportal with a vSphere simulator, seeded with demo users and pools."
+
+    def handle(self, *args, **options):
+        port = env_int("DEMO_PORT", 8000, minimum=1)
+        sim_port = env_int("DEMO_VCSIM_PORT", 18989, minimum=1)
+        password = env_str("VMPORTAL_DEMO_PASSWORD", "demo")
+        sim_password = env_str("VMPORTAL_DEMO_VCSIM_PASSWORD", "demo-simulator")
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            self.start_simulator(sim_port, sim_password)
+            call_command(
+                "seed_demo", vcsim=f"127.0.0.1:{sim_port}", vcsim_user=SIM_USER,
+                vcsim_password=sim_password, password=password,
+            )
+            manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+            self.spawn("web", [
+                sys.executable, "-m", "gunicorn", "vmportal.wsgi", "--bind", f"127.0.0.1:{port}",
+                "--workers", "2", "--threads", "4", "--access-logfile", "-", "--log-level", "warning",
+            ])
+            self.spawn("worker", [*manage, "rqworker", "deploy", "clone", "purge", "default", "--with-scheduler"])
+            for name, command in self.optional_daemons():
+                self.spawn(name, [*manage, command])
+            self.stdout.write(self.style.SUCCESS(
+                f"\nvmportal is up: http://127.0.0.1:{port}/\n"
+                f"  sign in as admin / {password}  or  engineer / {password}\n"
+                f"  simulator: https://127.0.0.1:{sim_port}/sdk\n"
+                "  Ctrl-C stops everything.\n"
+            ))
+            self.supervise()
+        except KeyboardInterrupt:
+            self.stdout.write("\nstopping…")
+        finally:
+            self.stop_all()
+
+    def optional_daemons(self):
+        """Long-running commands of other apps, present once those apps provide them."""
+        from django.core.management import get_commands
+
+        commands = get_commands()
+        for name, command in (("scheduler", "poolmanager"), ("watcher", "watch_inventory")):
+            if command in commands:
+                yield name, command
+
+    def start_simulator(self, port: int, password: str) -> None:
+        binary = Path(settings.BASE_DIR) / "tools" / "vcsim" / "bin" / "vcsim"
+        if not binary.exists():
+            raise CommandError("The simulator is not built; run `make vcsim` (or `make demo`).")
+        proc = self.spawn("vcsim", [
+            str(binary), "-l", f"127.0.0.1:{port}", "-username", SIM_USER, "-password", password,
+            "-host-stats", "10s", "-guest-ip", "10.20.0.0/16", "-guest-ip-delay", "1s",
+        ], stdout=subprocess.PIPE)
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise CommandError(
+                    f"The simulator exited (code {proc.returncode}); is port {port} in use? "
+                    "Set DEMO_VCSIM_PORT to another port."
+                )
+            if sel.select(timeout=0.5) and proc.stdout.readline().startswith("VCSIM_URL="):
+                return
+        raise CommandError("The simulator did not start within 60 s.")
+
+    def spawn(self, name: str, argv: list[str], **kwargs) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(argv, env=env, start_new_session=True, text=True, **kwargs)
+        self.procs.append((name, proc))
+        return proc
+
+    def supervise(self) -> None:
+        while True:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    raise CommandError(f"{name} exited with code {proc.returncode}; stopping the demo.")
+            time.sleep(1)
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,13 @@
+from django.contrib import admin
+
+from apps.jobs.models import Job
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["id", "kind", "queue", "status", "object_type", "object_id", "created_at", "finished_at"]
+    list_filter = ["status", "kind", "queue"]
+    readonly_fields = [f.name for f in Job._meta.fields]
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,11 @@
+from django.contrib import admin
+
+from apps.leases.models import Lease
+
+
+@admin.register(Lease)
+class LeaseAdmin(admin.ModelAdmin):
+    list_display = ["vm", "user", "pool", "started_at", "expires_at", "ended_at", "end_reason"]
+    list_filter = ["pool", "end_reason"]
+    search_fields = ["vm__name", "user__username"]
+    readonly_fields = ["vm", "user", "pool", "started_at", "ended_at", "end_reason"]

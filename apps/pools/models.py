@@ -1,0 +1,219 @@
+"""Templates, pools and the VMs we clone for them.
+
+A VM row is written before its clone is started in vSphere, so a crash between the two
+leaves a row to reconcile rather than an unknown VM (no leaks).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from apps.core.states import transition
+from apps.inventory.models import Cluster, Datastore, Folder, Host, Network, VCenter
+
+
+class TemplateStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DEPLOYING = "deploying", "Deploying"
+    PREPARING = "preparing", "Preparing"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+TEMPLATE_TRANSITIONS: dict[str, frozenset[str]] = {
+    TemplateStatus.PENDING: frozenset({TemplateStatus.DEPLOYING, TemplateStatus.PREPARING, TemplateStatus.FAILED}),
+    TemplateStatus.DEPLOYING: frozenset({TemplateStatus.PREPARING, TemplateStatus.FAILED}),
+    TemplateStatus.PREPARING: frozenset({TemplateStatus.READY, TemplateStatus.FAILED}),
+    TemplateStatus.READY: frozenset({TemplateStatus.PREPARING, TemplateStatus.FAILED}),
+    TemplateStatus.FAILED: frozenset({TemplateStatus.PENDING, TemplateStatus.DEPLOYING, TemplateStatus.PREPARING}),
+}
+
+
+class Template(models.Model):
+    class Source(models.TextChoices):
+        REGISTERED = "registered", "Existing vSphere template"
+        OVF = "ovf", "OVF/OVA"
+        DERIVED = "derived", "Derived from another template"
+
+    vcenter = models.ForeignKey(VCenter, on_delete=models.PROTECT, related_name="templates")
+    name = models.SlugField(max_length=80)
+    os_name = models.CharField("OS", max_length=120, blank=True, help_text="e.g. Debian 12")
+    description = models.TextField(blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.REGISTERED)
+    inventory_path = models.CharField(
+        max_length=1024, blank=True, help_text="e.g. DC0/vm/Templates/debian-12"
+    )
+    ovf_url = models.URLField(max_length=1024, blank=True)
+    parent = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True)
+    status = models.CharField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.PENDING)
+    status_reason = models.TextField(blank=True)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["vcenter", "name"], name="template_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def move_to(self, new: str, **changes) -> None:
+        transition(self, new, allowed=TEMPLATE_TRANSITIONS, field="status", **changes)
+
+
+class TemplateCopy(models.Model):
+    """A template's copy in one cluster, prepared for linked clones.
+
+    The unique (template, cluster) row is how concurrent preparers de-duplicate: the one
+    whose INSERT wins prepares, the others wait for its status to change.
+    """
+
+    template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="copies")
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    moid = models.CharField(max_length=255, blank=True)
+    snapshot_moid = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.PENDING)
+    status_reason = models.TextField(blank=True)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["template", "cluster"], name="templatecopy_unique_cluster"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.template} in {self.cluster}"
+
+    def move_to(self, new: str, **changes) -> None:
+        transition(self, new, allowed=TEMPLATE_TRANSITIONS, field="status", **changes)
+
+
+class Pool(models.Model):
+    class Health(models.TextChoices):
+        OK = "ok", "OK"
+        DEGRADED = "degraded", "Degraded"  # temporary: vCenter unreachable, retries pending
+        FAILING = "failing", "Failing"  # permanent: needs an admin (template gone, disk full)
+
+    name = models.SlugField(max_length=64, unique=True)
+    description = models.CharField(max_length=255, blank=True)
+    template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="pools")
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="pools")
+    folder = models.ForeignKey(Folder, on_delete=models.PROTECT, null=True, blank=True, related_name="pools")
+    datastore = models.ForeignKey(Datastore, on_delete=models.PROTECT, null=True, blank=True)
+    network = models.ForeignKey(Network, on_delete=models.SET_NULL, null=True, blank=True)
+    size = models.PositiveIntegerField(default=0, help_text="Ready VMs to keep.")
+    linked_clones = models.BooleanField(default=True)
+    cpus = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    memory_mb = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(128)])
+    ready_ttl = models.DurationField(
+        null=True, blank=True, help_text="Recycle ready VMs older than this (empty: never)."
+    )
+    lease_lifetime = models.DurationField(default=timedelta(hours=2))
+    lease_max_lifetime = models.DurationField(default=timedelta(hours=24))
+    boot_timeout = models.DurationField(default=timedelta(minutes=10))
+    max_tries = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)])
+    enabled = models.BooleanField(default=True)
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.OK)
+    health_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors = {}
+        if self.lease_lifetime and self.lease_max_lifetime and self.lease_lifetime > self.lease_max_lifetime:
+            errors["lease_max_lifetime"] = "The maximum lifetime must be at least the default lifetime."
+        if self.cluster_id and self.template_id and self.cluster.vcenter_id != self.template.vcenter_id:
+            errors["cluster"] = "The cluster and the template must be on the same vCenter."
+        if self.datastore_id and self.cluster_id and not self.datastore.hosts.filter(cluster=self.cluster_id).exists():
+            errors["datastore"] = f"No host of cluster {self.cluster} mounts datastore {self.datastore}."
+        if errors:
+            raise ValidationError(errors)
+
+
+class VMState(models.TextChoices):
+    CLONING = "cloning", "Cloning"
+    BOOTING = "booting", "Booting"
+    READY = "ready", "Ready"
+    LEASED = "leased", "Leased"
+    DESTROYING = "destroying", "Destroying"
+    DESTROYED = "destroyed", "Destroyed"
+    FAILED = "failed", "Failed"
+
+
+VM_TRANSITIONS: dict[str, frozenset[str]] = {
+    VMState.CLONING: frozenset({VMState.BOOTING, VMState.FAILED, VMState.DESTROYING}),
+    VMState.BOOTING: frozenset({VMState.READY, VMState.FAILED, VMState.DESTROYING}),
+    VMState.READY: frozenset({VMState.LEASED, VMState.DESTROYING}),
+    VMState.LEASED: frozenset({VMState.DESTROYING}),
+    # A failed destroy is retried; a failed clone is cleaned up before its slot is retried.
+    VMState.DESTROYING: frozenset({VMState.DESTROYED, VMState.FAILED}),
+    VMState.FAILED: frozenset({VMState.DESTROYING, VMState.DESTROYED}),
+    VMState.DESTROYED: frozenset(),
+}
+
+LIVE_STATES = (VMState.CLONING, VMState.BOOTING, VMState.READY, VMState.LEASED)
+
+
+class VMQuerySet(models.QuerySet):
+    def ready(self):
+        return self.filter(state=VMState.READY)
+
+    def in_flight(self):
+        return self.filter(state__in=(VMState.CLONING, VMState.BOOTING))
+
+    def live(self):
+        return self.filter(state__in=LIVE_STATES)
+
+
+class VM(models.Model):
+    vcenter = models.ForeignKey(VCenter, on_delete=models.PROTECT, related_name="+")
+    pool = models.ForeignKey(Pool, on_delete=models.SET_NULL, null=True, blank=True, related_name="vms")
+    template = models.ForeignKey(Template, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    name = models.CharField(max_length=80)
+    state = models.CharField(max_length=16, choices=VMState.choices, default=VMState.CLONING)
+    state_reason = models.TextField(blank=True)
+    state_changed_at = models.DateTimeField(auto_now_add=True)
+    moid = models.CharField(max_length=255, blank=True)
+    instance_uuid = models.CharField(max_length=64, blank=True)
+    host = models.ForeignKey(Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    ip_address = models.CharField(max_length=64, blank=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    tries = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = VMQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "VM"
+        ordering = ["-created_at"]
+        constraints = [
+            # vSphere allows duplicate names in some cases; we never do for live VMs.
+            models.UniqueConstraint(
+                fields=["vcenter", "name"],
+                condition=~Q(state=VMState.DESTROYED),
+                name="vm_unique_live_name",
+            ),
+        ]
+        indexes = [models.Index(fields=["pool", "state"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def move_to(self, new: str, **changes) -> None:
+        transition(self, new, allowed=VM_TRANSITIONS, **changes)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_not_required
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+
+from apps.pools.selectors import pools_with_counts
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    pools = pools_with_counts().filter(enabled=True)
+    template = "ui/partials/_pool_rows.html" if request.htmx and not request.htmx.boosted else "ui/home.html"
+    return render(request, template, {"pools": pools})
+
+
+@login_not_required
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness for load balancers: the process answers and the database does too."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # any database failure means "not ready"
+        return JsonResponse({"status": "error", "database": str(exc)[:200]}, status=503)
+    return JsonResponse({"status": "ok"})
