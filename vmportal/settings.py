@@ -65,6 +65,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "apps.leases.context_processors.expiring_leases",
             ],
         },
     },
@@ -139,6 +140,14 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns about a missing one
 # Serve files from the finders too, so the demo needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True
+
+# --- pools and leases ------------------------------------------------------------------
+# Most clone tasks in flight across all vCenters (each vCenter also has its own limit).
+VMPORTAL_CLONE_LIMIT = env_int("VMPORTAL_CLONE_LIMIT", 20, minimum=1)
+# Active leases one engineer may hold at once (0: no limit; admins are exempt).
+VMPORTAL_MAX_LEASES_PER_USER = env_int("VMPORTAL_MAX_LEASES_PER_USER", 10, minimum=0)
+# Written into every clone's extraConfig; identifies VMs this installation made.
+VMPORTAL_INSTANCE_ID = env_str("VMPORTAL_INSTANCE_ID", "vmportal")
 
 # --- vSphere --------------------------------------------------------------------------
 VSPHERE_CALL_TIMEOUT = env_int("VSPHERE_CALL_TIMEOUT", 60, minimum=1)

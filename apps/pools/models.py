@@ -123,6 +123,8 @@ class Pool(models.Model):
     enabled = models.BooleanField(default=True)
     health = models.CharField(max_length=16, choices=Health.choices, default=Health.OK)
     health_reason = models.TextField(blank=True)
+    consecutive_failures = models.PositiveSmallIntegerField(default=0)
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="No clones before this (backoff).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,0 +1,82 @@
+"""`manage.py seed_demo`: demo users, the simulator as a vCenter, templates and two pools.
+
+Idempotent: a second run updates what exists and creates nothing twice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.core.errors import VmPortalError
+from apps.inventory.models import Cluster, Folder, VCenter
+from apps.inventory.services import sync_inventory
+from apps.pools.models import Pool
+from apps.pools.templates import register_template
+
+DEMO_TEMPLATES = [
+    # (template name, inventory path, OS) — the simulator's two templates.
+    ("debian-12", "DC0/vm/Templates/debian-12", "Debian 12"),
+    ("ubuntu-24-04", "DC0/vm/Templates/ubuntu-24.04", "Ubuntu 24.04"),
+]
+DEMO_POOLS = [
+    # (pool, template, cluster, size, description)
+    ("debian-12", "debian-12", "DC0_C0", 4, "Debian 12, 2 vCPU / 2 GB"),
+    ("ubuntu-24-04", "ubuntu-24-04", "DC0_C1", 3, "Ubuntu 24.04 LTS, 2 vCPU / 2 GB"),
+]
+
+
+class Command(BaseCommand):
+    help = "Create or update the demo users, vCenter, templates and pools."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--vcsim", default="127.0.0.1:18989", help="simulator host:port")
+        parser.add_argument("--vcsim-user", default="vmportal")
+        parser.add_argument("--vcsim-password", required=True)
+        parser.add_argument("--password", default="demo", help="password of the demo users")
+
+    def handle(self, *args, vcsim, vcsim_user, vcsim_password, password, **options):
+        admins, _ = Group.objects.get_or_create(name=settings.VMPORTAL_ADMIN_GROUP)
+        for username, is_admin in (("admin", True), ("engineer", False)):
+            user, _ = User.objects.get_or_create(username=username)
+            user.is_staff = user.is_superuser = is_admin
+            user.set_password(password)
+            user.save()
+            if is_admin:
+                user.groups.add(admins)
+
+        vcenter, _ = VCenter.objects.update_or_create(
+            name="simulator",
+            defaults={"host": vcsim, "username": vcsim_user, "password": vcsim_password, "insecure": True},
+        )
+        report = sync_inventory(vcenter)
+        vcenter.refresh_from_db()
+        if vcenter.status != VCenter.Status.REACHABLE:
+            raise CommandError(f"The simulator at {vcsim} cannot be synced: {vcenter.status_reason}")
+        self.stdout.write(f"inventory: {report}")
+
+        templates = {}
+        for name, path, os_name in DEMO_TEMPLATES:
+            try:
+                templates[name] = register_template(
+                    vcenter=vcenter, name=name, inventory_path=path, os_name=os_name, prepare_now=True
+                )
+            except VmPortalError as exc:
+                raise CommandError(f"Template {name}: {exc}") from None
+
+        folder = Folder.objects.filter(vcenter=vcenter, path__endswith="/vm/vmportal").first()
+        for name, template, cluster_name, size, description in DEMO_POOLS:
+            cluster = Cluster.objects.get(vcenter=vcenter, name=cluster_name)
+            Pool.objects.update_or_create(
+                name=name,
+                defaults={
+                    "template": templates[template], "cluster": cluster, "folder": folder,
+                    "size": size, "description": description, "lease_lifetime": timedelta(hours=2),
+                    "lease_max_lifetime": timedelta(days=1), "health": Pool.Health.OK, "health_reason": "",
+                    "consecutive_failures": 0, "retry_at": None,
+                },
+            )
+        self.stdout.write(self.style.SUCCESS(f"demo seeded: users admin/engineer, {len(DEMO_POOLS)} pools"))

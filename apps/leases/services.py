@@ -1,0 +1,131 @@
+"""Checkout, extend and return: the rules for leases, used alike by pages, API and jobs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit import services as audit
+from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
+from apps.leases.models import Lease
+from apps.pools import nudge
+from apps.pools.models import VM, Pool, VMState
+from apps.pools.services import end_lease
+
+
+class PoolEmpty(Unavailable):
+    def __init__(self, pool: Pool, wanted: int, available: int):
+        self.pool = pool
+        super().__init__(
+            f"Pool {pool.name} has {available} ready VM{'s' if available != 1 else ''}; "
+            f"{wanted} requested. Try again shortly or request one on demand."
+        )
+
+
+class LeaseLimitReached(Conflict):
+    pass
+
+
+class NotAllowed(VmPortalError):
+    http_status = 403
+
+
+def is_admin(user: AbstractBaseUser) -> bool:
+    return user.is_superuser or user.groups.filter(name=settings.VMPORTAL_ADMIN_GROUP).exists()
+
+
+def _check_limits(user: AbstractBaseUser, adding: int) -> None:
+    limit = settings.VMPORTAL_MAX_LEASES_PER_USER
+    if limit and not is_admin(user):
+        active = Lease.objects.active().filter(user=user).count()
+        if active + adding > limit:
+            raise LeaseLimitReached(
+                f"You have {active} active lease{'s' if active != 1 else ''}; the limit is {limit}. "
+                "Return a VM before checking out another."
+            )
+
+
+@transaction.atomic
+def checkout(*, user: AbstractBaseUser, pools: list[Pool], lifetime: timedelta | None = None,
+             note: str = "", tags: dict | None = None) -> list[Lease]:
+    """Lease one ready VM from each entry of ``pools`` (a pool may repeat), all or nothing.
+
+    SKIP LOCKED lets concurrent checkouts take different VMs without waiting on each
+    other; the one-to-one lease constraint would refuse a double lease anyway.
+    """
+    if not pools:
+        raise VmPortalError("Ask for at least one VM.")
+    _check_limits(user, len(pools))
+    now = timezone.now()
+    leases: list[Lease] = []
+    for pool_id, wanted in sorted(Counter(p.pk for p in pools).items()):
+        pool = next(p for p in pools if p.pk == pool_id)
+        if not pool.enabled:
+            raise Unavailable(f"Pool {pool.name} is disabled.")
+        vms = list(
+            VM.objects.filter(pool_id=pool_id, state=VMState.READY)
+            .order_by("ready_at", "pk")
+            .select_for_update(skip_locked=True)[:wanted]
+        )
+        if len(vms) < wanted:
+            raise PoolEmpty(pool, wanted, len(vms))
+        duration = min(lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
+        for vm in vms:
+            vm.move_to(VMState.LEASED)
+            lease = Lease.objects.create(
+                vm=vm, pool=pool, user=user, started_at=now, expires_at=now + duration,
+                note=note, tags=tags or {},
+            )
+            audit.record("lease.checkout", target=lease, pool=pool_id,
+                         after={"vm": vm.name, "expires_at": lease.expires_at.isoformat()})
+            leases.append(lease)
+        nudge.nudge(pool_id)
+    return leases
+
+
+def get_lease_for(user: AbstractBaseUser, lease_id: int) -> Lease:
+    """A lease the user may act on: their own, or any for an admin."""
+    lease = Lease.objects.select_related("vm", "pool", "user").filter(pk=lease_id).first()
+    if lease is None or (lease.user_id != user.pk and not is_admin(user)):
+        # Same answer for "absent" and "not yours": lease ids are not secrets, but
+        # other people's leases are none of your business.
+        raise NotFound("No such lease.")
+    return lease
+
+
+@transaction.atomic
+def extend(*, user: AbstractBaseUser, lease_id: int, by: timedelta) -> Lease:
+    lease = get_lease_for(user, lease_id)
+    lease = Lease.objects.select_for_update(of=("self",)).select_related("pool").get(pk=lease.pk)
+    if not lease.is_active:
+        raise Conflict("This lease has ended.")
+    if by <= timedelta(0):
+        raise VmPortalError("Extend by a positive amount of time.")
+    limit = lease.started_at + (lease.pool.lease_max_lifetime if lease.pool else by)
+    new_expiry = min(lease.expires_at + by, limit)
+    if new_expiry <= lease.expires_at:
+        raise Conflict("This lease is already at its pool's maximum lifetime.")
+    before = lease.expires_at
+    lease.expires_at = new_expiry
+    lease.save(update_fields=["expires_at"])
+    audit.record("lease.extend", target=lease, pool=lease.pool_id,
+                 before={"expires_at": before.isoformat()}, after={"expires_at": new_expiry.isoformat()})
+    return lease
+
+
+@transaction.atomic
+def return_lease(*, user: AbstractBaseUser, lease_id: int) -> Lease:
+    lease = get_lease_for(user, lease_id)
+    lease = Lease.objects.select_for_update().select_related("vm").get(pk=lease.pk)
+    if not lease.is_active:
+        raise Conflict("This lease has already ended.")
+    end_lease(lease, reason=Lease.EndReason.RETURNED)
+    if lease.pool_id:
+        nudge.nudge(lease.pool_id)
+    lease.refresh_from_db()
+    return lease

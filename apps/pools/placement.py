@@ -1,0 +1,50 @@
+"""Where a pool's next clone goes: which template copy, which host."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from apps.core.errors import VmPortalError
+from apps.inventory.models import Host
+from apps.pools.models import VM, Pool, TemplateCopy, TemplateStatus, VMState
+from apps.vsphere.placement import HostCandidate, choose_hosts
+
+
+class NoPlacement(VmPortalError):
+    permanent = False
+
+
+def template_copy_for(pool: Pool) -> TemplateCopy:
+    """The template's copy in the pool's cluster, else any ready copy of it."""
+    copies = TemplateCopy.objects.filter(template=pool.template_id, status=TemplateStatus.READY).exclude(moid="")
+    copy = copies.filter(cluster=pool.cluster_id).first() or copies.first()
+    if copy is None:
+        raise NoPlacement(f"Template {pool.template} has no ready copy; prepare it first.")
+    return copy
+
+
+def choose_host(pool: Pool) -> Host | None:
+    """The least-loaded usable host, counting clones in flight so a burst spreads out."""
+    hosts = list(Host.objects.filter(cluster=pool.cluster_id).prefetch_related("datastores"))
+    if not hosts:
+        return None  # inventory not synced yet: let vSphere place it in the cluster's pool
+    candidates = [
+        HostCandidate(
+            moid=h.moid, name=h.name, connection_state=h.connection_state, in_maintenance=h.in_maintenance,
+            config_issues=h.config_issues, overall_status=h.overall_status,
+            cpu_usage_mhz=h.cpu_usage_mhz, cpu_capacity_mhz=h.cpu_capacity_mhz,
+            memory_usage_mb=h.memory_usage_mb, memory_capacity_mb=h.memory_capacity_mb,
+            datastore_moids=frozenset(d.moid for d in h.datastores.all()),
+        )
+        for h in hosts
+    ]
+    datastore = pool.datastore.moid if pool.datastore_id else None
+    in_flight = Counter(
+        VM.objects.filter(host__cluster=pool.cluster_id, state__in=(VMState.CLONING, VMState.BOOTING))
+        .values_list("host__moid", flat=True)
+    )
+    try:
+        [chosen] = choose_hosts(candidates, count=1, datastore_moid=datastore, placed=in_flight)
+    except VmPortalError as exc:
+        raise NoPlacement(str(exc)) from None
+    return next(h for h in hosts if h.moid == chosen.moid)

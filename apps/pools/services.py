@@ -1,0 +1,241 @@
+"""The pool manager: keep every pool at its size, safely, through crashes and outages.
+
+Reconcile is pure database work and runs often (the poolmanager loop, and right after
+anything that changes a pool). It decides; jobs act on vSphere:
+
+* ``pools.fill``   one per pool at a time; a few threads each claim a VM slot, clone,
+                   power on and wait for the guest, until the pool is full. Slots are
+                   claimed under the vCenter row lock, so the per-vCenter and global task
+                   limits hold however many workers run, on however many machines.
+* ``pools.destroy`` destroys one VM (idempotent: a VM already gone counts as destroyed).
+* ``pools.purge``  finds VMs in our folders that no pool knows, and leaked clones.
+
+A VM row exists before its clone starts, and every clone carries our ownership marker, so
+a worker killed mid-clone leaves a row that the next reconcile cleans up, never an
+unknown VM.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.audit import services as audit
+from apps.inventory.models import VCenter
+from apps.jobs import runner
+from apps.jobs.models import Job
+from apps.leases.models import Lease
+from apps.pools.models import VM, Pool, TemplateStatus, VMState
+
+log = logging.getLogger(__name__)
+
+# A fill job that has not claimed or finished a slot for this long is presumed dead
+# (its worker was killed); reconcile then starts another one.
+FILL_HEARTBEAT_TIMEOUT = timedelta(seconds=90)
+# A VM stuck in "cloning" this long has lost its job; its slot is cleaned up and retried.
+CLONE_TIMEOUT = timedelta(minutes=15)
+_GLOBAL_LOCK_ID = 0x766D706F  # "vmpo": serialises slot accounting across vCenters
+
+
+@dataclass
+class ReconcileReport:
+    pool: str
+    fill_started: bool = False
+    destroy: list[int] = field(default_factory=list)
+    timed_out: list[int] = field(default_factory=list)
+    expired_leases: list[int] = field(default_factory=list)
+    deficit: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.pool}: deficit {self.deficit}, fill {'started' if self.fill_started else '-'}, "
+            f"destroy {len(self.destroy)}, boot timeouts {len(self.timed_out)}, "
+            f"expired leases {len(self.expired_leases)}"
+        )
+
+
+def global_clone_limit() -> int:
+    return getattr(settings, "VMPORTAL_CLONE_LIMIT", 20)
+
+
+def _lock_global() -> None:
+    # SQLite serialises writers already (IMMEDIATE transactions); PostgreSQL needs a lock
+    # that every process honours, so one transaction-scoped advisory lock guards the count.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_GLOBAL_LOCK_ID])
+
+
+def new_vm_name(pool: Pool) -> str:
+    return f"{pool.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+def _fill_job_alive(pool: Pool) -> bool:
+    now = timezone.now()
+    for job in Job.objects.filter(
+        kind="pools.fill", object_type="pools.pool", object_id=str(pool.pk),
+        status__in=(Job.Status.QUEUED, Job.Status.RUNNING),
+    ):
+        last = job.heartbeat_at or job.started_at or job.created_at
+        if job.status == Job.Status.QUEUED or now - last < FILL_HEARTBEAT_TIMEOUT:
+            return True
+        # Its worker died: give the slot accounting back and let a new job take over.
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            status=Job.Status.FAILED, finished_at=now, error="The worker running this job stopped responding."
+        )
+    return False
+
+
+def _destroy(vm: VM, reason: str, report: ReconcileReport | None = None) -> None:
+    vm.move_to(VMState.DESTROYING, state_reason=reason)
+    audit.record("vm.destroy", target=vm, pool=vm.pool_id, message=reason)
+    runner.enqueue("pools.destroy", target=vm, vm_id=vm.pk)
+    if report is not None:
+        report.destroy.append(vm.pk)
+
+
+@transaction.atomic
+def reconcile_pool(pool_id: int) -> ReconcileReport:
+    """Bring one pool towards its desired state. Safe to run from many processes at once."""
+    pool = Pool.objects.select_for_update().select_related("template").get(pk=pool_id)
+    report = ReconcileReport(pool=pool.name)
+    now = timezone.now()
+    vms = pool.vms.select_for_update()
+
+    for lease in Lease.objects.active().filter(pool=pool, expires_at__lte=now).select_related("vm"):
+        end_lease(lease, reason=Lease.EndReason.EXPIRED)
+        report.expired_leases.append(lease.pk)
+
+    for vm in vms.filter(state=VMState.BOOTING, state_changed_at__lt=now - pool.boot_timeout):
+        vm.move_to(VMState.FAILED, state_reason=f"The guest did not become usable within {pool.boot_timeout}.")
+        report.timed_out.append(vm.pk)
+    for vm in vms.filter(state=VMState.CLONING, state_changed_at__lt=now - CLONE_TIMEOUT):
+        if not _fill_job_alive(pool):
+            vm.move_to(VMState.FAILED, state_reason="The clone job was lost (worker stopped).")
+    for vm in vms.filter(state=VMState.FAILED):
+        _destroy(vm, vm.state_reason or "failed", report)
+
+    # Draining: VMs of an old template, or beyond the TTL, or beyond the size. Leased VMs
+    # are never touched here; they go when their lease ends.
+    for vm in vms.filter(state__in=(VMState.READY, VMState.BOOTING)).exclude(template=pool.template_id):
+        _destroy(vm, "The pool's template changed.", report)
+    if pool.ready_ttl:
+        for vm in vms.filter(state=VMState.READY, ready_at__lt=now - pool.ready_ttl):
+            _destroy(vm, f"Ready for longer than {pool.ready_ttl}; recycled.", report)
+    target = pool.size if pool.enabled else 0
+    current = list(vms.filter(state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING)).order_by("ready_at"))
+    # Shrink: destroy ready VMs, oldest first; clones in flight finish and are trimmed
+    # on a later cycle, so no vSphere task is pulled out from under a worker.
+    excess = len(current) - target
+    for vm in [v for v in current if v.state == VMState.READY][: max(0, excess)]:
+        _destroy(vm, "The pool shrank.", report)
+
+    report.deficit = max(0, target - len(current))
+    can_clone = (
+        report.deficit > 0
+        and pool.health != Pool.Health.FAILING
+        and (pool.retry_at is None or pool.retry_at <= now)
+        and pool.template.status == TemplateStatus.READY
+    )
+    if can_clone and not _fill_job_alive(pool):
+        runner.enqueue("pools.fill", target=pool, pool_id=pool.pk)
+        report.fill_started = True
+    return report
+
+
+def reconcile_all() -> list[ReconcileReport]:
+    reports = []
+    for pool_id in Pool.objects.values_list("pk", flat=True):
+        try:
+            reports.append(reconcile_pool(pool_id))
+        except Exception:  # one broken pool must not stop the others
+            log.exception("Reconcile of pool %s failed", pool_id)
+    runner.requeue_lost()
+    return reports
+
+
+# ----------------------------------------------------------------------- fill slots
+
+
+def claim_slot(pool_id: int) -> VM | None:
+    """Reserve one clone slot: a new VM row in "cloning", within every task limit.
+
+    Returns None when the pool is full, failing, backing off, or the limits are reached.
+    """
+    with transaction.atomic():
+        pool = Pool.objects.select_related("template").get(pk=pool_id)
+        vcenter = VCenter.objects.select_for_update().get(pk=pool.template.vcenter_id)
+        _lock_global()
+        pool.refresh_from_db()
+        now = timezone.now()
+        if (
+            not pool.enabled
+            or pool.health == Pool.Health.FAILING
+            or (pool.retry_at and pool.retry_at > now)
+            or pool.template.status != TemplateStatus.READY
+        ):
+            return None
+        live = pool.vms.filter(state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING)).count()
+        if live >= pool.size:
+            return None
+        cloning = VM.objects.filter(state=VMState.CLONING)
+        if cloning.filter(vcenter=vcenter).count() >= vcenter.task_limit:
+            return None
+        if cloning.count() >= global_clone_limit():
+            return None
+        return VM.objects.create(
+            vcenter=vcenter, pool=pool, template=pool.template, name=new_vm_name(pool), tries=1,
+        )
+
+
+def record_clone_failure(vm: VM, reason: str, *, permanent: bool) -> None:
+    """A clone failed: fail the VM, and back the pool off (or stop it for good)."""
+    with transaction.atomic():
+        pool = Pool.objects.select_for_update().get(pk=vm.pool_id)
+        vm.move_to(VMState.FAILED, state_reason=reason)
+        pool.consecutive_failures += 1
+        if permanent or pool.consecutive_failures >= pool.max_tries:
+            why = reason if permanent else f"{pool.consecutive_failures} clones in a row failed; last: {reason}"
+            pool.health, pool.health_reason, pool.retry_at = Pool.Health.FAILING, why, None
+            audit.record("pool.failing", target=pool, pool=pool, message=why)
+        else:
+            backoff = min(5 * 2 ** (pool.consecutive_failures - 1), 300)
+            pool.health = Pool.Health.DEGRADED
+            pool.health_reason = f"Clone failed ({reason}); retrying in {backoff}s."
+            pool.retry_at = timezone.now() + timedelta(seconds=backoff)
+        pool.save(update_fields=["consecutive_failures", "health", "health_reason", "retry_at"])
+
+
+def record_clone_success(vm: VM) -> None:
+    Pool.objects.filter(pk=vm.pool_id).filter(~Q(consecutive_failures=0) | ~Q(health=Pool.Health.OK)).exclude(
+        health=Pool.Health.FAILING
+    ).update(consecutive_failures=0, health=Pool.Health.OK, health_reason="", retry_at=None)
+
+
+def mark_degraded(pool: Pool, reason: str) -> None:
+    """vCenter is unreachable: say so, and let the next cycle try again (no job storm)."""
+    Pool.objects.filter(pk=pool.pk).exclude(health=Pool.Health.FAILING).update(
+        health=Pool.Health.DEGRADED, health_reason=reason,
+        retry_at=timezone.now() + timedelta(seconds=10),
+    )
+
+
+# ----------------------------------------------------------------------- leases
+
+
+def end_lease(lease: Lease, *, reason: str) -> None:
+    """End a lease and destroy its VM. Call inside a transaction."""
+    changed = Lease.objects.filter(pk=lease.pk, ended_at__isnull=True).update(
+        ended_at=timezone.now(), end_reason=reason
+    )
+    if not changed:
+        return
+    audit.record(f"lease.{reason}", target=lease, pool=lease.pool_id)
+    _destroy(lease.vm, f"Lease {reason}.")
