@@ -6,8 +6,9 @@ from collections import Counter
 
 from apps.core.errors import VmPortalError
 from apps.inventory.models import Host
+from apps.inventory.selectors import host_candidates
 from apps.pools.models import VM, Pool, TemplateCopy, TemplateStatus, VMState
-from apps.vsphere.placement import HostCandidate, choose_hosts
+from apps.vsphere.placement import choose_hosts
 
 
 class NoPlacement(VmPortalError):
@@ -25,19 +26,9 @@ def template_copy_for(pool: Pool) -> TemplateCopy:
 
 def choose_host(pool: Pool) -> Host | None:
     """The least-loaded usable host, counting clones in flight so a burst spreads out."""
-    hosts = list(Host.objects.filter(cluster=pool.cluster_id).prefetch_related("datastores"))
-    if not hosts:
-        return None  # inventory not synced yet: let vSphere place it in the cluster's pool
-    candidates = [
-        HostCandidate(
-            moid=h.moid, name=h.name, connection_state=h.connection_state, in_maintenance=h.in_maintenance,
-            config_issues=h.config_issues, overall_status=h.overall_status,
-            cpu_usage_mhz=h.cpu_usage_mhz, cpu_capacity_mhz=h.cpu_capacity_mhz,
-            memory_usage_mb=h.memory_usage_mb, memory_capacity_mb=h.memory_capacity_mb,
-            datastore_moids=frozenset(d.moid for d in h.datastores.all()),
-        )
-        for h in hosts
-    ]
+    candidates = host_candidates(pool.cluster_id)
+    if not candidates:
+        return None  # inventory not synced yet: vSphere places it in the cluster's pool
     datastore = pool.datastore.moid if pool.datastore_id else None
     in_flight = Counter(
         VM.objects.filter(host__cluster=pool.cluster_id, state__in=(VMState.CLONING, VMState.BOOTING))
@@ -47,4 +38,4 @@ def choose_host(pool: Pool) -> Host | None:
         [chosen] = choose_hosts(candidates, count=1, datastore_moid=datastore, placed=in_flight)
     except VmPortalError as exc:
         raise NoPlacement(str(exc)) from None
-    return next(h for h in hosts if h.moid == chosen.moid)
+    return Host.objects.get(vcenter_id=pool.cluster.vcenter_id, moid=chosen.moid)
