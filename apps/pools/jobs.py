@@ -11,12 +11,14 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from apps.audit import services as audit
+from apps.inventory.models import Folder
 from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.pools import nudge, placement, templates
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.services import (
     claim_slot,
+    find_strays,
     mark_degraded,
     record_clone_failure,
     record_clone_success,
@@ -118,10 +120,9 @@ def clone_one(vm: VM, endpoint: Endpoint, job: runner.JobContext) -> str:
             guest = ops.wait_until_usable(conn, result.moid, timeout=pool.boot_timeout.total_seconds())
     except (VSphereError, placement.NoPlacement) as exc:
         job.log(f"{vm.name}: {exc}")
-        if vm.state == VMState.CLONING:
-            record_clone_failure(vm, str(exc), permanent=getattr(exc, "permanent", True))
-        else:
-            vm.move_to(VMState.FAILED, state_reason=str(exc))
+        # Boot failures count like clone failures: a template that never boots must
+        # back the pool off, not churn clones forever.
+        record_clone_failure(vm, str(exc), permanent=getattr(exc, "permanent", True))
         if isinstance(exc, Unreachable):
             mark_degraded(pool, f"vCenter unreachable: {exc}")
         return "failed"
@@ -157,3 +158,26 @@ def destroy(job: runner.JobContext, *, vm_id: int) -> None:
 def prepare_template(job: runner.JobContext, *, copy_id: int) -> None:
     copy = templates.prepare_copy(copy_id)
     job.log(f"{copy} ready (snapshot {copy.snapshot_moid or 'none'})")
+
+
+@runner.handler("pools.purge", queue="purge")
+def purge(job: runner.JobContext, *, folder_id: int) -> None:
+    """Destroy leaked clones of ours; report unknown VMs, destroying them only when the
+    folder allows it and they are not on its allowlist. Never a folder, never outside it."""
+    folder = Folder.objects.select_related("vcenter").get(pk=folder_id)
+    with connect(Endpoint.from_vcenter(folder.vcenter)) as conn:
+        strays = find_strays(folder, ops.list_folder_vms(conn, folder.moid))
+        for stray in strays:
+            allowed = stray.ours or (folder.purge_unknown and stray.name not in (folder.purge_allowlist or []))
+            if not allowed:
+                job.log(f"{stray.kind} {stray.name} ({stray.moid}) left alone: purge is off for {folder.path}")
+                continue
+            try:
+                ops.destroy_vm(conn, stray.moid)
+            except VSphereError as exc:
+                job.log(f"{stray.kind} {stray.name}: could not destroy: {exc}")
+                continue
+            job.log(f"destroyed {stray.kind} {stray.name} ({stray.moid})")
+            audit.record("purge.destroy", message=f"{stray.kind} {stray.name} in {folder.path}",
+                         after={"moid": stray.moid, "name": stray.name, "folder": folder.path})
+    job.log(f"{len(strays)} stray VMs in {folder.path}")

@@ -28,7 +28,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.audit import services as audit
-from apps.inventory.models import VCenter
+from apps.inventory.models import Folder, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases.models import Lease
@@ -77,6 +77,19 @@ def new_vm_name(pool: Pool) -> str:
     return f"{pool.name[:40]}-{uuid.uuid4().hex[:8]}"
 
 
+# A destroy not done after this long (job failed, Redis lost it, vCenter was down) is retried.
+DESTROY_RETRY_AFTER = timedelta(minutes=2)
+# How often each pool folder is checked for leaked or unknown VMs.
+PURGE_EVERY = timedelta(minutes=5)
+
+
+def _job_pending(kind: str, obj) -> bool:
+    return Job.objects.filter(
+        kind=kind, object_type=obj._meta.label_lower, object_id=str(obj.pk),
+        status__in=(Job.Status.QUEUED, Job.Status.RUNNING),
+    ).exists()
+
+
 def _fill_job_alive(pool: Pool) -> bool:
     now = timezone.now()
     for job in Job.objects.filter(
@@ -121,6 +134,10 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
             vm.move_to(VMState.FAILED, state_reason="The clone job was lost (worker stopped).")
     for vm in vms.filter(state=VMState.FAILED):
         _destroy(vm, vm.state_reason or "failed", report)
+    for vm in vms.filter(state=VMState.DESTROYING, state_changed_at__lt=now - DESTROY_RETRY_AFTER):
+        if not _job_pending("pools.destroy", vm):
+            VM.objects.filter(pk=vm.pk).update(state_changed_at=now)  # next retry after another interval
+            runner.enqueue("pools.destroy", target=vm, vm_id=vm.pk)
 
     # Draining: VMs of an old template, or beyond the TTL, or beyond the size. Leased VMs
     # are never touched here; they go when their lease ends.
@@ -157,8 +174,58 @@ def reconcile_all() -> list[ReconcileReport]:
             reports.append(reconcile_pool(pool_id))
         except Exception:  # one broken pool must not stop the others
             log.exception("Reconcile of pool %s failed", pool_id)
+    schedule_purges()
     runner.requeue_lost()
     return reports
+
+
+def schedule_purges(*, every: timedelta = PURGE_EVERY) -> int:
+    """Enqueue a purge of each pool folder not checked within ``every``."""
+    started = 0
+    since = timezone.now() - every
+    for folder in Folder.objects.filter(pools__isnull=False).distinct():
+        recent = Job.objects.filter(
+            kind="pools.purge", object_type="inventory.folder", object_id=str(folder.pk), created_at__gte=since
+        )
+        if not recent.exists():
+            with transaction.atomic():
+                runner.enqueue("pools.purge", target=folder, folder_id=folder.pk)
+            started += 1
+    return started
+
+
+@dataclass(frozen=True)
+class Stray:
+    """A VM found in a pool folder that no live VM row accounts for."""
+
+    moid: str
+    name: str
+    ours: bool  # carries this installation's ownership marker: a leaked clone
+
+    @property
+    def kind(self) -> str:
+        return "leaked clone" if self.ours else "unknown VM"
+
+
+def find_strays(folder: Folder, vms: list) -> list[Stray]:
+    """Which of ``vms`` (apps.vsphere VMInfo of one folder) no pool knows."""
+    prefix = f"{settings.VMPORTAL_INSTANCE_ID}:"
+    live_ids = set(VM.objects.filter(vcenter=folder.vcenter_id).live().values_list("pk", flat=True))
+    live_moids = set(VM.objects.filter(vcenter=folder.vcenter_id).exclude(state=VMState.DESTROYED)
+                     .exclude(moid="").values_list("moid", flat=True))
+    strays = []
+    for vm in vms:
+        if vm.is_template or vm.moid in live_moids:
+            continue
+        owner = vm.owner or ""
+        if owner.startswith(prefix):
+            vm_id = owner.removeprefix(prefix)
+            if vm_id.isdigit() and int(vm_id) in live_ids:
+                continue  # its row is mid-clone and has not recorded the moid yet
+            strays.append(Stray(vm.moid, vm.name, ours=True))
+        else:
+            strays.append(Stray(vm.moid, vm.name, ours=False))
+    return strays
 
 
 # ----------------------------------------------------------------------- fill slots

@@ -47,15 +47,20 @@ class Command(BaseCommand):
             manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
             self.spawn("web", [
                 sys.executable, "-m", "gunicorn", "vmportal.wsgi", "--bind", f"127.0.0.1:{port}",
-                "--workers", "2", "--threads", "4", "--access-logfile", "-", "--log-level", "warning",
+                "--workers", "2", "--threads", "4", "--log-level", "warning",
             ])
-            self.spawn("worker", [*manage, "rqworker", "deploy", "clone", "purge", "default", "--with-scheduler"])
+            # SimpleWorker runs jobs in the worker process itself, so vSphere sessions are
+            # kept across jobs; a fill job holds its worker while its pool fills, hence two.
+            worker = [*manage, "rqworker", "--worker-class", "rq.SimpleWorker"]
+            self.spawn("clone-worker-1", [*worker, "clone"])
+            self.spawn("clone-worker-2", [*worker, "clone"])
+            self.spawn("worker", [*worker, "deploy", "purge", "default"])
             for name, command in self.optional_daemons():
                 self.spawn(name, [*manage, command])
             self.stdout.write(self.style.SUCCESS(
                 f"\nvmportal is up: http://127.0.0.1:{port}/\n"
                 f"  sign in as admin / {password}  or  engineer / {password}\n"
-                f"  simulator: https://127.0.0.1:{sim_port}/sdk\n"
+                f"  simulator: https://127.0.0.1:{sim_port}/sdk (log: {Path(settings.VAR_DIR) / 'vcsim.log'})\n"
                 "  Ctrl-C stops everything.\n"
             ))
             self.supervise()
@@ -77,10 +82,13 @@ class Command(BaseCommand):
         binary = Path(settings.BASE_DIR) / "tools" / "vcsim" / "bin" / "vcsim"
         if not binary.exists():
             raise CommandError("The simulator is not built; run `make vcsim` (or `make demo`).")
+        state = Path(settings.VAR_DIR) / "vcsim-state"
         proc = self.spawn("vcsim", [
             str(binary), "-l", f"127.0.0.1:{port}", "-username", SIM_USER, "-password", password,
             "-host-stats", "10s", "-guest-ip", "10.20.0.0/16", "-guest-ip-delay", "1s",
-        ], stdout=subprocess.PIPE)
+            # The simulator's VMs survive a demo restart, like the database's rows do.
+            "-save", str(state), "-load", str(state),
+        ], stdout=subprocess.PIPE, stderr=open(Path(settings.VAR_DIR) / "vcsim.log", "ab"))  # noqa: SIM115
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + 60
