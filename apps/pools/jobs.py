@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.utils import timezone
 
 from apps.audit import services as audit
@@ -17,7 +18,7 @@ from apps.jobs.models import Job
 from apps.pools import nudge, placement, templates
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.services import (
-    claim_slot,
+    claim_slots,
     find_strays,
     mark_degraded,
     record_clone_failure,
@@ -30,6 +31,7 @@ from apps.vsphere.types import OWNER_KEY, CloneSpec
 
 log = logging.getLogger(__name__)
 HEARTBEAT_EVERY = 15.0
+BOOT_POLL = 0.5  # seconds between looks at booting guests when there is nothing to clone
 
 
 def marker_for(vm: VM) -> str:
@@ -62,43 +64,51 @@ class _Heartbeat:
 
 @runner.handler("pools.fill", queue="clone")
 def fill(job: runner.JobContext, *, pool_id: int) -> None:
-    """Clone until the pool is full, ``task_limit`` clones at a time, then stop."""
+    """Clone until the pool is full, ``task_limit`` clone tasks in flight at a time.
+
+    One thread drives the pipeline: claim a batch of slots, start its clones together
+    (their SOAP calls overlap on a few threads) and wait for them through one filter;
+    then take one look at every booting VM of the batch and earlier ones. Booting does
+    not hold a task slot, so the next batch starts while guests come up.
+    """
     pool = Pool.objects.select_related("template__vcenter", "cluster").get(pk=pool_id)
     vcenter = pool.template.vcenter
     width = max(1, min(vcenter.task_limit, settings.VMPORTAL_CLONE_LIMIT, pool.size))
     endpoint = Endpoint.from_vcenter(vcenter)
+    booting: dict[str, VM] = {}  # by moid
     counts = {"ready": 0, "failed": 0}
-    lock = threading.Lock()
-
-    def slot_loop() -> None:
-        close_old_connections()
-        try:
-            while (vm := claim_slot(pool_id)) is not None:
-                outcome = clone_one(vm, endpoint, job)
-                with lock:
-                    counts[outcome] += 1
-                if outcome != "ready":
-                    return
-        finally:
-            connection.close()
-
-    with _Heartbeat(job.job), ThreadPoolExecutor(width, thread_name_prefix=f"fill-{pool.name}") as pool_threads:
-        for future in [pool_threads.submit(slot_loop) for _ in range(width)]:
-            future.result()
+    claiming = True
+    with _Heartbeat(job.job), ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:
+        while claiming or booting:
+            batch = claim_slots(pool_id, width) if claiming else []
+            if batch:
+                ok = clone_batch(pool, batch, endpoint, starters, job)
+                booting.update((vm.moid, vm) for vm in ok)
+                counts["failed"] += len(batch) - len(ok)
+                claiming = len(ok) == len(batch)  # a failure backs the pool off: stop here
+            elif claiming and not booting:
+                break  # full, or at a task limit with nothing of ours in flight
+            if booting:
+                ready, failed = check_boots(pool, booting, endpoint, job)
+                counts["ready"] += ready
+                counts["failed"] += failed
+                if booting and not batch:
+                    time.sleep(BOOT_POLL)
     job.log(f"{counts['ready']} VMs ready, {counts['failed']} failed")
     nudge.nudge(pool_id)
 
 
-def clone_one(vm: VM, endpoint: Endpoint, job: runner.JobContext) -> str:
-    """Clone, power on and wait for one VM. Returns "ready" or "failed"."""
-    pool = Pool.objects.select_related("template", "cluster", "datastore", "folder").get(pk=vm.pool_id)
+def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters, job: runner.JobContext) -> list[VM]:
+    """Clone and power on ``batch``; returns the VMs now booting (with their moids)."""
     try:
         source = placement.template_copy_for(pool)
-        host = placement.choose_host(pool)
-        if host is not None:
-            # Visible to the other fill threads at once, so the burst spreads over hosts.
-            VM.objects.filter(pk=vm.pk).update(host=host)
-        spec = CloneSpec(
+        hosts = placement.choose_hosts(pool, len(batch))
+    except placement.NoPlacement as exc:
+        for vm in batch:
+            record_clone_failure(vm, str(exc), permanent=False)
+        return []
+    specs = [
+        CloneSpec(
             template_moid=source.moid,
             snapshot_moid=source.snapshot_moid or None,
             name=vm.name,
@@ -113,22 +123,54 @@ def clone_one(vm: VM, endpoint: Endpoint, job: runner.JobContext) -> str:
             extra_config={OWNER_KEY: marker_for(vm), "guestinfo.hostname": vm.name},
             power_on=True,
         )
+        for vm, host in zip(batch, hosts, strict=True)
+    ]
+    try:
         with connect(endpoint) as conn:
-            result = ops.clone_vm(conn, spec)
-            VM.objects.filter(pk=vm.pk).update(moid=result.moid, instance_uuid=result.instance_uuid)
-            vm.move_to(VMState.BOOTING)
-            guest = ops.wait_until_usable(conn, result.moid, timeout=pool.boot_timeout.total_seconds())
-    except (VSphereError, placement.NoPlacement) as exc:
-        job.log(f"{vm.name}: {exc}")
-        # Boot failures count like clone failures: a template that never boots must
-        # back the pool off, not churn clones forever.
-        record_clone_failure(vm, str(exc), permanent=getattr(exc, "permanent", True))
-        if isinstance(exc, Unreachable):
-            mark_degraded(pool, f"vCenter unreachable: {exc}")
-        return "failed"
-    vm.move_to(VMState.READY, ip_address=guest.ip or "", hostname=guest.hostname or "", ready_at=timezone.now())
-    record_clone_success(vm)
-    return "ready"
+            # Names are unique by the database constraint on live VMs: no FindChild needed.
+            results = ops.clone_many(conn, specs, check_names=False, executor=starters)
+    except VSphereError as exc:  # the session itself failed: nothing was started
+        results = [exc] * len(batch)
+    booting = []
+    for vm, host, result in zip(batch, hosts, results, strict=True):
+        if isinstance(result, VSphereError):
+            job.log(f"{vm.name}: {result}")
+            record_clone_failure(vm, str(result), permanent=result.permanent)
+            if isinstance(result, Unreachable):
+                mark_degraded(pool, f"vCenter unreachable: {result}")
+            continue
+        vm.move_to(VMState.BOOTING, moid=result.moid, instance_uuid=result.instance_uuid,
+                   host_id=host.pk if host else None)
+        booting.append(vm)
+    return booting
+
+
+def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: runner.JobContext) -> tuple[int, int]:
+    """One look at every booting VM: usable ones become ready, overdue ones fail."""
+    try:
+        with connect(endpoint) as conn:
+            seen = ops.check_usable(conn, list(booting))
+    except VSphereError as exc:
+        seen = dict.fromkeys(booting, str(exc))
+    ready = failed = 0
+    now = timezone.now()
+    for moid, outcome in seen.items():
+        vm = booting[moid]
+        if not isinstance(outcome, str):
+            vm.move_to(VMState.READY, ip_address=outcome.ip or "", hostname=outcome.hostname or "", ready_at=now)
+            record_clone_success(vm)
+            ready += 1
+        elif now - vm.state_changed_at > pool.boot_timeout:
+            reason = f"The guest did not become usable within {pool.boot_timeout}: {outcome}."
+            job.log(f"{vm.name}: {reason}")
+            # Boot failures count like clone failures: a template that never boots must
+            # back the pool off, not churn clones forever.
+            record_clone_failure(vm, reason, permanent=False)
+            failed += 1
+        else:
+            continue
+        del booting[moid]
+    return ready, failed
 
 
 @runner.handler("pools.destroy", queue="purge")

@@ -8,7 +8,7 @@ from apps.core.errors import VmPortalError
 from apps.inventory.models import Host
 from apps.inventory.selectors import host_candidates
 from apps.pools.models import VM, Pool, TemplateCopy, TemplateStatus, VMState
-from apps.vsphere.placement import choose_hosts
+from apps.vsphere.placement import choose_hosts as rank_and_spread
 
 
 class NoPlacement(VmPortalError):
@@ -24,18 +24,22 @@ def template_copy_for(pool: Pool) -> TemplateCopy:
     return copy
 
 
-def choose_host(pool: Pool) -> Host | None:
-    """The least-loaded usable host, counting clones in flight so a burst spreads out."""
+def choose_hosts(pool: Pool, count: int) -> list[Host | None]:
+    """Hosts for ``count`` clones: least loaded first, spread over the burst and the
+    clones already in flight. [None, ...] when the inventory is not synced yet, so
+    vSphere places them in the cluster's resource pool."""
     candidates = host_candidates(pool.cluster_id)
     if not candidates:
-        return None  # inventory not synced yet: vSphere places it in the cluster's pool
+        return [None] * count
     datastore = pool.datastore.moid if pool.datastore_id else None
     in_flight = Counter(
         VM.objects.filter(host__cluster=pool.cluster_id, state__in=(VMState.CLONING, VMState.BOOTING))
         .values_list("host__moid", flat=True)
     )
     try:
-        [chosen] = choose_hosts(candidates, count=1, datastore_moid=datastore, placed=in_flight)
+        chosen = rank_and_spread(candidates, count=count, datastore_moid=datastore, placed=in_flight)
     except VmPortalError as exc:
         raise NoPlacement(str(exc)) from None
-    return Host.objects.get(vcenter_id=pool.cluster.vcenter_id, moid=chosen.moid)
+    hosts = {h.moid: h for h in Host.objects.filter(vcenter_id=pool.cluster.vcenter_id,
+                                                   moid__in={c.moid for c in chosen})}
+    return [hosts[c.moid] for c in chosen]

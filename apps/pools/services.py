@@ -231,10 +231,12 @@ def find_strays(folder: Folder, vms: list) -> list[Stray]:
 # ----------------------------------------------------------------------- fill slots
 
 
-def claim_slot(pool_id: int) -> VM | None:
-    """Reserve one clone slot: a new VM row in "cloning", within every task limit.
+def claim_slots(pool_id: int, most: int = 1) -> list[VM]:
+    """Reserve up to ``most`` clone slots: new VM rows in "cloning", within every limit.
 
-    Returns None when the pool is full, failing, backing off, or the limits are reached.
+    Empty when the pool is full, failing, backing off, or the task limits are reached.
+    The vCenter row lock and the global advisory lock make the count-then-insert atomic
+    across every worker on every machine.
     """
     with transaction.atomic():
         pool = Pool.objects.select_related("template").get(pk=pool_id)
@@ -248,18 +250,27 @@ def claim_slot(pool_id: int) -> VM | None:
             or (pool.retry_at and pool.retry_at > now)
             or pool.template.status != TemplateStatus.READY
         ):
-            return None
+            return []
         live = pool.vms.filter(state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING)).count()
-        if live >= pool.size:
-            return None
         cloning = VM.objects.filter(state=VMState.CLONING)
-        if cloning.filter(vcenter=vcenter).count() >= vcenter.task_limit:
-            return None
-        if cloning.count() >= global_clone_limit():
-            return None
-        return VM.objects.create(
-            vcenter=vcenter, pool=pool, template=pool.template, name=new_vm_name(pool), tries=1,
+        n = min(
+            most,
+            pool.size - live,
+            vcenter.task_limit - cloning.filter(vcenter=vcenter).count(),
+            global_clone_limit() - cloning.count(),
         )
+        if n <= 0:
+            return []
+        return VM.objects.bulk_create(
+            VM(vcenter=vcenter, pool=pool, template=pool.template, name=new_vm_name(pool), tries=1)
+            for _ in range(n)
+        )
+
+
+def claim_slot(pool_id: int) -> VM | None:
+    """One slot (see claim_slots)."""
+    claimed = claim_slots(pool_id, 1)
+    return claimed[0] if claimed else None
 
 
 def record_clone_failure(vm: VM, reason: str, *, permanent: bool) -> None:

@@ -23,6 +23,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -575,9 +576,9 @@ def _clone_spec(conn: Connection, spec: CloneSpec) -> vim.vm.CloneSpec:
         config.memoryMB = spec.memory_mb
     if spec.annotation:
         config.annotation = spec.annotation
-    # Power-on is a separate step (see finish_clones): it is the portable sequence, and
-    # a failed power-on then leaves a VM we know about and can destroy.
-    clone = vim.vm.CloneSpec(location=location, powerOn=False, template=False, config=config)
+    # Powering on inside the clone task saves a task per VM. vCenters (and simulators)
+    # that ignore it are caught by clone_many, which powers on what came back off.
+    clone = vim.vm.CloneSpec(location=location, powerOn=spec.power_on, template=False, config=config)
     if spec.linked:
         snapshot_moid = spec.snapshot_moid
         if not snapshot_moid:
@@ -600,14 +601,15 @@ def _clone_spec(conn: Connection, spec: CloneSpec) -> vim.vm.CloneSpec:
     return clone
 
 
-def start_clone(conn: Connection, spec: CloneSpec) -> TaskHandle:
+def start_clone(conn: Connection, spec: CloneSpec, *, check_name: bool = True) -> TaskHandle:
     """Check the name, build the spec and start CloneVM_Task; wait with ``wait_for_tasks``.
 
     The simulator's stock build allows duplicate names in a folder, and a vCenter only
-    notices them late, so the name is checked here first.
+    notices them late, so the name is checked here first (``check_name=False`` for
+    callers whose names are unique already, e.g. by a database constraint).
     """
     folder = conn.ref(vim.Folder, spec.folder_moid)
-    if _find_child(conn, folder, spec.name, operation="clone") is not None:
+    if check_name and _find_child(conn, folder, spec.name, operation="clone") is not None:
         raise DuplicateName(f"the folder already holds a VM named '{spec.name}'", operation="clone", obj=spec.name)
     clone = _clone_spec(conn, spec)
     return tasks.start_task(
@@ -622,7 +624,12 @@ def start_clone(conn: Connection, spec: CloneSpec) -> TaskHandle:
 
 
 def clone_many(
-    conn: Connection, specs: Sequence[CloneSpec], *, timeout: float = TASK_TIMEOUT
+    conn: Connection,
+    specs: Sequence[CloneSpec],
+    *,
+    timeout: float = TASK_TIMEOUT,
+    check_names: bool = True,
+    executor: Executor | None = None,
 ) -> list[CloneResult | VSphereError]:
     """Clone several VMs at once: all tasks in flight together, waited on through one filter.
 
@@ -632,9 +639,13 @@ def clone_many(
     deadline = time.monotonic() + timeout
     results: list[CloneResult | VSphereError | None] = [None] * len(specs)
     handles: dict[int, TaskHandle] = {}
-    for i, spec in enumerate(specs):
+    # Starting a task is a round trip of its own; with an executor they overlap (the
+    # session's HTTP connection pool is thread-safe), and the wait below is one filter.
+    submit = executor.submit if executor is not None else _run_now
+    started = {i: submit(start_clone, conn, spec, check_name=check_names) for i, spec in enumerate(specs)}
+    for i, future in started.items():
         try:
-            handles[i] = start_clone(conn, spec)
+            handles[i] = future.result()
         except VSphereError as exc:
             results[i] = exc
     outcomes = tasks.wait_for_tasks(conn, list(handles.values()), max(1.0, deadline - time.monotonic()))
@@ -646,9 +657,16 @@ def clone_many(
             results[i] = outcome.error or VSphereError(
                 "the clone task gave no VM", operation="clone", obj=specs[i].name
             )
+    fresh = tasks.read_many(
+        conn,
+        vim.VirtualMachine,
+        [_vm(conn, m) for m in made.values()],
+        ["name", "config.instanceUuid", "runtime.powerState", "runtime.host", "datastore"],
+        operation="read clones",
+    )
     power: dict[int, TaskHandle] = {}
     for i, moid in made.items():
-        if specs[i].power_on:
+        if specs[i].power_on and fresh.get(moid, {}).get("runtime.powerState") != "poweredOn":
             try:
                 power[i] = tasks.start_task(
                     conn, _vm(conn, moid).PowerOnVM_Task, operation="power on", obj=specs[i].name
@@ -658,19 +676,14 @@ def clone_many(
     for i, outcome in zip(
         power, tasks.wait_for_tasks(conn, list(power.values()), max(1.0, deadline - time.monotonic())), strict=True
     ):
-        if not outcome.ok:
+        if outcome.ok:
+            fresh.setdefault(made[i], {})["runtime.powerState"] = "poweredOn"
+        else:
             results[i] = outcome.error
     for i, moid in made.items():
         if results[i] is not None:
             with contextlib.suppress(VSphereError):
                 destroy_vm(conn, moid)
-    fresh = tasks.read_many(
-        conn,
-        vim.VirtualMachine,
-        [_vm(conn, m) for i, m in made.items() if results[i] is None],
-        ["name", "config.instanceUuid", "runtime.powerState", "runtime.host", "datastore"],
-        operation="read clones",
-    )
     folder_paths: dict[str, str] = {}
     for i, moid in made.items():
         if results[i] is not None:
@@ -678,7 +691,7 @@ def clone_many(
         values = fresh.get(moid, {})
         folder_moid = specs[i].folder_moid
         if folder_moid not in folder_paths:
-            folder_paths[folder_moid] = entity_path(conn, conn.ref(vim.Folder, folder_moid))
+            folder_paths[folder_moid] = _folder_path(conn, folder_moid)
         results[i] = CloneResult(
             moid=moid,
             name=values.get("name", specs[i].name),
@@ -691,12 +704,82 @@ def clone_many(
     return [r for r in results if r is not None]
 
 
-def clone_vm(conn: Connection, spec: CloneSpec, *, timeout: float = TASK_TIMEOUT) -> CloneResult:
+def _run_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as exc:  # delivered by future.result(), like an executor would
+        future.set_exception(exc)
+    return future
+
+
+_folder_paths: dict[tuple[str, str], str] = {}
+
+
+def _folder_path(conn: Connection, folder_moid: str) -> str:
+    # Pool folders are few and rarely renamed; a path per clone would be a round trip each.
+    key = (conn.endpoint.host, folder_moid)
+    if key not in _folder_paths:
+        _folder_paths[key] = entity_path(conn, conn.ref(vim.Folder, folder_moid))
+    return _folder_paths[key]
+
+
+def clone_vm(
+    conn: Connection, spec: CloneSpec, *, timeout: float = TASK_TIMEOUT, check_name: bool = True
+) -> CloneResult:
     """Clone one VM (linked or full), optionally customised, and power it on."""
-    result = clone_many(conn, [spec], timeout=timeout)[0]
+    result = clone_many(conn, [spec], timeout=timeout, check_names=check_name)[0]
     if isinstance(result, VSphereError):
         raise result
     return result
+
+
+_GUEST_PATHS = ["name", "runtime.powerState", "guest.ipAddress", "guest.hostName", "guest.toolsRunningStatus"]
+
+
+def _not_usable(values: Mapping[str, Any], *, require_ip: bool, expected_hostname: str | None) -> str | None:
+    """What is still missing before the VM is usable, or None when it is."""
+    state = values.get("runtime.powerState")
+    if state != "poweredOn":
+        return f"the VM is {state or 'in an unknown power state'}"
+    ip = _usable_ip(values.get("guest.ipAddress"))
+    hostname = values.get("guest.hostName") or ""
+    tools = values.get("guest.toolsRunningStatus") or "unknown"
+    if expected_hostname and hostname.split(".")[0].lower() != expected_hostname.split(".")[0].lower():
+        return f"the guest reports host name '{hostname or '(none)'}', expected '{expected_hostname}'"
+    if require_ip and not ip:
+        return f"the guest has no usable IP address yet (tools: {tools})"
+    if not (ip or hostname or tools == "guestToolsRunning"):
+        return "the guest shows no sign of life yet (no IP, host name or running tools)"
+    return None
+
+
+def _guest(values: Mapping[str, Any]) -> GuestInfo:
+    return GuestInfo(
+        ip=_usable_ip(values.get("guest.ipAddress")),
+        hostname=values.get("guest.hostName") or None,
+        tools_status=values.get("guest.toolsRunningStatus") or None,
+    )
+
+
+def check_usable(
+    conn: Connection, moids: Sequence[str], *, require_ip: bool = True
+) -> dict[str, GuestInfo | str]:
+    """One look at many booting VMs: GuestInfo for the usable ones, else what is missing.
+
+    One RetrievePropertiesEx however many VMs, so a pool manager can watch a whole
+    burst of booting clones at the cost of a single call per look.
+    """
+    values = tasks.read_many(conn, vim.VirtualMachine, [_vm(conn, m) for m in moids], _GUEST_PATHS,
+                             operation="check guests")
+    out: dict[str, GuestInfo | str] = {}
+    for moid in moids:
+        if moid not in values:
+            out[moid] = "the VM no longer exists"
+            continue
+        missing = _not_usable(values[moid], require_ip=require_ip, expected_hostname=None)
+        out[moid] = missing if missing else _guest(values[moid])
+    return out
 
 
 def wait_until_usable(
@@ -707,31 +790,14 @@ def wait_until_usable(
     Usable means: powered on, the expected hostname if one is given, and a routable
     guest IP (``require_ip``) or else any sign of life (IP, hostname or running tools).
     """
-    paths = ["name", "runtime.powerState", "guest.ipAddress", "guest.hostName", "guest.toolsRunningStatus"]
 
     def check(values: dict[str, Any]) -> str | None:
-        state = values.get("runtime.powerState")
-        if state != "poweredOn":
-            return f"the VM is {state or 'in an unknown power state'}"
-        ip = _usable_ip(values.get("guest.ipAddress"))
-        hostname = values.get("guest.hostName") or ""
-        tools = values.get("guest.toolsRunningStatus") or "unknown"
-        if expected_hostname and hostname.split(".")[0].lower() != expected_hostname.split(".")[0].lower():
-            return f"the guest reports host name '{hostname or '(none)'}', expected '{expected_hostname}'"
-        if require_ip and not ip:
-            return f"the guest has no usable IP address yet (tools: {tools})"
-        if not (ip or hostname or tools == "guestToolsRunning"):
-            return "the guest shows no sign of life yet (no IP, host name or running tools)"
-        return None
+        return _not_usable(values, require_ip=require_ip, expected_hostname=expected_hostname)
 
     values = tasks.wait_for_condition(
-        conn, _vm(conn, moid), paths, check, timeout=timeout, operation="wait until usable", name=moid
+        conn, _vm(conn, moid), _GUEST_PATHS, check, timeout=timeout, operation="wait until usable", name=moid
     )
-    return GuestInfo(
-        ip=_usable_ip(values.get("guest.ipAddress")),
-        hostname=values.get("guest.hostName") or None,
-        tools_status=values.get("guest.toolsRunningStatus") or None,
-    )
+    return _guest(values)
 
 
 # ---------------------------------------------------------------- power, destroy, relocate

@@ -86,7 +86,7 @@ def test_fill_from_empty_then_shrink(vcsim_factory, redis_conn):
     pool = make_pool(vc, folder, size=3)
     settle(pool)
     ready = list(pool.vms.filter(state=VMState.READY))
-    assert len(ready) == 3
+    assert len(ready) == 3, [(j.kind, j.status, j.error, j.log) for j in Job.objects.all()]
     assert all(vm.ip_address.startswith("10.30.") and vm.moid for vm in ready)
     in_vcenter = vms_in_folder(vc)
     assert sorted(v.name for v in in_vcenter) == sorted(vm.name for vm in ready)

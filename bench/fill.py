@@ -1,0 +1,161 @@
+"""Fill a pool of 200 linked clones from empty, next to a raw pyVmomi clone loop.
+
+    .venv/bin/python bench/fill.py [--size 200] [--limit 10]
+
+Both run against the same simulator in the same run, at the same concurrency (the task
+limit). The app's time covers everything a real fill does: reconcile, the RQ job in a real
+worker process, slot claims in PostgreSQL, host placement, clone + power-on, waiting for
+the guest's IP, and the state changes. Prints both times and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DB_NAME = "vmportal_bench_fill"
+os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/14"
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ["DJANGO_SETTINGS_MODULE"] = "vmportal.settings"
+
+
+def fresh_database() -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
+
+
+def raw_loop(sim, *, count: int, width: int) -> float:
+    """The baseline: plain pyVmomi, `width` threads cloning (powerOn) and waiting."""
+    from pyVim.connect import Disconnect, SmartConnect
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    si = SmartConnect(host=sim.host, port=sim.port, user=sim.username, pwd=sim.password,
+                      disableSslCertValidation=True)
+    index = si.content.searchIndex
+    template = index.FindByInventoryPath("DC0/vm/Templates/ubuntu-24.04")
+    folder = index.FindByInventoryPath("DC0/vm/vmportal")
+    pool = index.FindByInventoryPath("DC0/host/DC0_C1").resourcePool
+    snapshot = template.snapshot.currentSnapshot if template.snapshot else None
+    relocate = vim.vm.RelocateSpec(pool=pool, diskMoveType="createNewChildDiskBacking" if snapshot else None)
+    spec = vim.vm.CloneSpec(location=relocate, powerOn=True, snapshot=snapshot)
+    names = iter(range(count))
+    lock = threading.Lock()
+
+    def loop() -> None:
+        while True:
+            with lock:
+                n = next(names, None)
+            if n is None:
+                return
+            WaitForTask(template.CloneVM_Task(folder=folder, name=f"raw-{n}", spec=spec))
+
+    threads = [threading.Thread(target=loop) for _ in range(width)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    made = [vm for vm in folder.childEntity if vm.name.startswith("raw-")]
+    assert len(made) == count, f"raw loop made {len(made)} clones, not {count}"
+    for vm in made:  # out of the way of the app's fill (not timed)
+        WaitForTask(vm.PowerOffVM_Task())
+        WaitForTask(vm.Destroy_Task())
+    Disconnect(si)
+    return elapsed
+
+
+def app_setup(sim, *, size: int, width: int):
+    """The vCenter row, inventory, the prepared template (its snapshot) and an empty pool."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    import django_rq
+
+    from apps.inventory.models import Cluster, Folder, VCenter
+    from apps.inventory.services import sync_inventory
+    from apps.pools.models import Pool
+    from apps.pools.templates import register_template
+
+    django_rq.get_connection("default").flushdb()
+    vc = VCenter.objects.create(name="bench", host=sim.address, username=sim.username, password=sim.password,
+                                insecure=True, task_limit=width)
+    assert sync_inventory(vc).ok
+    template = register_template(vcenter=vc, name="ubuntu", inventory_path="DC0/vm/Templates/ubuntu-24.04",
+                                 prepare_now=True)
+    pool = Pool.objects.create(
+        name="bench", template=template, cluster=Cluster.objects.get(vcenter=vc, name="DC0_C1"),
+        folder=Folder.objects.get(vcenter=vc, path="DC0/vm/vmportal"), size=size,
+    )
+    return pool
+
+
+def app_fill(pool, *, width: int) -> tuple[float, int]:
+    from apps.pools.models import VMState
+    from apps.pools.services import reconcile_pool
+
+    size = pool.size
+    import django_rq
+    from rq import Worker
+
+    env = {**os.environ, "VMPORTAL_CLONE_LIMIT": str(width)}
+    # A worker already running, as in production: its start-up is not part of a fill.
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "rqworker", "clone", "--worker-class", "rq.SimpleWorker"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    redis = django_rq.get_connection("clone")
+    while not Worker.all(connection=redis):
+        assert worker.poll() is None, "the worker did not start"
+        time.sleep(0.05)
+    start = time.perf_counter()
+    reconcile_pool(pool.pk)
+    ready = 0
+    while ready < size and worker.poll() is None:
+        time.sleep(0.02)
+        ready = pool.vms.filter(state=VMState.READY).count()
+    elapsed = time.perf_counter() - start
+    worker.terminate()
+    worker.wait(timeout=60)
+    return elapsed, ready
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--limit", type=int, default=10, help="clone tasks in flight (both sides)")
+    args = parser.parse_args()
+
+    from tests import vcsim as launcher
+
+    fresh_database()
+    sim = launcher.start("-guest-ip", "10.40.0.0/16")
+    try:
+        # Set up first: preparing the template gives it the snapshot the raw loop's
+        # linked clones need too. Then the raw loop, then the app's fill, on one simulator.
+        pool = app_setup(sim, size=args.size, width=args.limit)
+        raw = raw_loop(sim, count=args.size, width=args.limit)
+        app, ready = app_fill(pool, width=args.limit)
+    finally:
+        sim.stop()
+    print(f"fill {args.size} linked clones (task limit {args.limit}): app {app:.2f} s ({ready} ready), "
+          f"raw pyVmomi loop {raw:.2f} s, ratio {app / raw:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
