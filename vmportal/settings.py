@@ -35,6 +35,8 @@ INSTALLED_APPS = [
     "apps.pools",
     "apps.leases",
     "apps.ui",
+    "apps.api",
+    "apps.adminui",
 ]
 
 MIDDLEWARE = [
@@ -164,3 +166,30 @@ LOGGING = {
     # pyVmomi logs SOAP bodies at DEBUG, which would include login passwords.
     "loggers": {"pyVmomi": {"level": "WARNING"}},
 }
+
+# --- API (apps.api) ----------------------------------------------------------------------
+# Body size limit for /api/ requests (vmpooler uses 10 KB), and the most VMs per checkout.
+VMPORTAL_API_MAX_BODY_BYTES = env_int("VMPORTAL_API_MAX_BODY_BYTES", 10240, minimum=256)
+VMPORTAL_API_MAX_VMS_PER_REQUEST = env_int("VMPORTAL_API_MAX_VMS_PER_REQUEST", 20, minimum=1)
+VMPORTAL_API_MAX_TAGS = env_int("VMPORTAL_API_MAX_TAGS", 32, minimum=1)
+VMPORTAL_API_MAX_POOL_SIZE = env_int("VMPORTAL_API_MAX_POOL_SIZE", 500, minimum=1)
+# Requests per minute per client IP and per token (0: unlimited); 429 + Retry-After beyond.
+VMPORTAL_API_RATE_LIMIT_PER_IP = env_int("VMPORTAL_API_RATE_LIMIT_PER_IP", 300, minimum=0)
+VMPORTAL_API_RATE_LIMIT_PER_TOKEN = env_int("VMPORTAL_API_RATE_LIMIT_PER_TOKEN", 600, minimum=0)
+# New tokens expire after this many days unless the creator picks otherwise (0: never).
+VMPORTAL_API_TOKEN_LIFETIME_DAYS = env_int("VMPORTAL_API_TOKEN_LIFETIME_DAYS", 90, minimum=0)
+# Lease lifetime for vmpooler-API checkouts (0: the pool's own default).
+VMPORTAL_API_DEFAULT_LIFETIME_HOURS = env_int("VMPORTAL_API_DEFAULT_LIFETIME_HOURS", 0, minimum=0)
+# The DNS domain vmpooler clients append to hostnames ("domain" in responses); may be empty.
+VMPORTAL_API_DOMAIN = env_str("VMPORTAL_API_DOMAIN", "")
+import ipaddress  # noqa: E402 - kept inside this block, which is the API's
+
+# Client networks (CIDRs, comma-separated) that may read /metrics without a token.
+VMPORTAL_METRICS_ALLOW_IPS = env_list("VMPORTAL_METRICS_ALLOW_IPS", [])
+for _net in VMPORTAL_METRICS_ALLOW_IPS:
+    try:
+        ipaddress.ip_network(_net, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"VMPORTAL_METRICS_ALLOW_IPS: {_net!r} is not an address or CIDR.") from None
+# Rate limits and body limits run before any view, so they go after the other middleware.
+MIDDLEWARE.append("apps.api.guard.ApiGuardMiddleware")

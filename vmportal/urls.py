@@ -7,6 +7,8 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("django-rq/", include("django_rq.urls")),
+    path("manage/", include("apps.adminui.urls")),
+    path("", include("apps.api.urls")),
     path("", include("apps.leases.urls")),
     path("", include("apps.ui.urls")),
 ]

@@ -1,0 +1,22 @@
+from django.urls import path
+
+from apps.adminui import views
+
+app_name = "adminui"
+
+urlpatterns = [
+    path("", views.pool_list, name="pools"),
+    path("pools/new/", views.pool_create, name="pool-create"),
+    path("pools/<int:pool_id>/", views.pool_detail, name="pool-detail"),
+    path("pools/<int:pool_id>/preview/", views.pool_preview, name="pool-preview"),
+    path("pools/<int:pool_id>/reconfigure/", views.pool_reconfigure, name="pool-reconfigure"),
+    path("pools/<int:pool_id>/drain/", views.pool_drain, name="pool-drain"),
+    path("pools/<int:pool_id>/reset/", views.pool_reset, name="pool-reset"),
+    path("audit/", views.audit_list, name="audit"),
+    path("audit/export.csv", views.audit_export, name="audit-export"),
+    path("audit/<int:event_id>/", views.audit_detail, name="audit-detail"),
+    path("hosts/", views.host_load, name="hosts"),
+    path("templates/", views.template_list, name="templates"),
+    path("health/", views.health, name="health"),
+    path("health.json", views.health_json, name="health-json"),
+]

@@ -1,0 +1,267 @@
+"""Admin pages. Each page view also serves its live partial to HTMX polls (STYLE.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from apps.adminui import selectors, services
+from apps.adminui.forms import AuditFilterForm, PoolForm, ReconfigureForm, RegisterTemplateForm
+from apps.adminui.permissions import admin_required
+from apps.audit.models import AuditEvent
+from apps.core.errors import VmPortalError
+from apps.pools.models import Pool, Template
+from apps.pools.selectors import pools_with_counts
+
+
+def _polled(request: HttpRequest) -> bool:
+    return bool(request.htmx) and not request.htmx.boosted
+
+
+def _validation_messages(exc: ValidationError) -> list[str]:
+    if hasattr(exc, "message_dict"):
+        return [f"{'' if k == '__all__' else k + ': '}{m}" for k, ms in exc.message_dict.items() for m in ms]
+    return list(exc.messages)
+
+
+# --- pools -------------------------------------------------------------------------------
+
+
+@admin_required
+@require_GET
+def pool_list(request: HttpRequest) -> HttpResponse:
+    pools = pools_with_counts().select_related("template", "cluster")
+    template = "adminui/partials/_pool_rows.html" if _polled(request) else "adminui/pool_list.html"
+    return render(request, template, {"pools": pools})
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def pool_create(request: HttpRequest) -> HttpResponse:
+    form = PoolForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            pool = services.create_pool(pool=form.save(commit=False))
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Pool {pool.name} created; the pool manager starts filling it.")
+            return redirect("adminui:pool-detail", pool_id=pool.pk)
+    status = 400 if form.errors else 200
+    return render(request, "adminui/pool_form.html", {"form": form, "creating": True}, status=status)
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def pool_detail(request: HttpRequest, pool_id: int) -> HttpResponse:
+    pool = get_object_or_404(Pool.objects.select_related("template", "cluster"), pk=pool_id)
+    form = PoolForm(request.POST or None, instance=pool, prefix="edit")
+    if request.method == "POST" and form.is_valid():
+        changes = {name: form.cleaned_data[name] for name in form.changed_data}
+        try:
+            pool, result = services.update_pool(pool_id=pool_id, changes=changes)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Saved {pool.name}: {result.summary}." if changes else "Nothing changed.")
+            return redirect("adminui:pool-detail", pool_id=pool.pk)
+        pool = Pool.objects.select_related("template", "cluster").get(pk=pool_id)
+    return render(request, "adminui/pool_detail.html", _pool_context(pool, form=form),
+                  status=400 if form.errors else 200)
+
+
+def _pool_context(pool: Pool, *, form=None, reconfigure_form=None) -> dict:
+    counts = services.pool_counts(pool)
+    return {
+        "pool": pool,
+        "counts": counts,
+        "form": form or PoolForm(instance=pool, prefix="edit"),
+        "reconfigure_form": reconfigure_form or ReconfigureForm(pool=pool),
+        "drain_preview": services.preview_reconfigure(
+            counts=counts, current=services.shape_of(pool),
+            new=services.PoolShape(size=0, template_id=pool.template_id, cluster_id=pool.cluster_id, enabled=False),
+        ),
+        "recent_events": AuditEvent.objects.filter(pool_id=pool.pk).order_by("-at", "-id")[:10],
+    }
+
+
+@admin_required
+@require_POST
+def pool_preview(request: HttpRequest, pool_id: int) -> HttpResponse:
+    """The reconfigure panel's live preview (HTMX, on every change of the form)."""
+    pool = get_object_or_404(Pool.objects.select_related("template"), pk=pool_id)
+    form = ReconfigureForm(request.POST, pool=pool)
+    preview = None
+    if form.is_valid():
+        preview = services.preview_reconfigure(
+            counts=services.pool_counts(pool), current=services.shape_of(pool), new=form.shape()
+        )
+    return render(request, "adminui/partials/_preview.html", {"preview": preview, "reconfigure_form": form})
+
+
+@admin_required
+@require_POST
+def pool_reconfigure(request: HttpRequest, pool_id: int) -> HttpResponse:
+    pool = get_object_or_404(Pool.objects.select_related("template", "cluster"), pk=pool_id)
+    form = ReconfigureForm(request.POST, pool=pool)
+    if form.is_valid():
+        d = form.cleaned_data
+        try:
+            pool, result = services.reconfigure(pool_id=pool.pk, size=d["size"], template=d["template"],
+                                                cluster=d["cluster"])
+        except ValidationError as exc:
+            for m in _validation_messages(exc):
+                form.add_error(None, m)
+        else:
+            messages.success(request, f"{pool.name} reconfigured: {result.summary}.")
+            return redirect("adminui:pool-detail", pool_id=pool.pk)
+    return render(request, "adminui/pool_detail.html", _pool_context(pool, reconfigure_form=form), status=400)
+
+
+@admin_required
+@require_POST
+def pool_drain(request: HttpRequest, pool_id: int) -> HttpResponse:
+    pool = get_object_or_404(Pool, pk=pool_id)
+    disable = request.POST.get("disable") == "1"
+    try:
+        pool, result = services.drain(pool_id=pool.pk, disable=disable)
+    except ValidationError as exc:
+        for m in _validation_messages(exc):
+            messages.error(request, m)
+    else:
+        messages.success(request, f"{pool.name} {'disabled and ' if disable else ''}draining: {result.summary}.")
+    return redirect("adminui:pool-detail", pool_id=pool_id)
+
+
+@admin_required
+@require_POST
+def pool_reset(request: HttpRequest, pool_id: int) -> HttpResponse:
+    pool = get_object_or_404(Pool, pk=pool_id)
+    services.reset(pool_id=pool.pk)
+    messages.success(request, f"{pool.name} reset: failures cleared, cloning resumes now.")
+    return redirect("adminui:pool-detail", pool_id=pool_id)
+
+
+# --- audit log ---------------------------------------------------------------------------
+
+
+def _audit_events(request: HttpRequest):
+    form = AuditFilterForm(request.GET or None)
+    if form.is_bound and form.is_valid():
+        return form, selectors.filter_audit(**form.filters())
+    if form.is_bound:
+        return form, AuditEvent.objects.none()
+    return form, selectors.filter_audit()
+
+
+@admin_required
+@require_GET
+def audit_list(request: HttpRequest) -> HttpResponse:
+    form, events = _audit_events(request)
+    page = selectors.audit_page(events, after=request.GET.get("after", ""))
+    params = request.GET.copy()
+    params.pop("after", None)
+    query = params.urlencode()
+    ctx = {"form": form, "page": page, "query": query,
+           "first_page": not request.GET.get("after")}
+    template = "adminui/partials/_audit_rows.html" if _polled(request) else "adminui/audit_list.html"
+    return render(request, template, ctx, status=400 if form.errors else 200)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+@admin_required
+@require_GET
+def audit_export(request: HttpRequest) -> HttpResponse:
+    form, events = _audit_events(request)
+    if form.errors:
+        return render(request, "adminui/audit_list.html",
+                      {"form": form, "page": selectors.Page([], None), "query": "", "first_page": True}, status=400)
+    writer = csv.writer(_Echo())
+
+    def rows():
+        yield writer.writerow(["at", "actor", "action", "target_type", "target_id", "target", "pool_id",
+                               "request_id", "message", "before", "after"])
+        # iterator(): constant memory however many rows match.
+        for e in events.iterator(chunk_size=2000):
+            yield writer.writerow([
+                e.at.isoformat(), e.actor_name, e.action, e.target_type, e.target_id, e.target_repr,
+                e.pool_id or "", e.request_id, e.message,
+                json.dumps(e.before, sort_keys=True) if e.before is not None else "",
+                json.dumps(e.after, sort_keys=True) if e.after is not None else "",
+            ])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="vmportal-audit.csv"'
+    return response
+
+
+@admin_required
+@require_GET
+def audit_detail(request: HttpRequest, event_id: int) -> HttpResponse:
+    event = get_object_or_404(AuditEvent, pk=event_id)
+    return render(request, "adminui/audit_detail.html", {"event": event, "diff": selectors.audit_diff(event)})
+
+
+# --- hosts, templates, health ----------------------------------------------------------
+
+
+@admin_required
+@require_GET
+def host_load(request: HttpRequest) -> HttpResponse:
+    ctx = {"clusters": selectors.host_load(), "spark_w": selectors.SPARK_W, "spark_h": selectors.SPARK_H}
+    template = "adminui/partials/_hosts.html" if _polled(request) else "adminui/host_load.html"
+    return render(request, template, ctx)
+
+
+def _templates_context(form: RegisterTemplateForm | None = None) -> dict:
+    templates = Template.objects.select_related("vcenter").prefetch_related("copies__cluster").order_by("name")
+    return {"templates": templates, "form": form or RegisterTemplateForm()}
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def template_list(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = RegisterTemplateForm(request.POST)
+        if form.is_valid():
+            from apps.pools.templates import register_template
+
+            d = form.cleaned_data
+            try:
+                template = register_template(vcenter=d["vcenter"], name=d["name"],
+                                             inventory_path=d["inventory_path"], os_name=d["os_name"])
+            except VmPortalError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Template {template.name} registered; preparing it now.")
+                return redirect("adminui:templates")
+        return render(request, "adminui/template_list.html", _templates_context(form), status=400)
+    if _polled(request):
+        return render(request, "adminui/partials/_template_rows.html", _templates_context())
+    return render(request, "adminui/template_list.html", _templates_context())
+
+
+@admin_required
+@require_GET
+def health(request: HttpRequest) -> HttpResponse:
+    facts = selectors.system_health()
+    template = "adminui/partials/_health.html" if _polled(request) else "adminui/health.html"
+    return render(request, template, {"facts": facts, "json_url": reverse("adminui:health-json")})
+
+
+@admin_required
+@require_GET
+def health_json(request: HttpRequest) -> JsonResponse:
+    facts = selectors.system_health()
+    return JsonResponse(selectors.system_health_json(facts), status=200 if facts["ok"] else 503)

@@ -1,0 +1,86 @@
+"""Body size and rate limits for every /api/ and /metrics request, before any view runs.
+
+Limits are fixed one-minute windows in Redis, shared by every web process: one counter
+per client IP and one per presented token (keyed by its hash, so a flood of made-up
+tokens is limited too). When Redis is unreachable the API stays up without limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import django_rq
+from django.conf import settings
+from django.http import HttpRequest
+from redis.exceptions import RedisError
+
+from apps.api.auth import presented_token
+from apps.api.http import error
+from apps.api.tokens import hash_token
+
+log = logging.getLogger(__name__)
+WINDOW = 60
+KEY_PREFIX = "vmportal:ratelimit"
+
+
+def client_ip(request: HttpRequest) -> str:
+    # REMOTE_ADDR only: X-Forwarded-For is whatever the client says unless a trusted
+    # proxy rewrites REMOTE_ADDR (gunicorn --forwarded-allow-ips does).
+    return request.META.get("REMOTE_ADDR", "") or "unknown"
+
+
+def _over_limit(keys_and_limits: list[tuple[str, int]]) -> int | None:
+    """Seconds to wait when any counter is over its limit, else None."""
+    now = int(time.time())
+    window = now - now % WINDOW
+    try:
+        conn = django_rq.get_connection("default")
+        pipe = conn.pipeline()
+        for key, _ in keys_and_limits:
+            full = f"{KEY_PREFIX}:{key}:{window}"
+            pipe.incr(full)
+            pipe.expire(full, WINDOW * 2)
+        counts = pipe.execute()[::2]
+    except RedisError as exc:
+        log.warning("Rate limiting skipped, Redis unavailable: %s", exc)
+        return None
+    for count, (_, limit) in zip(counts, keys_and_limits, strict=True):
+        if limit and count > limit:
+            return max(1, window + WINDOW - now)
+    return None
+
+
+def _has_nul(request: HttpRequest) -> bool:
+    if "\x00" in request.path or "%00" in request.META.get("QUERY_STRING", ""):
+        return True
+    body = request.body
+    return b"\x00" in body or b"\\u0000" in body.lower()
+
+
+class ApiGuardMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest):
+        if not request.path.startswith(("/api/", "/metrics")) or request.path.startswith("/api/tokens"):
+            return self.get_response(request)
+        limit = settings.VMPORTAL_API_MAX_BODY_BYTES
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return error("Content-Length is not a number.", 400)
+        if length > limit:
+            return error(f"The body is larger than {limit} bytes.", 413)
+        if _has_nul(request):
+            # PostgreSQL refuses NUL in text; refusing it here keeps every view from a 500.
+            return error("NUL characters are not allowed in requests.", 400)
+        checks = [(f"ip:{client_ip(request)}", settings.VMPORTAL_API_RATE_LIMIT_PER_IP)]
+        raw = presented_token(request)
+        if raw:
+            checks.append((f"token:{hash_token(raw)}", settings.VMPORTAL_API_RATE_LIMIT_PER_TOKEN))
+        retry_after = _over_limit(checks)
+        if retry_after is not None:
+            return error("Too many requests; slow down.", 429, headers={"Retry-After": str(retry_after)},
+                         retry_after=retry_after)
+        return self.get_response(request)

@@ -1,0 +1,259 @@
+"""The native JSON API (/api/v1/), with an OpenAPI 3 schema at /api/v1/openapi.json.
+
+Thin: every write calls the same service as the pages and the vmpooler routes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime, timedelta
+
+from django.http import HttpRequest
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import AuthenticationError, HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+from ninja.security import APIKeyHeader, HttpBearer
+from pydantic import Field
+
+from apps.api import auth
+from apps.api import services as api_services
+from apps.api.http import unauthorized
+from apps.api.metrics import CHECKOUT_SECONDS
+from apps.api.models import ApiToken
+from apps.core.errors import NotFound, VmPortalError
+from apps.leases import services as leases
+from apps.leases.models import Lease
+from apps.pools.models import VM, Pool, Template, VMState
+from apps.pools.selectors import pools_with_counts
+
+
+class XAuthToken(APIKeyHeader):
+    param_name = "X-AUTH-TOKEN"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> ApiToken | None:
+        return auth.token_user(request)
+
+
+class Bearer(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        return auth.token_user(request)
+
+
+def _schema_access(view):
+    """The schema for a token holder or a signed-in person (a GET: no CSRF concern)."""
+
+    @functools.wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if request.user.is_authenticated or auth.token_user(request) is not None:
+            return view(request, *args, **kwargs)
+        return unauthorized()
+
+    return wrapped
+
+
+api = NinjaAPI(
+    docs_decorator=_schema_access,
+    title="vmportal API", version="1", urls_namespace="api-v1", auth=[XAuthToken(), Bearer()],
+    docs_url=None,  # our own docs page: the Swagger bundle would come from a CDN
+    description="Pools of ready vSphere VMs. Authenticate with an API token (X-AUTH-TOKEN or Bearer).",
+)
+
+
+class ErrorOut(Schema):
+    ok: bool = False
+    error: str
+
+
+def _error(request: HttpRequest, message: str, status: int, **extra):
+    return api.create_response(request, {"ok": False, "error": message, **extra}, status=status)
+
+
+@api.exception_handler(VmPortalError)
+def _domain_error(request, exc: VmPortalError):
+    return _error(request, str(exc), exc.http_status)
+
+
+@api.exception_handler(NinjaValidationError)
+def _validation_error(request, exc: NinjaValidationError):
+    return _error(request, "The request is not valid.", 400, detail=exc.errors)
+
+
+@api.exception_handler(AuthenticationError)
+def _auth_error(request, exc):
+    response = _error(request, "Authentication required: send an X-AUTH-TOKEN header.", 401)
+    response["WWW-Authenticate"] = 'Bearer realm="vmportal"'
+    return response
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc: HttpError):
+    return _error(request, str(exc), exc.status_code)
+
+
+@api.exception_handler(Exception)
+def _unexpected(request, exc: Exception):
+    logging.getLogger(__name__).exception("API request failed: %s %s", request.method, request.path)
+    return _error(request, "Internal error; it has been logged.", 500)
+
+
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut}
+
+
+class PoolOut(Schema):
+    name: str
+    description: str
+    template: str
+    os_name: str
+    size: int
+    ready: int
+    booting: int
+    leased: int
+    enabled: bool
+    health: str
+    lease_lifetime_hours: float
+    lease_max_lifetime_hours: float
+
+
+class TemplateOut(Schema):
+    name: str
+    os_name: str
+    description: str
+    status: str
+
+
+class LeaseOut(Schema):
+    id: int
+    vm: str
+    pool: str | None
+    user: str
+    ip_address: str
+    hostname: str
+    started_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    end_reason: str
+    note: str
+    tags: dict[str, str]
+
+
+class VMOut(Schema):
+    name: str
+    pool: str | None
+    state: str
+    ip_address: str
+    hostname: str
+    lease_id: int | None
+
+
+class CheckoutIn(Schema):
+    pools: list[str] = Field(min_length=1, max_length=100, description="One entry per VM; a pool may repeat.")
+    lifetime_hours: float | None = Field(default=None, gt=0, le=24 * 365)
+    note: str = Field(default="", max_length=1000)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ExtendIn(Schema):
+    hours: float = Field(gt=0, le=24 * 365)
+
+
+class TagsIn(Schema):
+    tags: dict[str, str]
+
+
+def _hours(d: timedelta) -> float:
+    return round(d.total_seconds() / 3600, 2)
+
+
+def _pool_out(p: Pool) -> dict:
+    return {
+        "name": p.name, "description": p.description, "template": p.template.name, "os_name": p.template.os_name,
+        "size": p.size, "ready": p.ready_count, "booting": p.booting_count, "leased": p.leased_count,
+        "enabled": p.enabled, "health": p.health, "lease_lifetime_hours": _hours(p.lease_lifetime),
+        "lease_max_lifetime_hours": _hours(p.lease_max_lifetime),
+    }
+
+
+def _lease_out(lease: Lease) -> dict:
+    return {
+        "id": lease.pk, "vm": lease.vm.name, "pool": lease.pool.name if lease.pool else None,
+        "user": lease.user.get_username(), "ip_address": lease.vm.ip_address, "hostname": lease.vm.hostname,
+        "started_at": lease.started_at, "expires_at": lease.expires_at, "ended_at": lease.ended_at,
+        "end_reason": lease.end_reason, "note": lease.note, "tags": lease.tags,
+    }
+
+
+def _lease(request: HttpRequest, lease_id: int) -> Lease:
+    return leases.get_lease_for(request.user, lease_id)
+
+
+@api.get("/pools", response=list[PoolOut], tags=["pools"])
+def list_pools(request):
+    return [_pool_out(p) for p in pools_with_counts()]
+
+
+@api.get("/pools/{name}", response={200: PoolOut, **ERRORS}, tags=["pools"])
+def get_pool(request, name: str):
+    pool = pools_with_counts().filter(name=name).first()
+    if pool is None:
+        raise NotFound(f"No such pool: {name[:64]}.")
+    return _pool_out(pool)
+
+
+@api.get("/templates", response=list[TemplateOut], tags=["pools"])
+def list_templates(request):
+    return list(Template.objects.order_by("name").values("name", "os_name", "description", "status"))
+
+
+@api.get("/vms/{name}", response={200: VMOut, **ERRORS}, tags=["vms"])
+def get_vm(request, name: str):
+    vm = VM.objects.select_related("pool").filter(name=name).exclude(state=VMState.DESTROYED).first()
+    if vm is None:
+        raise NotFound(f"No such VM: {name[:80]}.")
+    lease = Lease.objects.active().filter(vm=vm).first()
+    return {"name": vm.name, "pool": vm.pool.name if vm.pool else None, "state": vm.state,
+            "ip_address": vm.ip_address, "hostname": vm.hostname, "lease_id": lease.pk if lease else None}
+
+
+@api.get("/leases", response=list[LeaseOut], tags=["leases"])
+def list_leases(request, all: bool = False):  # noqa: A002 - the query parameter's name
+    qs = Lease.objects.active().select_related("vm", "pool", "user").order_by("expires_at")
+    if not (all and leases.is_admin(request.user)):
+        qs = qs.filter(user=request.user)
+    return [_lease_out(lease) for lease in qs[:1000]]
+
+
+@api.post("/leases", response={201: list[LeaseOut], **ERRORS}, tags=["leases"])
+def checkout(request, payload: CheckoutIn):
+    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=payload.pools)}
+    unknown = sorted(set(payload.pools) - set(pools))
+    if unknown:
+        raise NotFound(f"No such pool: {', '.join(unknown)}.")
+    tags = api_services.validate_tags(payload.tags)
+    lifetime = timedelta(hours=payload.lifetime_hours) if payload.lifetime_hours else None
+    with CHECKOUT_SECONDS.time():
+        leased = leases.checkout(user=request.user, pools=[pools[n] for n in payload.pools], lifetime=lifetime,
+                                 note=payload.note, tags=tags)
+    return Status(201, [_lease_out(lease) for lease in leased])
+
+
+@api.get("/leases/{lease_id}", response={200: LeaseOut, **ERRORS}, tags=["leases"])
+def get_lease(request, lease_id: int):
+    return _lease_out(_lease(request, lease_id))
+
+
+@api.post("/leases/{lease_id}/extend", response={200: LeaseOut, **ERRORS}, tags=["leases"])
+def extend_lease(request, lease_id: int, payload: ExtendIn):
+    leases.extend(user=request.user, lease_id=lease_id, by=timedelta(hours=payload.hours))
+    return _lease_out(_lease(request, lease_id))
+
+
+@api.put("/leases/{lease_id}/tags", response={200: LeaseOut, **ERRORS}, tags=["leases"])
+def tag_lease(request, lease_id: int, payload: TagsIn):
+    api_services.tag_lease(user=request.user, lease_id=lease_id, tags=payload.tags)
+    return _lease_out(_lease(request, lease_id))
+
+
+@api.delete("/leases/{lease_id}", response={200: LeaseOut, **ERRORS}, tags=["leases"])
+def return_lease(request, lease_id: int):
+    return _lease_out(leases.return_lease(user=request.user, lease_id=lease_id))

@@ -1,0 +1,101 @@
+"""Writes the API needs that the other apps' services do not offer yet.
+
+They follow the same rules (lease ownership via get_lease_for, audit inside the
+transaction) and should move to apps.leases / apps.pools services when those grow them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from apps.audit import services as audit
+from apps.core.errors import Conflict, NotFound, VmPortalError
+from apps.leases.models import Lease
+from apps.leases.services import get_lease_for
+from apps.pools import nudge
+from apps.pools.models import Pool
+
+TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:/@+= -]{0,255}$")
+
+
+def validate_tags(tags: object) -> dict[str, str]:
+    if not isinstance(tags, dict):
+        raise VmPortalError("Tags must be an object of name: value.")
+    if len(tags) > settings.VMPORTAL_API_MAX_TAGS:
+        raise VmPortalError(f"At most {settings.VMPORTAL_API_MAX_TAGS} tags.")
+    clean: dict[str, str] = {}
+    for key, value in tags.items():
+        value = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        if not isinstance(key, str) or not TAG_KEY.match(key):
+            raise VmPortalError(f"Tag name {str(key)[:64]!r} is invalid: use 1-64 letters, digits, '_', '.', '-'.")
+        if not isinstance(value, str) or not TAG_VALUE.match(value):
+            raise VmPortalError(f"Tag {key!r} has an invalid value: up to 255 letters, digits, spaces and _.:/@+=-.")
+        clean[key] = value
+    return clean
+
+
+@transaction.atomic
+def tag_lease(*, user: AbstractBaseUser, lease_id: int, tags: dict) -> Lease:
+    """Merge ``tags`` into the lease's tags (the vmpooler semantics of PUT /vm/<h> tags)."""
+    tags = validate_tags(tags)
+    lease = get_lease_for(user, lease_id)
+    lease = Lease.objects.select_for_update(of=("self",)).get(pk=lease.pk)
+    if not lease.is_active:
+        raise Conflict("This lease has ended.")
+    before = dict(lease.tags)
+    lease.tags = {**before, **tags}
+    lease.save(update_fields=["tags"])
+    audit.record("lease.tag", target=lease, pool=lease.pool_id, before={"tags": before}, after={"tags": lease.tags})
+    return lease
+
+
+@transaction.atomic
+def set_pool_size(*, pool_id: int, size: int) -> bool:
+    """Set a pool's size; True when it changed. Callers check that the user is an admin."""
+    if size < 0 or size > settings.VMPORTAL_API_MAX_POOL_SIZE:
+        raise VmPortalError(f"A pool size must be between 0 and {settings.VMPORTAL_API_MAX_POOL_SIZE}.")
+    pool = Pool.objects.select_for_update().get(pk=pool_id)
+    if pool.size == size:
+        return False
+    before = pool.size
+    pool.size = size
+    pool.save(update_fields=["size", "updated_at"])
+    audit.record("pool.resize", target=pool, pool=pool.pk, before={"size": before}, after={"size": size})
+    nudge.nudge(pool.pk)
+    return True
+
+
+@transaction.atomic
+def set_pool_target(*, pool_id: int, template_name: str | None = None, cluster_name: str | None = None) -> bool:
+    """Point a pool at another template or cluster (same vCenter); True when it changed.
+
+    Ready VMs of the old template stay until the pool manager recycles them.
+    """
+    from apps.inventory.models import Cluster
+    from apps.pools.models import Template
+
+    pool = Pool.objects.select_for_update().select_related("template", "cluster").get(pk=pool_id)
+    before = {"template": pool.template.name, "cluster": pool.cluster.name}
+    vcenter_id = pool.cluster.vcenter_id
+    if template_name is not None:
+        template = Template.objects.filter(vcenter_id=vcenter_id, name=template_name).first()
+        if template is None:
+            raise NotFound(f"No template {template_name[:80]!r} on the pool's vCenter.")
+        pool.template = template
+    if cluster_name is not None:
+        cluster = Cluster.objects.filter(vcenter_id=vcenter_id, name=cluster_name).first()
+        if cluster is None:
+            raise NotFound(f"No cluster {cluster_name[:80]!r} on the pool's vCenter.")
+        pool.cluster = cluster
+    after = {"template": pool.template.name, "cluster": pool.cluster.name}
+    if after == before:
+        return False
+    pool.save(update_fields=["template", "cluster", "updated_at"])
+    audit.record("pool.retarget", target=pool, pool=pool.pk, before=before, after=after)
+    nudge.nudge(pool.pk)
+    return True

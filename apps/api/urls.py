@@ -1,0 +1,66 @@
+"""/api/: the vmpooler v3 routes (also under /api/v2), the native API, docs, tokens, metrics."""
+
+from django.contrib.auth.decorators import login_not_required
+from django.urls import URLPattern, URLResolver, include, path
+
+from apps.api import metrics, views, vmpooler
+from apps.api.decorators import api_view
+from apps.api.http import ApiError
+from apps.api.native import api
+
+
+def _not_found(request, rest=""):
+    raise ApiError("No such API endpoint.", 404)
+
+
+not_found = api_view(auth_by="handler")({m: _not_found for m in ("GET", "POST", "PUT", "PATCH", "DELETE")})
+
+
+def _public_of_login_middleware(patterns):
+    # Ninja's views answer 401 in JSON themselves; the login middleware must not redirect them.
+    for p in patterns:
+        if isinstance(p, URLResolver):
+            _public_of_login_middleware(p.url_patterns)
+        elif isinstance(p, URLPattern):
+            login_not_required(p.callback)
+    return patterns
+
+
+vmpooler_patterns = [
+    path("vm", vmpooler.vm_collection),
+    path("vm/<str:name>", vmpooler.vm_dispatch),
+    path("token", vmpooler.token_collection),
+    path("token/<str:raw>", vmpooler.token_item),
+    path("status", vmpooler.status),
+    path("summary", vmpooler.summary),
+    path("poolstat", vmpooler.poolstat),
+    path("totalrunning", vmpooler.totalrunning),
+    path("config", vmpooler.config),
+    path("config/poolsize", vmpooler.config_poolsize),
+    path("config/pooltemplate", vmpooler.config_pooltemplate),
+    path("config/clonetarget", vmpooler.config_clonetarget),
+    # Routes vmpooler has and we do not yet: a JSON 501 that says so, rather than a bare 404.
+    path("vm/<str:name>/disk/<str:size>", vmpooler.not_supported),
+    path("vm/<str:name>/snapshot", vmpooler.not_supported),
+    path("vm/<str:name>/snapshot/<str:snapshot>", vmpooler.not_supported),
+    path("ondemandvm", vmpooler.not_supported),
+    path("ondemandvm/<str:request_id>", vmpooler.not_supported),
+    path("config/poolsize/<str:pool>", vmpooler.not_supported),
+    path("config/pooltemplate/<str:pool>", vmpooler.not_supported),
+    path("poolreset", vmpooler.not_supported),
+]
+
+native_urls, native_app, native_namespace = api.urls
+_public_of_login_middleware(native_urls)
+
+urlpatterns = [
+    path("api/v3/", include(vmpooler_patterns)),
+    path("api/v2/", include((vmpooler_patterns, "api-v2"), namespace="api-v2")),
+    path("api/v1/", include((native_urls, native_app), namespace=native_namespace)),
+    path("api/docs/", views.docs, name="api-docs"),
+    path("api/tokens/", views.token_list, name="api-tokens"),
+    path("api/tokens/new", views.token_create, name="api-token-create"),
+    path("api/tokens/<int:token_id>/revoke", views.token_revoke, name="api-token-revoke"),
+    path("metrics", metrics.metrics, name="metrics"),
+    path("api/<path:rest>", not_found),
+]
