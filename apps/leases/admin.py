@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from apps.leases.models import Lease
+from apps.leases.models import GroupLeaseLimit, Lease
 
 
 @admin.register(Lease)
@@ -9,3 +9,10 @@ class LeaseAdmin(admin.ModelAdmin):
     list_filter = ["pool", "end_reason"]
     search_fields = ["vm__name", "user__username"]
     readonly_fields = ["vm", "user", "pool", "started_at", "ended_at", "end_reason"]
+
+
+@admin.register(GroupLeaseLimit)
+class GroupLeaseLimitAdmin(admin.ModelAdmin):
+    list_display = ["group", "max_active_leases"]
+    search_fields = ["group__name"]
+    autocomplete_fields = ["group"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import models
 from django.utils import timezone
 
@@ -41,3 +42,18 @@ class Lease(models.Model):
     @property
     def is_active(self) -> bool:
         return self.ended_at is None
+
+
+class GroupLeaseLimit(models.Model):
+    """A cap on the active leases all members of one group hold together (a team quota)."""
+
+    group = models.OneToOneField(Group, on_delete=models.CASCADE, related_name="lease_limit")
+    max_active_leases = models.PositiveIntegerField(
+        help_text="Active leases the members of this group may hold together (admins are exempt)."
+    )
+
+    class Meta:
+        verbose_name = "group lease limit"
+
+    def __str__(self) -> str:
+        return f"{self.group.name}: {self.max_active_leases}"

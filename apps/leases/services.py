@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
-from apps.leases.models import Lease
+from apps.leases.models import GroupLeaseLimit, Lease
 from apps.pools import nudge
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.services import end_lease
@@ -40,13 +40,41 @@ def is_admin(user: AbstractBaseUser) -> bool:
 
 
 def _check_limits(user: AbstractBaseUser, adding: int) -> None:
-    limit = settings.VMPORTAL_MAX_LEASES_PER_USER
-    if limit and not is_admin(user):
+    """Refuse a checkout that would take the user, or any of their groups, over its limit.
+
+    Runs inside checkout's transaction, on every checkout, so the common case (no group
+    limits) costs one query for the groups (which also answers "admin?") and one count.
+    Group limit rows are locked (in id order, so two members cannot deadlock) before
+    counting: concurrent checkouts by members of one group queue up instead of both
+    slipping under the cap.
+    """
+    if user.is_superuser:
+        return
+    groups = list(user.groups.values_list("pk", "name", "lease_limit__pk"))
+    if any(name == settings.VMPORTAL_ADMIN_GROUP for _, name, _ in groups):
+        return
+    user_limit = settings.VMPORTAL_MAX_LEASES_PER_USER
+    if user_limit:
         active = Lease.objects.active().filter(user=user).count()
-        if active + adding > limit:
+        if active + adding > user_limit:
             raise LeaseLimitReached(
-                f"You have {active} active lease{'s' if active != 1 else ''}; the limit is {limit}. "
+                f"You have {active} active lease{'s' if active != 1 else ''}; the limit is {user_limit}. "
                 "Return a VM before checking out another."
+            )
+    limit_ids = [limit_id for _, _, limit_id in groups if limit_id is not None]
+    if not limit_ids:
+        return
+    group_limits = (
+        GroupLeaseLimit.objects.filter(pk__in=limit_ids).select_related("group").order_by("pk")
+        .select_for_update(of=("self",))
+    )
+    for limit in group_limits:
+        active = Lease.objects.active().filter(user__groups=limit.group_id).count()
+        if active + adding > limit.max_active_leases:
+            raise LeaseLimitReached(
+                f"Your group {limit.group.name} has {active} active lease{'s' if active != 1 else ''}; "
+                f"its limit is {limit.max_active_leases}. "
+                "Ask a colleague in the group to return a VM, or an admin to raise the limit."
             )
 
 

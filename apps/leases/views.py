@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -13,6 +14,13 @@ from apps.leases.models import Lease
 from apps.pools.models import Pool
 
 EXTEND_CHOICES = {"1": timedelta(hours=1), "4": timedelta(hours=4), "24": timedelta(hours=24)}
+MAX_VMS_PER_CHECKOUT = 5
+
+
+class MultiCheckoutForm(forms.Form):
+    pool = forms.ModelChoiceField(queryset=Pool.objects.filter(enabled=True).order_by("name"), to_field_name="name",
+                                  empty_label=None)
+    count = forms.IntegerField(min_value=1, max_value=MAX_VMS_PER_CHECKOUT, initial=2)
 
 
 @require_POST
@@ -25,6 +33,24 @@ def checkout(request: HttpRequest, pool_name: str) -> HttpResponse:
         return redirect("home")
     messages.success(request, f"{lease.vm.name} is yours until {lease.expires_at:%H:%M} UTC.")
     return redirect("lease-detail", lease_id=lease.pk)
+
+
+@require_POST
+def checkout_many(request: HttpRequest) -> HttpResponse:
+    """n VMs from one pool in one all-or-nothing checkout."""
+    form = MultiCheckoutForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Choose a pool and between 1 and {MAX_VMS_PER_CHECKOUT} VMs.")
+        return redirect("home")
+    pool, count = form.cleaned_data["pool"], form.cleaned_data["count"]
+    try:
+        leases = services.checkout(user=request.user, pools=[pool] * count)
+    except VmPortalError as exc:
+        messages.error(request, str(exc))
+        return redirect("home")
+    names = ", ".join(lease.vm.name for lease in leases)
+    messages.success(request, f"{names} {'is' if count == 1 else 'are'} yours until {leases[0].expires_at:%H:%M} UTC.")
+    return redirect("my-leases")
 
 
 def my_leases(request: HttpRequest) -> HttpResponse:

@@ -1,0 +1,111 @@
+"""The engineer's day in a real browser: sign in, check out, extend, return.
+
+Pools and VMs are rows made by the factories; this test is about the pages and their
+wiring, not vSphere. Screenshots land in test-artifacts/ for people to look at.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from apps.leases.models import Lease
+from apps.pools.models import VMState
+from tests import factories
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make test installs Debian's chromium)"),
+]
+
+
+@contextmanager
+def chromium():
+    """Debian's Chromium, headless. Playwright's sync API runs an event loop in this
+    thread while open, and Django refuses ORM calls beside one: query before or after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def pool(transactional_db):
+    pool = factories.pool(name="debian-12", size=3, description="Debian 12, 2 vCPU, 4 GB")
+    for i in range(1, 4):
+        factories.vm(pool, state=VMState.READY, ip_address=f"10.20.0.{10 + i}",
+                     hostname=f"debian-12-{i}.lab.example", ready_at=datetime.now().astimezone() - timedelta(minutes=i))
+    return pool
+
+
+def _expiry(page) -> datetime:
+    return datetime.fromisoformat(page.locator("#lease-expiry").get_attribute("datetime"))
+
+
+def test_engineer_checks_out_extends_and_returns_a_vm(live_server, pool, engineer):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium() as browser:
+        _check_out_extend_and_return(browser, live_server.url)
+    lease = Lease.objects.get()
+    assert (lease.user, lease.end_reason, lease.vm.state) == (engineer, "returned", VMState.DESTROYING)
+
+
+def _check_out_extend_and_return(browser, base_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(10_000)
+
+    page.goto(f"{base_url}/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
+    page.get_by_label("Username").fill("bob-engineer")
+    page.get_by_label("Password").fill("pw-engineer")
+    page.get_by_role("button", name="Sign in").click()
+
+    row = page.locator("#pool-rows tr", has_text="debian-12")
+    expect(row.locator("td").nth(3)).to_have_text("3")
+    page.screenshot(path=str(ARTIFACTS / "engineer-home.png"), full_page=True)
+    row.get_by_role("button", name="Check out").click()
+
+    expect(page).to_have_url(re.compile(r"/leases/\d+/$"))
+    expect(page.locator("#vm-hostname")).to_have_text(re.compile(r"^debian-12-\d\.lab\.example$"))
+    ip = page.locator("#vm-ip").inner_text()
+    assert re.fullmatch(r"10\.20\.0\.1[1-3]", ip)
+    expect(page.locator("#vm-ssh")).to_have_text(f"ssh root@{ip}")
+    expect(page.locator("#lease-expiry")).to_have_text(re.compile(r"left$"))  # the live countdown runs
+
+    before = _expiry(page)
+    page.get_by_label("Extend by").select_option("1")
+    page.get_by_role("button", name="Extend").click()
+    expect(page.locator(".msg.success")).to_contain_text("Extended until")
+    assert _expiry(page) - before == timedelta(hours=1)
+    page.screenshot(path=str(ARTIFACTS / "engineer-flow.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(ARTIFACTS / "engineer-flow-390.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+    vm_name = page.locator("h1").inner_text()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Return").click()
+
+    expect(page).to_have_url(re.compile(r"/leases/$"))
+    expect(page.locator(".msg.success")).to_contain_text(f"{vm_name} returned")
+    expect(page.locator("table.grid")).not_to_contain_text(vm_name)
+    expect(page.locator("table.grid")).to_contain_text("You have no VMs")
+
+    page.goto(f"{base_url}/")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(ARTIFACTS / "engineer-home-390.png"), full_page=True)
+    page.close()
