@@ -212,7 +212,11 @@ class VM(models.Model):
                 name="vm_unique_live_name",
             ),
         ]
-        indexes = [models.Index(fields=["pool", "state"])]
+        indexes = [
+            models.Index(fields=["pool", "state"]),
+            # Checkout takes the oldest ready VM of a pool without sorting them all.
+            models.Index(fields=["pool", "state", "ready_at", "id"], name="vm_checkout_order"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -7,19 +7,28 @@ few seconds: the loop reconciles every pool on its own schedule anyway.
 from __future__ import annotations
 
 import logging
+from functools import cache
 
 import django_rq
 from django.db import transaction
+from redis import Redis
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 KEY = "vmportal:reconcile"
 
 
+@cache
+def _client() -> Redis:
+    # One client (and its connection pool) per process: a new connection per checkout
+    # cost more than the checkout's own queries.
+    return django_rq.get_connection("default")
+
+
 def nudge(pool_id: int) -> None:
     def push() -> None:
         try:
-            django_rq.get_connection("default").rpush(KEY, pool_id)
+            _client().rpush(KEY, pool_id)
         except RedisError as exc:
             log.info("Reconcile nudge for pool %s dropped (%s); the next cycle will do.", pool_id, exc)
 
