@@ -33,7 +33,9 @@ demo: venv vcsim
 	$(PY) manage.py demo
 
 bench: venv services vcsim
+	$(PY) bench/fill.py
 	$(PY) bench/inventory.py
+	@test ! -f bench/checkout.py || $(PY) bench/checkout.py
 
 clean:
 	rm -rf $(VENV) var tools/vcsim/bin
