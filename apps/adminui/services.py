@@ -191,7 +191,7 @@ def create_pool(*, pool: Pool) -> Pool:
 
 
 @transaction.atomic
-def update_pool(*, pool_id: int, changes: dict) -> tuple[Pool, Preview]:
+def update_pool(*, pool_id: int, changes: dict, action: str = "pool.reconfigure") -> tuple[Pool, Preview]:
     """Apply ``changes`` (field → value) to the pool, locked, validated, audited, then nudge."""
     pool = _locked(pool_id)
     counts = pool_counts(pool)
@@ -211,7 +211,7 @@ def update_pool(*, pool_id: int, changes: dict) -> tuple[Pool, Preview]:
     pool.save()
     old, new = changed_only(before, snapshot(pool))
     if old or new:
-        audit.record("pool.reconfigure", target=pool, pool=pool, before=old, after=new, message=result.summary)
+        audit.record(action, target=pool, pool=pool, before=old, after=new, message=result.summary)
         nudge.nudge(pool.pk)
     return pool, result
 

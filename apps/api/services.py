@@ -10,14 +10,16 @@ import re
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from apps.adminui import services as pool_services
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, VmPortalError
+from apps.inventory.models import Cluster
 from apps.leases.models import Lease
 from apps.leases.services import get_lease_for
-from apps.pools import nudge
-from apps.pools.models import Pool
+from apps.pools.models import Pool, Template
 
 TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:/@+= -]{0,255}$")
@@ -54,48 +56,43 @@ def tag_lease(*, user: AbstractBaseUser, lease_id: int, tags: dict) -> Lease:
     return lease
 
 
+def _reconfigure(pool_id: int, action: str, **changes) -> bool:
+    """Through the one pool-reconfigure service (lock, validation, audit, nudge); True
+    when something changed."""
+    pool = Pool.objects.select_for_update().get(pk=pool_id)
+    if all(getattr(pool, name) == value for name, value in changes.items()):
+        return False
+    try:
+        pool_services.update_pool(pool_id=pool_id, changes=changes, action=action)
+    except ValidationError as exc:
+        raise VmPortalError(" ".join(exc.messages)) from None
+    return True
+
+
 @transaction.atomic
 def set_pool_size(*, pool_id: int, size: int) -> bool:
     """Set a pool's size; True when it changed. Callers check that the user is an admin."""
     if size < 0 or size > settings.VMPORTAL_API_MAX_POOL_SIZE:
         raise VmPortalError(f"A pool size must be between 0 and {settings.VMPORTAL_API_MAX_POOL_SIZE}.")
-    pool = Pool.objects.select_for_update().get(pk=pool_id)
-    if pool.size == size:
-        return False
-    before = pool.size
-    pool.size = size
-    pool.save(update_fields=["size", "updated_at"])
-    audit.record("pool.resize", target=pool, pool=pool.pk, before={"size": before}, after={"size": size})
-    nudge.nudge(pool.pk)
-    return True
+    return _reconfigure(pool_id, "pool.resize", size=size)
 
 
 @transaction.atomic
 def set_pool_target(*, pool_id: int, template_name: str | None = None, cluster_name: str | None = None) -> bool:
     """Point a pool at another template or cluster (same vCenter); True when it changed.
 
-    Ready VMs of the old template stay until the pool manager recycles them.
+    The template must be ready in the target cluster; ready VMs of the old template stay
+    until the pool manager drains them, leased ones until they are returned.
     """
-    from apps.inventory.models import Cluster
-    from apps.pools.models import Template
-
-    pool = Pool.objects.select_for_update().select_related("template", "cluster").get(pk=pool_id)
-    before = {"template": pool.template.name, "cluster": pool.cluster.name}
+    pool = Pool.objects.select_related("cluster").get(pk=pool_id)
     vcenter_id = pool.cluster.vcenter_id
+    changes: dict = {}
     if template_name is not None:
-        template = Template.objects.filter(vcenter_id=vcenter_id, name=template_name).first()
-        if template is None:
+        changes["template"] = Template.objects.filter(vcenter_id=vcenter_id, name=template_name).first()
+        if changes["template"] is None:
             raise NotFound(f"No template {template_name[:80]!r} on the pool's vCenter.")
-        pool.template = template
     if cluster_name is not None:
-        cluster = Cluster.objects.filter(vcenter_id=vcenter_id, name=cluster_name).first()
-        if cluster is None:
+        changes["cluster"] = Cluster.objects.filter(vcenter_id=vcenter_id, name=cluster_name).first()
+        if changes["cluster"] is None:
             raise NotFound(f"No cluster {cluster_name[:80]!r} on the pool's vCenter.")
-        pool.cluster = cluster
-    after = {"template": pool.template.name, "cluster": pool.cluster.name}
-    if after == before:
-        return False
-    pool.save(update_fields=["template", "cluster", "updated_at"])
-    audit.record("pool.retarget", target=pool, pool=pool.pk, before=before, after=after)
-    nudge.nudge(pool.pk)
-    return True
+    return _reconfigure(pool_id, "pool.retarget", **changes)

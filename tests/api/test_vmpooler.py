@@ -317,11 +317,14 @@ def test_nul_characters_are_refused_with_400(api, debian, url, body):
 
 
 def test_config_pooltemplate_and_clonetarget_need_an_admin(api, admin_token, debian):
+    from apps.pools.models import TemplateCopy, TemplateStatus
     from tests import factories
 
     vc = debian.cluster.vcenter
-    factories.template(vc, name="debian-13")
+    debian13 = factories.template(vc, name="debian-13")
     other_cluster = factories.cluster(vc)
+    for cluster in (debian.cluster, other_cluster):  # a retarget needs the template ready there
+        TemplateCopy.objects.create(template=debian13, cluster=cluster, moid="vm-13", status=TemplateStatus.READY)
     admin = auth_client(admin_token)
     body = {"debian-12": "Templates/debian-13"}
     assert api.post("/api/v3/config/pooltemplate", body, content_type="application/json").status_code == 403
@@ -333,6 +336,17 @@ def test_config_pooltemplate_and_clonetarget_need_an_admin(api, admin_token, deb
     assert pool.template.name == "debian-13" and pool.cluster == other_cluster
     missing = admin.post("/api/v3/config/clonetarget", {"debian-12": "nope"}, content_type="application/json")
     assert missing.status_code == 404 and missing.json()["ok"] is False
+
+
+def test_config_pooltemplate_refuses_a_template_not_ready_in_the_cluster(admin_token, debian):
+    from tests import factories
+
+    factories.template(debian.cluster.vcenter, name="debian-14")  # no copy in any cluster
+    response = auth_client(admin_token).post(
+        "/api/v3/config/pooltemplate", {"debian-12": "debian-14"}, content_type="application/json"
+    )
+    assert response.status_code == 400 and "has no copy in cluster" in response.json()["error"]
+    assert Pool.objects.get(name="debian-12").template_id == debian.template_id
 
 
 @pytest.mark.parametrize("method,url", [("post", "/api/v3/vm/h/disk/8"), ("post", "/api/v3/vm/h/snapshot"),
