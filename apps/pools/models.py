@@ -195,6 +195,9 @@ class VM(models.Model):
     ip_address = models.CharField(max_length=64, blank=True)
     hostname = models.CharField(max_length=255, blank=True)
     tries = models.PositiveSmallIntegerField(default=0)
+    # Cloned for one on-demand request, beyond the pool's size: the pool manager neither
+    # counts nor drains it, and checkout never hands it to anyone but that requester.
+    on_demand = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     ready_at = models.DateTimeField(null=True, blank=True)
     destroyed_at = models.DateTimeField(null=True, blank=True)
