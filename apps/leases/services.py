@@ -96,7 +96,9 @@ def checkout(*, user: AbstractBaseUser, pools: list[Pool], lifetime: timedelta |
         if not pool.enabled:
             raise Unavailable(f"Pool {pool.name} is disabled.")
         vms = list(
-            VM.objects.filter(pool_id=pool_id, state=VMState.READY)
+            # On-demand VMs are ready for their requester only, for the moment before
+            # their request's job leases them.
+            VM.objects.filter(pool_id=pool_id, state=VMState.READY, on_demand=False)
             .order_by("ready_at", "pk")
             .select_for_update(skip_locked=True)[:wanted]
         )

@@ -121,6 +121,9 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
     report = ReconcileReport(pool=pool.name)
     now = timezone.now()
     vms = pool.vms.select_for_update()
+    # The pool's own VMs: those cloned for an on-demand request are neither counted nor
+    # drained here (their request's job owns them until they are leased or failed).
+    own = vms.filter(on_demand=False)
 
     for lease in Lease.objects.active().filter(pool=pool, expires_at__lte=now).select_related("vm"):
         end_lease(lease, reason=Lease.EndReason.EXPIRED)
@@ -141,13 +144,13 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
 
     # Draining: VMs of an old template, or beyond the TTL, or beyond the size. Leased VMs
     # are never touched here; they go when their lease ends.
-    for vm in vms.filter(state__in=(VMState.READY, VMState.BOOTING)).exclude(template=pool.template_id):
+    for vm in own.filter(state__in=(VMState.READY, VMState.BOOTING)).exclude(template=pool.template_id):
         _destroy(vm, "The pool's template changed.", report)
     if pool.ready_ttl:
-        for vm in vms.filter(state=VMState.READY, ready_at__lt=now - pool.ready_ttl):
+        for vm in own.filter(state=VMState.READY, ready_at__lt=now - pool.ready_ttl):
             _destroy(vm, f"Ready for longer than {pool.ready_ttl}; recycled.", report)
     target = pool.size if pool.enabled else 0
-    current = list(vms.filter(state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING)).order_by("ready_at"))
+    current = list(own.filter(state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING)).order_by("ready_at"))
     # Shrink: destroy ready VMs, oldest first; clones in flight finish and are trimmed
     # on a later cycle, so no vSphere task is pulled out from under a worker.
     excess = len(current) - target
@@ -231,12 +234,13 @@ def find_strays(folder: Folder, vms: list) -> list[Stray]:
 # ----------------------------------------------------------------------- fill slots
 
 
-def claim_slots(pool_id: int, most: int = 1) -> list[VM]:
+def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list[VM]:
     """Reserve up to ``most`` clone slots: new VM rows in "cloning", within every limit.
 
     Empty when the pool is full, failing, backing off, or the task limits are reached.
     The vCenter row lock and the global advisory lock make the count-then-insert atomic
-    across every worker on every machine.
+    across every worker on every machine. ``on_demand`` slots are for one request: they
+    are not bounded by the pool's size nor held back by its backoff, only by task limits.
     """
     with transaction.atomic():
         pool = Pool.objects.select_related("template").get(pk=pool_id)
@@ -247,22 +251,28 @@ def claim_slots(pool_id: int, most: int = 1) -> list[VM]:
         if (
             not pool.enabled
             or pool.health == Pool.Health.FAILING
-            or (pool.retry_at and pool.retry_at > now)
+            or (not on_demand and pool.retry_at and pool.retry_at > now)
             or pool.template.status != TemplateStatus.READY
         ):
             return []
-        live = pool.vms.filter(state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING)).count()
+        if on_demand:
+            room = most
+        else:
+            room = pool.size - pool.vms.filter(
+                on_demand=False, state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING)
+            ).count()
         cloning = VM.objects.filter(state=VMState.CLONING)
         n = min(
             most,
-            pool.size - live,
+            room,
             vcenter.task_limit - cloning.filter(vcenter=vcenter).count(),
             global_clone_limit() - cloning.count(),
         )
         if n <= 0:
             return []
         return VM.objects.bulk_create(
-            VM(vcenter=vcenter, pool=pool, template=pool.template, name=new_vm_name(pool), tries=1)
+            VM(vcenter=vcenter, pool=pool, template=pool.template, name=new_vm_name(pool), tries=1,
+               on_demand=on_demand)
             for _ in range(n)
         )
 

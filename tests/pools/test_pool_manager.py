@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -38,7 +39,7 @@ def worker(*, burst: bool = True) -> subprocess.Popen:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DATABASE_URL": url,
-        "REDIS_URL": "redis://127.0.0.1:6379/15",
+        "REDIS_URL": settings.REDIS_URL,
         "LOG_LEVEL": "WARNING",
     }
     argv = [sys.executable, "manage.py", "rqworker", "clone", "purge", "deploy", "default",
