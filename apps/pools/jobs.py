@@ -98,8 +98,11 @@ def fill(job: runner.JobContext, *, pool_id: int) -> None:
     nudge.nudge(pool_id)
 
 
-def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters, job: runner.JobContext) -> list[VM]:
-    """Clone and power on ``batch``; returns the VMs now booting (with their moids)."""
+def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters, job: runner.JobContext,
+                on_progress=None) -> list[VM]:
+    """Clone and power on ``batch``; returns the VMs now booting (with their moids).
+
+    ``on_progress(vm, percent)`` hears the clone tasks' progress."""
     try:
         source = placement.template_copy_for(pool)
         hosts = placement.choose_hosts(pool, len(batch))
@@ -128,7 +131,10 @@ def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters, job: 
     try:
         with connect(endpoint) as conn:
             # Names are unique by the database constraint on live VMs: no FindChild needed.
-            results = ops.clone_many(conn, specs, check_names=False, executor=starters)
+            results = ops.clone_many(
+                conn, specs, check_names=False, executor=starters,
+                on_progress=(lambda i, percent: on_progress(batch[i], percent)) if on_progress else None,
+            )
     except VSphereError as exc:  # the session itself failed: nothing was started
         results = [exc] * len(batch)
     booting = []

@@ -630,11 +630,13 @@ def clone_many(
     timeout: float = TASK_TIMEOUT,
     check_names: bool = True,
     executor: Executor | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[CloneResult | VSphereError]:
     """Clone several VMs at once: all tasks in flight together, waited on through one filter.
 
     Returns one CloneResult or error per spec, in order. A clone whose power-on failed
     is destroyed again, so a failure never leaves an unknown VM behind.
+    ``on_progress(index, percent)`` hears the clone tasks' progress as vCenter reports it.
     """
     deadline = time.monotonic() + timeout
     results: list[CloneResult | VSphereError | None] = [None] * len(specs)
@@ -648,7 +650,11 @@ def clone_many(
             handles[i] = future.result()
         except VSphereError as exc:
             results[i] = exc
-    outcomes = tasks.wait_for_tasks(conn, list(handles.values()), max(1.0, deadline - time.monotonic()))
+    index = {h.moid: i for i, h in handles.items()}
+    report = (lambda h, percent: on_progress(index[h.moid], percent)) if on_progress else None
+    outcomes = tasks.wait_for_tasks(
+        conn, list(handles.values()), max(1.0, deadline - time.monotonic()), on_progress=report
+    )
     made: dict[int, str] = {}
     for i, outcome in zip(handles, outcomes, strict=True):
         if outcome.ok and outcome.result_moid:

@@ -13,6 +13,7 @@ filters never mix with another wait (or a watcher) on the same session.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -23,12 +24,14 @@ from apps.vsphere.errors import ObjectNotFound, OperationTimeout, VSphereError, 
 from apps.vsphere.session import Connection
 from apps.vsphere.types import TaskHandle, TaskOutcome
 
+log = logging.getLogger(__name__)
+
 PC = vmodl.query.PropertyCollector
 # Longest single WaitForUpdatesEx. Between waits that returned nothing the properties
 # are read again, because some servers (the simulator among them) do not notify every
 # change, e.g. config.template; a missed notification then costs at most this long.
 RECHECK_SECONDS = 2
-TASK_PATHS = ["info.state", "info.error", "info.result"]
+TASK_PATHS = ["info.state", "info.error", "info.result", "info.progress"]
 
 
 # ---------------------------------------------------------------- reads
@@ -159,12 +162,18 @@ def task_ref(conn: Connection, handle: TaskHandle) -> vim.Task:
     return conn.ref(vim.Task, handle.moid)
 
 
-def wait_for_tasks(conn: Connection, handles: Sequence[TaskHandle], timeout: float) -> list[TaskOutcome]:
+def wait_for_tasks(
+    conn: Connection,
+    handles: Sequence[TaskHandle],
+    timeout: float,
+    on_progress: Callable[[TaskHandle, int], None] | None = None,
+) -> list[TaskOutcome]:
     """Wait for many tasks through one filter; one outcome per handle, in order.
 
     Never raises for a task's own failure: each outcome carries its translated error.
     Tasks still running at the deadline come back as ``state="running"`` with an
     OperationTimeout, because they may yet finish and the caller must not assume either.
+    ``on_progress(handle, percent)`` hears each change of a running task's progress.
     """
     if not handles:
         return []
@@ -192,6 +201,7 @@ def wait_for_tasks(conn: Connection, handles: Sequence[TaskHandle], timeout: flo
         pc, update = _open_task_filter(conn, refs) if refs else (None, None)
         if pc is None and refs:
             raise ObjectNotFound("a task vanished while waiting", operation="wait for tasks")
+    reported: dict[str, int] = {}
     try:
         version = ""
         first = True
@@ -222,6 +232,8 @@ def wait_for_tasks(conn: Connection, handles: Sequence[TaskHandle], timeout: flo
                     # server (finished and expired); its outcome cannot be known.
                     gone.update(m for m, v in by_moid.items() if not v)
             first = False
+            if on_progress is not None:
+                _report_progress(handles, by_moid, reported, on_progress)
             if all(_finished(by_moid[h.moid]) or h.moid in gone for h in handles):
                 break
             if time.monotonic() >= deadline:
@@ -230,6 +242,18 @@ def wait_for_tasks(conn: Connection, handles: Sequence[TaskHandle], timeout: flo
         if pc is not None:
             _destroy_quietly(pc)
     return [_outcome(h, by_moid[h.moid], h.moid in gone, timeout) for h in handles]
+
+
+def _report_progress(handles, by_moid, reported: dict[str, int], on_progress) -> None:
+    for h in handles:
+        values = by_moid[h.moid]
+        percent = 100 if values.get("info.state") == "success" else values.get("info.progress")
+        if isinstance(percent, int) and reported.get(h.moid) != percent:
+            reported[h.moid] = percent
+            try:
+                on_progress(h, percent)
+            except Exception:  # a progress display must never break the wait
+                log.exception("progress callback failed for task %s", h.moid)
 
 
 def _open_task_filter(conn: Connection, refs: Sequence[Any]) -> tuple[Any, Any]:
