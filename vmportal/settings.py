@@ -148,6 +148,8 @@ WHITENOISE_USE_FINDERS = True
 VMPORTAL_CLONE_LIMIT = env_int("VMPORTAL_CLONE_LIMIT", 20, minimum=1)
 # Active leases one engineer may hold at once (0: no limit; admins are exempt).
 VMPORTAL_MAX_LEASES_PER_USER = env_int("VMPORTAL_MAX_LEASES_PER_USER", 10, minimum=0)
+# VMs one on-demand request may ask for (vmpooler's max_ondemand_instances_per_request).
+VMPORTAL_ONDEMAND_MAX_PER_REQUEST = env_int("VMPORTAL_ONDEMAND_MAX_PER_REQUEST", 10, minimum=1)
 # Written into every clone's extraConfig; identifies VMs this installation made.
 VMPORTAL_INSTANCE_ID = env_str("VMPORTAL_INSTANCE_ID", "vmportal")
 

@@ -57,3 +57,50 @@ class GroupLeaseLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group.name}: {self.max_active_leases}"
+
+
+class OnDemandRequest(models.Model):
+    """VMs cloned for one person because a pool had none ready: queued → cloning → booting → ready.
+
+    All or nothing, like a checkout: the leases are created together when every VM is
+    ready; if one cannot be made (after retries), the others are destroyed and the
+    request fails with the reason.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        PROVISIONING = "provisioning", "Provisioning"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # Public id, as vmpooler's request_id: clients may choose it; a duplicate is refused.
+    request_id = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ondemand_requests")
+    wanted = models.JSONField(help_text='Pool name → VM count, e.g. {"debian-12": 2}.')
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    status_reason = models.TextField(blank=True)
+    lifetime = models.DurationField(null=True, blank=True)
+    note = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    # vSphere task progress per VM id while its clone runs, as vCenter reports it.
+    progress = models.JSONField(default=dict, blank=True)
+    vms = models.ManyToManyField(VM, blank=True, related_name="ondemand_requests")
+    retries = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "status"])]
+
+    def __str__(self) -> str:
+        return self.request_id
+
+    @property
+    def total(self) -> int:
+        return sum(self.wanted.values())
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.PROVISIONING)

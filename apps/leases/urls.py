@@ -5,6 +5,11 @@ from apps.leases import views
 urlpatterns = [
     path("checkout", views.checkout_many, name="checkout-many"),
     path("pools/<slug:pool_name>/checkout", views.checkout, name="checkout"),
+    path("pools/<slug:pool_name>/ondemand", views.request_on_demand, name="ondemand-create"),
+    path("requests/<str:request_id>/", views.ondemand_detail, name="ondemand-detail"),
+    path("requests/<str:request_id>/status", views.ondemand_status, name="ondemand-status"),
+    path("requests/<str:request_id>/cancel", views.ondemand_cancel, name="ondemand-cancel"),
+    path("requests/<str:request_id>/retry", views.ondemand_retry, name="ondemand-retry"),
     path("leases/", views.my_leases, name="my-leases"),
     path("leases/<int:lease_id>/", views.lease_detail, name="lease-detail"),
     path("leases/<int:lease_id>/extend", views.extend, name="lease-extend"),

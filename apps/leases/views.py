@@ -4,13 +4,16 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import messages
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from apps.core.errors import VmPortalError
-from apps.leases import services
-from apps.leases.models import Lease
+from apps.leases import ondemand, services
+from apps.leases.models import Lease, OnDemandRequest
 from apps.pools.models import Pool
 
 EXTEND_CHOICES = {"1": timedelta(hours=1), "4": timedelta(hours=4), "24": timedelta(hours=24)}
@@ -28,6 +31,8 @@ def checkout(request: HttpRequest, pool_name: str) -> HttpResponse:
     pool = get_object_or_404(Pool, name=pool_name)
     try:
         [lease] = services.checkout(user=request.user, pools=[pool])
+    except services.PoolEmpty:
+        return _on_demand(request, [pool])
     except VmPortalError as exc:
         messages.error(request, str(exc))
         return redirect("home")
@@ -45,6 +50,11 @@ def checkout_many(request: HttpRequest) -> HttpResponse:
     pool, count = form.cleaned_data["pool"], form.cleaned_data["count"]
     try:
         leases = services.checkout(user=request.user, pools=[pool] * count)
+    except services.PoolEmpty as exc:
+        if request.POST.get("ondemand"):
+            return _on_demand(request, [pool] * count)
+        messages.error(request, str(exc))
+        return redirect("home")
     except VmPortalError as exc:
         messages.error(request, str(exc))
         return redirect("home")
@@ -53,9 +63,87 @@ def checkout_many(request: HttpRequest) -> HttpResponse:
     return redirect("my-leases")
 
 
+def _on_demand(request: HttpRequest, pools: list[Pool]) -> HttpResponse:
+    """No ready VM: clone them for this person, and show the request's progress."""
+    try:
+        req = ondemand.request_vms(user=request.user, pools=pools)
+    except VmPortalError as exc:
+        messages.error(request, f"{pools[0].name} has no ready VM, and one cannot be made for you: {exc}")
+        return redirect("home")
+    n = len(pools)
+    messages.info(request, f"{pools[0].name} has no ready VM right now, so {'one is' if n == 1 else f'{n} are'} "
+                           "being made for you. This page follows it.")
+    return redirect("ondemand-detail", request_id=req.request_id)
+
+
+@require_POST
+def request_on_demand(request: HttpRequest, pool_name: str) -> HttpResponse:
+    return _on_demand(request, [get_object_or_404(Pool.objects.select_related("template"), name=pool_name)])
+
+
+def _request_or_404(request: HttpRequest, request_id: str) -> OnDemandRequest | HttpResponse:
+    try:
+        return ondemand.get_request_for(request.user, request_id)
+    except VmPortalError as exc:
+        return render(request, "error.html", {"message": str(exc)}, status=exc.http_status)
+
+
+def ondemand_detail(request: HttpRequest, request_id: str) -> HttpResponse:
+    req = _request_or_404(request, request_id)
+    if isinstance(req, HttpResponse):
+        return req
+    return render(request, "leases/ondemand_detail.html", ondemand.describe(req))
+
+
+def ondemand_status(request: HttpRequest, request_id: str) -> HttpResponse:
+    """The live part of the request page; once ready, the browser moves to the lease."""
+    req = _request_or_404(request, request_id)
+    if isinstance(req, HttpResponse):
+        return req
+    if req.status == OnDemandRequest.Status.READY and request.htmx:
+        ids = ondemand.lease_ids(req)
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("lease-detail", args=[ids[0]]) if len(ids) == 1 else reverse("my-leases")
+        return response
+    # 286 tells htmx to stop polling: a failed or cancelled request will not change by itself.
+    status = 200 if req.is_pending or not request.htmx else 286
+    return render(request, "leases/partials/_ondemand_status.html", ondemand.describe(req), status=status)
+
+
+@require_POST
+def ondemand_cancel(request: HttpRequest, request_id: str) -> HttpResponse:
+    try:
+        req = ondemand.cancel(user=request.user, request_id=request_id)
+    except VmPortalError as exc:
+        if exc.http_status == 404:
+            return render(request, "error.html", {"message": str(exc)}, status=404)
+        messages.error(request, str(exc))
+        return redirect("ondemand-detail", request_id=request_id)
+    messages.success(request, "Request cancelled; anything made for it will be destroyed.")
+    return redirect("ondemand-detail", request_id=req.request_id)
+
+
+@require_POST
+def ondemand_retry(request: HttpRequest, request_id: str) -> HttpResponse:
+    try:
+        req = ondemand.retry(user=request.user, request_id=request_id)
+    except VmPortalError as exc:
+        if exc.http_status == 404:
+            return render(request, "error.html", {"message": str(exc)}, status=404)
+        messages.error(request, str(exc))
+        return redirect("ondemand-detail", request_id=request_id)
+    messages.info(request, "Trying again.")
+    return redirect("ondemand-detail", request_id=req.request_id)
+
+
 def my_leases(request: HttpRequest) -> HttpResponse:
     leases = Lease.objects.active().filter(user=request.user).select_related("vm", "pool").order_by("expires_at")
-    return render(request, "leases/my_leases.html", {"leases": leases})
+    recent = timezone.now() - timedelta(hours=1)
+    requests = OnDemandRequest.objects.filter(user=request.user).filter(
+        Q(status__in=(OnDemandRequest.Status.QUEUED, OnDemandRequest.Status.PROVISIONING))
+        | Q(status=OnDemandRequest.Status.FAILED, finished_at__gte=recent)
+    ).order_by("-created_at")[:20]
+    return render(request, "leases/my_leases.html", {"leases": leases, "requests": requests})
 
 
 def lease_detail(request: HttpRequest, lease_id: int) -> HttpResponse:

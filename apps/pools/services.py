@@ -114,6 +114,12 @@ def _destroy(vm: VM, reason: str, report: ReconcileReport | None = None) -> None
         report.destroy.append(vm.pk)
 
 
+def discard_vm(vm: VM, reason: str) -> None:
+    """Destroy a VM that is not leased (e.g. an on-demand request's, once withdrawn).
+    Call inside a transaction."""
+    _destroy(vm, reason)
+
+
 @transaction.atomic
 def reconcile_pool(pool_id: int) -> ReconcileReport:
     """Bring one pool towards its desired state. Safe to run from many processes at once."""
@@ -178,6 +184,9 @@ def reconcile_all() -> list[ReconcileReport]:
         except Exception:  # one broken pool must not stop the others
             log.exception("Reconcile of pool %s failed", pool_id)
     schedule_purges()
+    from apps.leases import ondemand  # noqa: PLC0415 - leases builds on pools
+
+    ondemand.recover_stale()
     runner.requeue_lost()
     return reports
 

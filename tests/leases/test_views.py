@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from apps.leases import services
-from apps.leases.models import Lease
+from apps.leases.models import Lease, OnDemandRequest
 from apps.pools.models import VMState
 from tests import factories
 
@@ -31,12 +31,23 @@ def test_checkout_button_leases_and_shows_the_address(client, engineer):
     assert Lease.objects.get().user == engineer
 
 
-def test_checkout_of_an_empty_pool_explains(client, engineer):
+def test_checkout_of_an_empty_pool_queues_an_on_demand_request(client, engineer):
     factories.pool(name="deb")
     client.force_login(engineer)
     response = client.post(reverse("checkout", args=["deb"]), follow=True)
-    assert b"Pool deb has 0 ready VMs" in response.content
+    req = OnDemandRequest.objects.get()
+    assert response.redirect_chain[-1][0] == reverse("ondemand-detail", args=[req.request_id])
+    assert b"deb has no ready VM right now" in response.content
+    assert req.user == engineer and req.wanted == {"deb": 1} and req.status == "queued"
     assert not Lease.objects.exists()
+
+
+def test_checkout_of_a_failing_empty_pool_explains(client, engineer):
+    factories.pool(name="deb", health="failing", health_reason="NoDiskSpace on ds1.")
+    client.force_login(engineer)
+    response = client.post(reverse("checkout", args=["deb"]), follow=True)
+    assert b"cannot be made for you" in response.content and b"NoDiskSpace on ds1." in response.content
+    assert not OnDemandRequest.objects.exists()
 
 
 def test_checkout_needs_post(client, engineer):

@@ -1,0 +1,119 @@
+"""The on-demand job: clone, boot and lease the VMs of one request."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from apps.jobs import runner
+from apps.leases import ondemand
+from apps.leases.models import OnDemandRequest
+from apps.pools import nudge
+from apps.pools.jobs import _Heartbeat, check_boots, clone_batch
+from apps.pools.models import VM, Pool, VMState
+from apps.pools.services import claim_slots
+from apps.vsphere.session import Endpoint
+
+POLL = 0.5  # seconds between looks while guests boot or clone slots are taken
+# How long a request may wait for a clone slot (task limits) before it gives up.
+SLOT_WAIT = timedelta(minutes=10)
+
+
+@runner.handler("leases.ondemand", queue="clone")
+def provision(job: runner.JobContext, *, request_pk: int) -> None:
+    req = ondemand.start(request_pk)
+    if req is None:
+        job.log("the request was withdrawn before it started")
+        return
+    with _Heartbeat(job.job):
+        try:
+            reason = _provision(job, req)
+        except Exception as exc:
+            ondemand.fail(req, f"Unexpected error: {exc}")
+            raise
+    if reason:
+        job.log(f"failed: {reason}")
+        ondemand.fail(req, reason)
+
+
+def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
+    """Make every VM of ``req`` and lease them; the reason it could not, or ''."""
+    pools = {p.name: p for p in Pool.objects.select_related("template__vcenter", "cluster", "folder", "datastore")
+             .filter(name__in=req.wanted)}
+    missing = sorted(set(req.wanted) - set(pools))
+    if missing:
+        return f"No such pool any more: {', '.join(missing)}."
+    need = {name: n for name, n in req.wanted.items()}
+    failures = dict.fromkeys(pools, 0)
+    booting: dict[str, dict[str, VM]] = {name: {} for name in pools}  # by pool, by moid
+    ready: list[VM] = []
+    endpoints = {name: Endpoint.from_vcenter(p.template.vcenter) for name, p in pools.items()}
+    started = timezone.now()
+    width = max(1, min(settings.VMPORTAL_CLONE_LIMIT, req.total))
+
+    def progress(vm: VM, percent: int) -> None:
+        ondemand.set_progress(req, vm, percent)
+
+    with ThreadPoolExecutor(width, thread_name_prefix="ondemand") as starters:
+        while any(need.values()) or any(booting.values()):
+            if ondemand.is_cancelled(req):
+                job.log("cancelled; cleaning up")
+                ondemand.fail(req, "Cancelled.")
+                return ""
+            cloned = False
+            for name, pool in pools.items():
+                if not need[name]:
+                    continue
+                batch = claim_slots(pool.pk, need[name], on_demand=True)
+                if not batch:
+                    pool.refresh_from_db()
+                    if pool.health == Pool.Health.FAILING:
+                        return f"Pool {name} is failing: {pool.health_reason}"
+                    continue
+                cloned = True
+                ondemand.add_vms(req, batch)
+                need[name] -= len(batch)
+                job.log(f"cloning {len(batch)} for {name}: {', '.join(vm.name for vm in batch)}")
+                ok = clone_batch(pool, batch, endpoints[name], starters, job, on_progress=progress)
+                booting[name].update((vm.moid, vm) for vm in ok)
+                failed = [vm for vm in batch if vm not in ok]
+                if failed:
+                    reason = _retry_or_reason(pool, failed, need, failures)
+                    if reason:
+                        return reason
+            for name, pool in pools.items():
+                if not booting[name]:
+                    continue
+                before = dict(booting[name])
+                check_boots(pool, booting[name], endpoints[name], job)
+                done = [vm for moid, vm in before.items() if moid not in booting[name]]
+                ready += [vm for vm in done if vm.state == VMState.READY]
+                failed = [vm for vm in done if vm.state != VMState.READY]
+                if failed:
+                    reason = _retry_or_reason(pool, failed, need, failures)
+                    if reason:
+                        return reason
+            if not cloned:
+                if any(need.values()) and not any(booting.values()) and timezone.now() - started > SLOT_WAIT:
+                    return f"No clone slot came free within {SLOT_WAIT}; the vCenter is busy. Retry later."
+                time.sleep(POLL)
+    if ondemand.deliver(req, ready):
+        job.log(f"leased {', '.join(vm.name for vm in ready)} to {req.user.get_username()}")
+    for name in pools:
+        nudge.nudge(pools[name].pk)
+    return ""
+
+
+def _retry_or_reason(pool: Pool, failed: list[VM], need: dict[str, int], failures: dict[str, int]) -> str:
+    """Put failed VMs back on the to-do list, or give the request's failure reason once
+    the pool's ``max_tries`` clones for this request have failed."""
+    failures[pool.name] += len(failed)
+    if failures[pool.name] >= pool.max_tries:
+        last = VM.objects.filter(pk=failed[-1].pk).values_list("state_reason", flat=True).first() or "unknown"
+        return f"{pool.name}: {failures[pool.name]} clones failed (the pool allows {pool.max_tries}); last: {last}"
+    need[pool.name] += len(failed)
+    return ""

@@ -1,0 +1,84 @@
+"""Helpers for tests that run the real thing: rqworker processes on the test database and
+Redis, against a vcsim with an inventory synced and templates prepared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from django.conf import settings
+from django.db import connection
+
+from apps.inventory.models import Folder, VCenter
+from apps.inventory.services import sync_inventory
+from apps.jobs.models import Job
+from apps.pools import services
+from apps.pools.models import Pool, VMState
+from apps.pools.templates import register_template
+from apps.vsphere import operations as ops
+from apps.vsphere.session import Endpoint, close_all, connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUEST = ("-guest-ip", "10.30.0.0/16")
+
+
+def worker(*, burst: bool = True) -> subprocess.Popen:
+    """A real `manage.py rqworker` process on the test database and Redis."""
+    db = connection.settings_dict
+    url = f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": url,
+        "REDIS_URL": settings.REDIS_URL,
+        "LOG_LEVEL": "WARNING",
+    }
+    argv = [sys.executable, "manage.py", "rqworker", "clone", "purge", "deploy", "default",
+            "--worker-class", "rq.SimpleWorker"]
+    if burst:
+        argv.append("--burst")
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def work_off(*, rounds: int = 6, pools: list[Pool] = ()) -> None:
+    """Reconcile (the given pools, and every stale request) and run workers until no job is left."""
+    for _ in range(rounds):
+        for pool in pools:
+            services.reconcile_pool(pool.pk)
+        assert worker().wait(timeout=120) == 0
+        if not Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).exists():
+            return
+
+
+def settle(pool: Pool, *, rounds: int = 6) -> None:
+    """Reconcile and work off the queues until nothing is left to do."""
+    for _ in range(rounds):
+        services.reconcile_pool(pool.pk)
+        assert worker().wait(timeout=120) == 0
+        if not Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).exists():
+            pool.refresh_from_db()
+            if not pool.vms.filter(state__in=(VMState.CLONING, VMState.BOOTING, VMState.FAILED,
+                                              VMState.DESTROYING)).exists():
+                return
+
+
+def site(sim, *, task_limit: int = 4) -> tuple[VCenter, Folder]:
+    close_all()  # sessions of an earlier simulator on a reused port are dead
+    vc = VCenter.objects.create(name=f"sim{sim.port}", host=sim.address, username=sim.username,
+                                password=sim.password, insecure=True, task_limit=task_limit)
+    assert sync_inventory(vc).ok
+    folder = Folder.objects.get(vcenter=vc, path="DC0/vm/vmportal")
+    return vc, folder
+
+
+def make_pool(vc, folder, *, name="deb", template_name="debian-12", **kw) -> Pool:
+    template = register_template(vcenter=vc, name=template_name, inventory_path=f"DC0/vm/Templates/{template_name}",
+                                 os_name=template_name, prepare_now=True)
+    cluster = template.copies.get().cluster
+    return Pool.objects.create(name=name, template=template, cluster=cluster, folder=folder, **kw)
+
+
+def vms_in_folder(vc) -> list:
+    with connect(Endpoint.from_vcenter(vc)) as conn:
+        return ops.list_folder_vms(conn, "DC0/vm/vmportal")
