@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('leases', '0002_groupleaselimit'),
-        ('pools', '0005_admin_templates_and_vm_cluster'),
+        ('pools', '0004_vm_on_demand'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
