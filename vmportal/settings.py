@@ -155,6 +155,11 @@ VMPORTAL_INSTANCE_ID = env_str("VMPORTAL_INSTANCE_ID", "vmportal")
 
 # --- vSphere --------------------------------------------------------------------------
 VSPHERE_CALL_TIMEOUT = env_int("VSPHERE_CALL_TIMEOUT", 60, minimum=1)
+# OVF/OVA files admins upload are streamed here (never held in memory) until a deploy
+# worker has sent them to vCenter; with workers on other hosts, make it shared storage.
+VMPORTAL_UPLOAD_DIR = Path(env_str("VMPORTAL_UPLOAD_DIR", str(VAR_DIR / "uploads")))
+# Largest OVF/OVA accepted, uploaded or downloaded from a URL (default 20 GiB).
+VMPORTAL_OVF_MAX_BYTES = env_int("VMPORTAL_OVF_MAX_BYTES", 20 * 1024**3, minimum=1024)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

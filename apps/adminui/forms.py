@@ -3,11 +3,12 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 
 from django import forms
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from apps.adminui import services
-from apps.inventory.models import Cluster, InventoryVM, VCenter
+from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.pools.models import Pool, Template
 
 
@@ -137,3 +138,140 @@ class RegisterTemplateForm(forms.Form):
         if clash:
             self.add_error("name", f"A template named {data['name']} already exists on that vCenter.")
         return data
+
+
+# --- templates: deploy, derive, capture -------------------------------------------------------
+
+
+def _slug_name_free(vcenter: VCenter | None, name: str | None) -> str | None:
+    if vcenter is not None and name and Template.objects.filter(vcenter=vcenter, name=name).exists():
+        return f"A template named {name} already exists on {vcenter}."
+    return None
+
+
+class DeployOvfForm(forms.Form):
+    """Deploy a template from an OVF/OVA URL or an uploaded OVA (streamed to disk by the view)."""
+
+    name = forms.SlugField(max_length=80, help_text="Short name pools refer to; also the VM name in vSphere.")
+    os_name = forms.CharField(max_length=120, required=False, label="OS")
+    url = forms.CharField(required=False, max_length=1024, label="OVF/OVA URL",
+                          help_text="http(s) URL of an .ova, or of an .ovf with its disks next to it.")
+    file = forms.FileField(required=False, label="Or upload an OVA",
+                           widget=forms.ClearableFileInput(attrs={"accept": ".ova"}))
+    cluster = forms.ModelChoiceField(queryset=Cluster.objects.none(), label="Cluster")
+    folder = forms.ModelChoiceField(queryset=Folder.objects.none(), label="VM folder")
+    datastore = forms.ModelChoiceField(queryset=Datastore.objects.none())
+    network = forms.ModelChoiceField(queryset=Network.objects.none(), required=False,
+                                     help_text="Every network the package names is connected to this one.")
+
+    def __init__(self, *args, upload_error: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.upload_error = upload_error
+        self.fields["cluster"].queryset = Cluster.objects.select_related("vcenter").order_by("vcenter__name", "name")
+        self.fields["folder"].queryset = Folder.objects.filter(path__contains="/vm").order_by("path")
+        self.fields["datastore"].queryset = Datastore.objects.order_by("name")
+        self.fields["network"].queryset = Network.objects.order_by("name")
+        self.fields["folder"].label_from_instance = lambda f: f.path
+        templates_folder = Folder.objects.filter(path__endswith="/vm/Templates").first()
+        if templates_folder is not None:
+            self.fields["folder"].initial = templates_folder.pk
+        limit = settings.VMPORTAL_OVF_MAX_BYTES
+        self.fields["file"].help_text = f"Up to {limit / 1024**3:.1f} GiB; stored until the deploy has sent it."
+
+    def clean_url(self) -> str:
+        url = (self.cleaned_data.get("url") or "").strip()
+        if not url:
+            return ""
+        from apps.pools.templates import deployable_url
+
+        try:
+            return deployable_url(url)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+    def clean_file(self):
+        f = self.cleaned_data.get("file")
+        if f and not f.name.lower().endswith(".ova"):
+            raise ValidationError("Upload an .ova file (an .ovf alone has no disks; give its URL instead).")
+        return f
+
+    def clean(self):
+        data = super().clean()
+        if self.upload_error:
+            self.add_error("file", self.upload_error)
+            return data
+        url, upload = data.get("url"), data.get("file")
+        if url and upload:
+            raise ValidationError("Give a URL or upload a file, not both.")
+        if not url and not upload and not self.errors.get("url") and not self.errors.get("file"):
+            raise ValidationError("Give the URL of an OVF/OVA or upload an OVA.")
+        cluster = data.get("cluster")
+        if cluster is None:
+            return data
+        for key in ("folder", "datastore", "network"):
+            obj = data.get(key)
+            if obj is not None and obj.vcenter_id != cluster.vcenter_id:
+                self.add_error(key, f"{obj} is not on {cluster.vcenter}, where cluster {cluster} is.")
+        ds = data.get("datastore")
+        if ds is not None and ds.vcenter_id == cluster.vcenter_id and not ds.hosts.filter(cluster=cluster).exists():
+            self.add_error("datastore", f"No host of cluster {cluster} mounts datastore {ds}.")
+        if not cluster.resource_pool_moid:
+            self.add_error("cluster", f"Cluster {cluster} has no resource pool in the synced inventory; sync it.")
+        clash = _slug_name_free(cluster.vcenter, data.get("name"))
+        if clash:
+            self.add_error("name", clash)
+        return data
+
+
+class DeriveTemplateForm(forms.Form):
+    name = forms.SlugField(max_length=80, label="New template name")
+    os_name = forms.CharField(max_length=120, required=False, label="OS")
+    cluster = forms.ModelChoiceField(queryset=Cluster.objects.none(), label="Build in cluster")
+
+    def __init__(self, *args, source: Template, **kwargs):
+        self.source = source
+        super().__init__(*args, **kwargs)
+        ready_in = source.copies.filter(status="ready").values_list("cluster_id", flat=True)
+        self.fields["cluster"].queryset = Cluster.objects.filter(vcenter_id=source.vcenter_id).order_by("name")
+        first = next(iter(ready_in), None)
+        if first is not None:
+            self.fields["cluster"].initial = first
+        self.fields["os_name"].initial = source.os_name
+
+    def clean(self):
+        data = super().clean()
+        if self.source.status != "ready":
+            raise ValidationError(f"Template {self.source} is {self.source.get_status_display().lower()}; "
+                                  "derive from a ready template.")
+        clash = _slug_name_free(self.source.vcenter, data.get("name"))
+        if clash:
+            self.add_error("name", clash)
+        return data
+
+
+class CaptureVMForm(forms.Form):
+    name = forms.SlugField(max_length=80, label="New template name")
+    os_name = forms.CharField(max_length=120, required=False, label="OS")
+
+    def __init__(self, *args, vm, **kwargs):
+        self.vm = vm
+        super().__init__(*args, **kwargs)
+        if vm.template is not None:
+            self.fields["os_name"].initial = vm.template.os_name
+
+    def clean(self):
+        data = super().clean()
+        clash = _slug_name_free(self.vm.vcenter, data.get("name"))
+        if clash:
+            self.add_error("name", clash)
+        return data
+
+
+class CopyTemplateForm(forms.Form):
+    cluster = forms.ModelChoiceField(queryset=Cluster.objects.none(), label="Copy to cluster")
+
+    def __init__(self, *args, template: Template, **kwargs):
+        super().__init__(*args, **kwargs)
+        have = template.copies.exclude(status="failed").values_list("cluster_id", flat=True)
+        self.fields["cluster"].queryset = (Cluster.objects.filter(vcenter_id=template.vcenter_id)
+                                           .exclude(pk__in=list(have)).order_by("name"))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Count, Q
+from django.db.models.functions import Coalesce
 
 from apps.audit import services as audit
 from apps.core.errors import NotFound
@@ -33,6 +34,10 @@ class PoolCounts:
     booting: int = 0
     cloning: int = 0
     leased: int = 0
+    # Of the ready/booting VMs, those known to be outside the cluster the counts were taken
+    # for (the new clone target in a preview): a cluster change drains them.
+    ready_elsewhere: int = 0
+    booting_elsewhere: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -92,12 +97,17 @@ def preview_reconfigure(*, counts: PoolCounts, current: PoolShape, new: PoolShap
         remaining = counts.cloning
         notes.append("The template changes: ready VMs of the old template are destroyed and recloned.")
     else:
-        remaining = counts.ready + counts.in_flight
+        drain_ready = drain_booting = 0
+        if new.cluster_id != current.cluster_id:
+            drain_ready, drain_booting = counts.ready_elsewhere, counts.booting_elsewhere
+        remaining = counts.ready + counts.in_flight - drain_ready - drain_booting
         excess = max(0, remaining - target)
-        drain_ready, drain_booting = min(counts.ready, excess), 0
-        remaining -= drain_ready
+        shrink = min(counts.ready - drain_ready, excess)
+        drain_ready += shrink
+        remaining -= shrink
     if new.cluster_id != current.cluster_id:
-        notes.append("The cluster changes: new clones go to the new cluster; existing VMs stay until used.")
+        notes.append("The clone target changes: new clones go to the new cluster, and ready and booting VMs "
+                     "in the old one are drained (destroyed and recloned there).")
     clone = max(0, target - remaining)
     return Preview(
         clone=clone, drain_ready=drain_ready, drain_booting=drain_booting,
@@ -105,13 +115,26 @@ def preview_reconfigure(*, counts: PoolCounts, current: PoolShape, new: PoolShap
     )
 
 
-def pool_counts(pool: Pool | int) -> PoolCounts:
-    pool_id = getattr(pool, "pk", pool)
-    row = VM.objects.filter(pool_id=pool_id).aggregate(
-        ready=Count("pk", filter=Q(state=VMState.READY)),
-        booting=Count("pk", filter=Q(state=VMState.BOOTING)),
-        cloning=Count("pk", filter=Q(state=VMState.CLONING)),
-        leased=Count("pk", filter=Q(state=VMState.LEASED)),
+def pool_counts(pool: Pool, *, cluster_id: int | None = None) -> PoolCounts:
+    """The pool's VMs by state; ``*_elsewhere`` relative to ``cluster_id`` (default: the pool's).
+
+    On-demand VMs belong to their request, not the pool, so they are not counted (as in
+    reconcile_pool); where a VM is follows reconcile_pool too: its host's cluster, else
+    the cluster its slot was claimed for.
+    """
+    cluster_id = pool.cluster_id if cluster_id is None else cluster_id
+    outside = Q(where__isnull=False) & ~Q(where=cluster_id)
+    row = (
+        VM.objects.filter(pool_id=pool.pk, on_demand=False)
+        .annotate(where=Coalesce("host__cluster_id", "cluster_id"))
+        .aggregate(
+            ready=Count("pk", filter=Q(state=VMState.READY)),
+            booting=Count("pk", filter=Q(state=VMState.BOOTING)),
+            cloning=Count("pk", filter=Q(state=VMState.CLONING)),
+            leased=Count("pk", filter=Q(state=VMState.LEASED)),
+            ready_elsewhere=Count("pk", filter=Q(state=VMState.READY) & outside),
+            booting_elsewhere=Count("pk", filter=Q(state=VMState.BOOTING) & outside),
+        )
     )
     return PoolCounts(**row)
 
@@ -194,13 +217,13 @@ def create_pool(*, pool: Pool) -> Pool:
 def update_pool(*, pool_id: int, changes: dict, action: str = "pool.reconfigure") -> tuple[Pool, Preview]:
     """Apply ``changes`` (field → value) to the pool, locked, validated, audited, then nudge."""
     pool = _locked(pool_id)
-    counts = pool_counts(pool)
     current = shape_of(pool)
     before = snapshot(pool)
     for name, value in changes.items():
         if name not in AUDITED_FIELDS:
             raise ValueError(f"{name} is not an editable pool field.")
         setattr(pool, name, value)
+    counts = pool_counts(pool)  # relative to the (possibly new) clone target
     # Template readiness is checked only when template or cluster change: a pool whose
     # template later failed must still be resizable (to 0, say) by an admin.
     if pool.template_id != current.template_id or pool.cluster_id != current.cluster_id:

@@ -17,6 +17,13 @@ urlpatterns = [
     path("audit/<int:event_id>/", views.audit_detail, name="audit-detail"),
     path("hosts/", views.host_load, name="hosts"),
     path("templates/", views.template_list, name="templates"),
+    path("templates/deploy/", views.template_deploy, name="template-deploy"),
+    path("templates/<int:template_id>/", views.template_detail, name="template-detail"),
+    path("templates/<int:template_id>/derive/", views.template_derive, name="template-derive"),
+    path("templates/<int:template_id>/copy/", views.template_copy, name="template-copy"),
+    path("builds/<int:build_id>/capture/", views.build_capture, name="build-capture"),
+    path("builds/<int:build_id>/discard/", views.build_discard, name="build-discard"),
+    path("vms/<int:vm_id>/capture/", views.vm_capture, name="vm-capture"),
     path("health/", views.health, name="health"),
     path("health.json", views.health_json, name="health-json"),
 ]

@@ -7,17 +7,30 @@ import json
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.adminui import selectors, services
-from apps.adminui.forms import AuditFilterForm, PoolForm, ReconfigureForm, RegisterTemplateForm
+from apps.adminui.forms import (
+    AuditFilterForm,
+    CaptureVMForm,
+    CopyTemplateForm,
+    DeployOvfForm,
+    DeriveTemplateForm,
+    PoolForm,
+    ReconfigureForm,
+    RegisterTemplateForm,
+)
 from apps.adminui.permissions import admin_required
+from apps.adminui.uploads import LimitedDiskUploadHandler, StoredUpload
 from apps.audit.models import AuditEvent
 from apps.core.errors import VmPortalError
-from apps.pools.models import Pool, Template
+from apps.jobs.models import Job
+from apps.pools.models import VM, Pool, Template, TemplateBuild
 from apps.pools.selectors import pools_with_counts
 
 
@@ -89,6 +102,8 @@ def _pool_context(pool: Pool, *, form=None, reconfigure_form=None) -> dict:
             new=services.PoolShape(size=0, template_id=pool.template_id, cluster_id=pool.cluster_id, enabled=False),
         ),
         "recent_events": AuditEvent.objects.filter(pool_id=pool.pk).order_by("-at", "-id")[:10],
+        "live_vms": pool.vms.filter(state__in=("ready", "leased")).select_related("lease__user", "cluster")
+        .order_by("state", "name")[:50],
     }
 
 
@@ -100,8 +115,10 @@ def pool_preview(request: HttpRequest, pool_id: int) -> HttpResponse:
     form = ReconfigureForm(request.POST, pool=pool)
     preview = None
     if form.is_valid():
+        shape = form.shape()
         preview = services.preview_reconfigure(
-            counts=services.pool_counts(pool), current=services.shape_of(pool), new=form.shape()
+            counts=services.pool_counts(pool, cluster_id=shape.cluster_id), current=services.shape_of(pool),
+            new=shape,
         )
     return render(request, "adminui/partials/_preview.html", {"preview": preview, "reconfigure_form": form})
 
@@ -224,9 +241,11 @@ def host_load(request: HttpRequest) -> HttpResponse:
     return render(request, template, ctx)
 
 
-def _templates_context(form: RegisterTemplateForm | None = None) -> dict:
-    templates = Template.objects.select_related("vcenter").prefetch_related("copies__cluster").order_by("name")
-    return {"templates": templates, "form": form or RegisterTemplateForm()}
+def _templates_context(form: RegisterTemplateForm | None = None, deploy_form: DeployOvfForm | None = None) -> dict:
+    templates = (Template.objects.select_related("vcenter", "parent").prefetch_related("copies__cluster")
+                 .order_by("name"))
+    return {"templates": templates, "form": form or RegisterTemplateForm(),
+            "deploy_form": deploy_form or DeployOvfForm()}
 
 
 @admin_required
@@ -265,3 +284,171 @@ def health(request: HttpRequest) -> HttpResponse:
 def health_json(request: HttpRequest) -> JsonResponse:
     facts = selectors.system_health()
     return JsonResponse(selectors.system_health_json(facts), status=200 if facts["ok"] else 503)
+
+
+# --- templates: deploy, detail, derive, capture -----------------------------------------------
+
+IN_FLIGHT = ("pending", "deploying", "preparing")
+
+
+@csrf_exempt  # only so the upload handler can be swapped before the body is read; see below
+@admin_required
+@require_POST
+def template_deploy(request: HttpRequest) -> HttpResponse:
+    # Django's CSRF check reads request.POST, which parses the upload with the default
+    # handlers; ours must be in place first, so CSRF is checked inside (csrf_protect).
+    handler = LimitedDiskUploadHandler(request)
+    request.upload_handlers = [handler]
+    return _template_deploy(request, handler)
+
+
+@csrf_protect
+def _template_deploy(request: HttpRequest, handler: LimitedDiskUploadHandler) -> HttpResponse:
+    form = DeployOvfForm(request.POST, request.FILES, upload_error=handler.error)
+    upload = request.FILES.get("file")
+    if form.is_valid():
+        from apps.pools.templates import DeployTarget, start_ovf_deploy
+
+        d = form.cleaned_data
+        try:
+            template = start_ovf_deploy(
+                name=d["name"], os_name=d["os_name"], url=d["url"],
+                upload_path=str(upload.path) if upload else "",
+                target=DeployTarget(cluster=d["cluster"], folder=d["folder"], datastore=d["datastore"],
+                                    network=d["network"]),
+            )
+        except (VmPortalError, ValueError) as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Deploying {template.name}; progress shows below.")
+            return redirect("adminui:template-detail", template_id=template.pk)
+    if isinstance(upload, StoredUpload):
+        upload.discard()
+    return render(request, "adminui/template_list.html", _templates_context(deploy_form=form), status=400)
+
+
+def _template_jobs(template: Template):
+    builds = [str(pk) for pk in template.builds.values_list("pk", flat=True)]
+    return Job.objects.filter(
+        Q(object_type="pools.template", object_id=str(template.pk))
+        | Q(object_type="pools.templatebuild", object_id__in=builds)
+    ).order_by("-created_at")[:10]
+
+
+def _template_detail_context(template: Template, derive_form: DeriveTemplateForm | None = None,
+                             copy_form: CopyTemplateForm | None = None) -> dict:
+    builds = list(template.builds.select_related("cluster", "source_template", "source_vm"))
+    copies = list(template.copies.select_related("cluster").order_by("cluster__name"))
+    in_flight = (template.status in IN_FLIGHT or any(b.active for b in builds)
+                 or any(c.status in IN_FLIGHT for c in copies))
+    return {
+        "template": template, "copies": copies,
+        "builds": builds, "jobs": _template_jobs(template), "in_flight": in_flight,
+        "derived": Template.objects.filter(parent=template).order_by("name"),
+        "pools": template.pools.order_by("name"),
+        "derive_form": derive_form or DeriveTemplateForm(source=template),
+        "copy_form": copy_form or CopyTemplateForm(template=template),
+    }
+
+
+@admin_required
+@require_GET
+def template_detail(request: HttpRequest, template_id: int) -> HttpResponse:
+    template = get_object_or_404(Template.objects.select_related("vcenter", "parent"), pk=template_id)
+    ctx = _template_detail_context(template)
+    if _polled(request):
+        # 286 tells HTMX to stop polling: the deploy or build has settled.
+        return render(request, "adminui/partials/_template_live.html", ctx, status=200 if ctx["in_flight"] else 286)
+    return render(request, "adminui/template_detail.html", ctx)
+
+
+@admin_required
+@require_POST
+def template_derive(request: HttpRequest, template_id: int) -> HttpResponse:
+    source = get_object_or_404(Template.objects.select_related("vcenter"), pk=template_id)
+    form = DeriveTemplateForm(request.POST, source=source)
+    if form.is_valid():
+        from apps.pools.templates import start_derive
+
+        d = form.cleaned_data
+        try:
+            build = start_derive(source=source, cluster=d["cluster"], name=d["name"], os_name=d["os_name"],
+                                 user=request.user)
+        except VmPortalError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Cloning build VM {build.vm_name} from {source.name}; "
+                                      "its name and IP show below when it is up.")
+            return redirect("adminui:template-detail", template_id=build.template_id)
+    return render(request, "adminui/template_detail.html", _template_detail_context(source, form), status=400)
+
+
+@admin_required
+@require_POST
+def template_copy(request: HttpRequest, template_id: int) -> HttpResponse:
+    template = get_object_or_404(Template.objects.select_related("vcenter"), pk=template_id)
+    form = CopyTemplateForm(request.POST, template=template)
+    if form.is_valid():
+        from apps.pools.templates import start_copy_to_cluster
+
+        try:
+            copy = start_copy_to_cluster(template=template, cluster=form.cleaned_data["cluster"])
+        except VmPortalError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Copying {template.name} to {copy.cluster}; pools there can use it once "
+                                      "the copy is ready.")
+            return redirect("adminui:template-detail", template_id=template.pk)
+    return render(request, "adminui/template_detail.html", _template_detail_context(template, copy_form=form),
+                  status=400)
+
+
+def _build_action(request: HttpRequest, build_id: int, action) -> HttpResponse:
+    build = get_object_or_404(TemplateBuild, pk=build_id)
+    try:
+        build = action(build_id=build.pk)
+    except VmPortalError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{build.vm_name}: {build.get_status_display().lower()}.")
+    if build.template_id and Template.objects.filter(pk=build.template_id).exists():
+        return redirect("adminui:template-detail", template_id=build.template_id)
+    return redirect("adminui:templates")
+
+
+@admin_required
+@require_POST
+def build_capture(request: HttpRequest, build_id: int) -> HttpResponse:
+    from apps.pools.templates import request_capture
+
+    return _build_action(request, build_id, request_capture)
+
+
+@admin_required
+@require_POST
+def build_discard(request: HttpRequest, build_id: int) -> HttpResponse:
+    from apps.pools.templates import discard_build
+
+    return _build_action(request, build_id, discard_build)
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def vm_capture(request: HttpRequest, vm_id: int) -> HttpResponse:
+    vm = get_object_or_404(VM.objects.select_related("template", "pool", "vcenter"), pk=vm_id)
+    form = CaptureVMForm(request.POST or None, vm=vm)
+    if request.method == "POST" and form.is_valid():
+        from apps.pools.templates import start_vm_capture
+
+        try:
+            build = start_vm_capture(vm=vm, name=form.cleaned_data["name"], os_name=form.cleaned_data["os_name"],
+                                     user=request.user)
+        except VmPortalError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Copying {vm.name} into template {build.template_name}; "
+                                      "the VM and its lease carry on untouched.")
+            return redirect("adminui:template-detail", template_id=build.template_id)
+    lease = getattr(vm, "lease", None) if vm.state == "leased" else None
+    return render(request, "adminui/vm_capture.html", {"vm": vm, "form": form, "lease": lease},
+                  status=400 if form.errors else 200)

@@ -53,6 +53,8 @@ class Template(models.Model):
     status = models.CharField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.PENDING)
     status_reason = models.TextField(blank=True)
     status_changed_at = models.DateTimeField(auto_now_add=True)
+    # Upload progress of an OVF/OVA deploy (0-100); meaningful while status is deploying.
+    progress = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -192,6 +194,9 @@ class VM(models.Model):
     moid = models.CharField(max_length=255, blank=True)
     instance_uuid = models.CharField(max_length=64, blank=True)
     host = models.ForeignKey(Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # The clone target when the slot was claimed: a pool's cluster change drains the VMs
+    # made for the old one (host may be unknown until the clone lands, or change by DRS).
+    cluster = models.ForeignKey(Cluster, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     ip_address = models.CharField(max_length=64, blank=True)
     hostname = models.CharField(max_length=255, blank=True)
     tries = models.PositiveSmallIntegerField(default=0)
@@ -226,3 +231,54 @@ class VM(models.Model):
 
     def move_to(self, new: str, **changes) -> None:
         transition(self, new, allowed=VM_TRANSITIONS, **changes)
+
+
+class TemplateBuild(models.Model):
+    """A VM an admin turns into a new template: a build VM cloned from a template (derive),
+    captured back once the admin's work on it is done, or a copy of a leased VM (capture).
+
+    The new template's row exists from the start (status pending/preparing), so its name
+    is reserved and it shows on the templates page while the build runs.
+    """
+
+    class Kind(models.TextChoices):
+        DERIVE = "derive", "Derived from a template"
+        CAPTURE_VM = "capture_vm", "Captured from a VM"
+
+    class Status(models.TextChoices):
+        CLONING = "cloning", "Cloning"
+        READY = "ready", "Ready for your work"  # derive only: the build VM is on
+        CAPTURING = "capturing", "Capturing"
+        CAPTURED = "captured", "Captured"
+        FAILED = "failed", "Failed"
+        DISCARDING = "discarding", "Discarding"
+        DISCARDED = "discarded", "Discarded"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    vcenter = models.ForeignKey(VCenter, on_delete=models.PROTECT, related_name="+")
+    template = models.ForeignKey(Template, on_delete=models.SET_NULL, null=True, blank=True,
+                                 related_name="builds", help_text="The template being made.")
+    template_name = models.CharField(max_length=80)
+    source_template = models.ForeignKey(Template, on_delete=models.SET_NULL, null=True, blank=True,
+                                        related_name="derived_builds")
+    source_vm = models.ForeignKey("VM", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="+")
+    vm_name = models.CharField(max_length=80)
+    moid = models.CharField(max_length=255, blank=True)
+    ip_address = models.CharField(max_length=64, blank=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CLONING)
+    status_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey("auth.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"build of {self.template_name} ({self.vm_name})"
+
+    @property
+    def active(self) -> bool:
+        return self.status in (self.Status.CLONING, self.Status.READY, self.Status.CAPTURING, self.Status.DISCARDING)

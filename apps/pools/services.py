@@ -25,6 +25,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.audit import services as audit
@@ -148,10 +149,19 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
             VM.objects.filter(pk=vm.pk).update(state_changed_at=now)  # next retry after another interval
             runner.enqueue("pools.destroy", target=vm, vm_id=vm.pk)
 
-    # Draining: VMs of an old template, or beyond the TTL, or beyond the size. Leased VMs
+    # Draining: VMs of an old template or cluster, beyond the TTL or the size. Leased VMs
     # are never touched here; they go when their lease ends.
     for vm in own.filter(state__in=(VMState.READY, VMState.BOOTING)).exclude(template=pool.template_id):
         _destroy(vm, "The pool's template changed.", report)
+    # A clone-target change drains the old cluster the same way. Where a VM is: its host's
+    # cluster (where it landed), else the cluster its slot was claimed for.
+    elsewhere = (
+        VM.objects.filter(pool=pool, on_demand=False, state__in=(VMState.READY, VMState.BOOTING))
+        .annotate(where=Coalesce("host__cluster_id", "cluster_id"))
+        .filter(where__isnull=False).exclude(where=pool.cluster_id).values("pk")
+    )
+    for vm in own.filter(pk__in=elsewhere):
+        _destroy(vm, "The pool's cluster (clone target) changed.", report)
     if pool.ready_ttl:
         for vm in own.filter(state=VMState.READY, ready_at__lt=now - pool.ready_ttl):
             _destroy(vm, f"Ready for longer than {pool.ready_ttl}; recycled.", report)
@@ -280,8 +290,8 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
         if n <= 0:
             return []
         return VM.objects.bulk_create(
-            VM(vcenter=vcenter, pool=pool, template=pool.template, name=new_vm_name(pool), tries=1,
-               on_demand=on_demand)
+            VM(vcenter=vcenter, pool=pool, template=pool.template, cluster_id=pool.cluster_id,
+               name=new_vm_name(pool), tries=1, on_demand=on_demand)
             for _ in range(n)
         )
 

@@ -1,16 +1,30 @@
-"""Templates: register an existing vSphere template and prepare it for linked clones."""
+"""Templates: register an existing vSphere template, deploy one from an OVF/OVA, derive one
+from another through a build VM, capture a pool VM; and prepare each for linked clones."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.core.errors import Conflict, VmPortalError
-from apps.inventory.models import Cluster, InventoryVM, VCenter
+from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.jobs import runner
-from apps.pools.models import Template, TemplateCopy, TemplateStatus
+from apps.pools.models import VM, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
 from apps.vsphere import operations as ops
+from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Endpoint, connect
+from apps.vsphere.types import CloneSpec
 
 
 def _cluster_of(vcenter: VCenter, moid: str) -> Cluster | None:
@@ -81,3 +95,451 @@ def prepare_copy(copy_id: int) -> TemplateCopy:
     copy.refresh_from_db()
     return copy
 
+
+
+# ---------------------------------------------------------------- deploy from OVF/OVA
+#
+# The services below write rows, audit and enqueue in one transaction and never call
+# vSphere; the job handlers after them do the vSphere work on the `deploy` queue and
+# record progress and outcome on the rows the pages poll.
+
+log = logging.getLogger(__name__)
+
+OVF_SUFFIXES = (".ova", ".ovf")
+BUILD_BOOT_TIMEOUT = 300.0  # seconds a build VM's guest gets to report an IP address
+DOWNLOAD_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    """Where an OVF/OVA lands: the cluster (its root resource pool), folder, datastore, network."""
+
+    cluster: Cluster
+    folder: Folder
+    datastore: Datastore
+    network: Network | None = None
+
+
+def _new_template(*, vcenter: VCenter, name: str, status: str, **fields) -> Template:
+    try:
+        with transaction.atomic():
+            return Template.objects.create(vcenter=vcenter, name=name, status=status, **fields)
+    except IntegrityError:
+        raise Conflict(f"A template named {name} already exists on {vcenter}.") from None
+
+
+def deployable_url(url: str) -> str:
+    """The URL, if it is one we can deploy from; else a ValueError that says why."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("Only http:// and https:// URLs can be deployed.")
+    if not parts.path.lower().endswith(OVF_SUFFIXES):
+        raise ValueError("The URL must name an .ova or .ovf file.")
+    return url.strip()
+
+
+@transaction.atomic
+def start_ovf_deploy(*, name: str, target: DeployTarget, url: str = "", upload_path: str = "",
+                     os_name: str = "", description: str = "") -> Template:
+    """Record a template to deploy from ``url`` or an uploaded file, and enqueue the deploy.
+
+    ``upload_path`` is a file under VMPORTAL_UPLOAD_DIR; the job deletes it when done.
+    """
+    if bool(url) == bool(upload_path):
+        raise ValueError("Give a URL or an uploaded file, not both or neither.")
+    if url:
+        url = deployable_url(url)
+    vcenter = target.cluster.vcenter
+    template = _new_template(
+        vcenter=vcenter, name=name, status=TemplateStatus.DEPLOYING, os_name=os_name, description=description,
+        source=Template.Source.OVF, ovf_url=url, progress=0,
+    )
+    copy = TemplateCopy.objects.create(template=template, cluster=target.cluster, status=TemplateStatus.DEPLOYING)
+    origin = url or f"uploaded file {Path(upload_path).name}"
+    audit.record("template.deploy", target=template, message=f"Deploy {name} from {origin}",
+                 after={"source": url or "upload", "cluster": str(target.cluster), "folder": target.folder.path,
+                        "datastore": str(target.datastore),
+                        "network": str(target.network) if target.network else None})
+    runner.enqueue(
+        "templates.deploy_ovf", target=template, template_id=template.pk, copy_id=copy.pk,
+        url=url, upload_path=upload_path, folder_moid=target.folder.moid,
+        resource_pool_moid=target.cluster.resource_pool_moid, datastore_moid=target.datastore.moid,
+        network_moid=target.network.moid if target.network else "",
+    )
+    return template
+
+
+class _Limited(io.RawIOBase):
+    """A read-only stream that refuses to deliver more than ``limit`` bytes."""
+
+    def __init__(self, stream, limit: int, label: str):
+        self.stream, self.limit, self.label, self.seen = stream, limit, label, 0
+        self.name = label
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        self.seen += len(data)
+        if self.seen > self.limit:
+            raise VmPortalError(f"{self.label} is larger than the {_human(self.limit)} limit (VMPORTAL_OVF_MAX_BYTES).")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@contextlib.contextmanager
+def _ovf_source(url: str, upload_path: str):
+    """What deploy_ovf reads: a size-limited stream for OVAs, the URL for an OVF descriptor
+    (vCenter gets its disks from the URLs next to it), or the uploaded file."""
+    limit = settings.VMPORTAL_OVF_MAX_BYTES
+    if upload_path:
+        path = Path(upload_path)
+        if not path.is_file():
+            raise VmPortalError("The uploaded file is gone (deleted, or on another host's upload directory).")
+        with open(path, "rb") as f:
+            yield io.BufferedReader(_Limited(f, limit, path.name))
+        return
+    if not urllib.parse.urlsplit(url).path.lower().endswith(".ova"):
+        yield url
+        return
+    label = Path(urllib.parse.urlsplit(url).path).name
+    try:
+        resp = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT)  # noqa: S310 - scheme checked by deployable_url
+    except Exception as exc:  # noqa: BLE001 - any download failure is the admin's to fix
+        raise VmPortalError(f"Cannot download {url}: {exc}") from exc
+    with resp:
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > limit:
+            raise VmPortalError(f"{label} is {_human(int(length))}, over the {_human(limit)} limit "
+                                "(VMPORTAL_OVF_MAX_BYTES).")
+        yield io.BufferedReader(_Limited(resp, limit, label), buffer_size=1024 * 1024)
+
+
+def _fail_template(template_id: int, reason: str, *, copy_id: int | None = None, build_id: int | None = None) -> None:
+    with transaction.atomic():
+        Template.objects.filter(pk=template_id).update(
+            status=TemplateStatus.FAILED, status_reason=reason, status_changed_at=timezone.now())
+        if copy_id:
+            TemplateCopy.objects.filter(pk=copy_id).update(
+                status=TemplateStatus.FAILED, status_reason=reason, status_changed_at=timezone.now())
+        if build_id:
+            TemplateBuild.objects.filter(pk=build_id).update(status=TemplateBuild.Status.FAILED, status_reason=reason)
+        template = Template.objects.filter(pk=template_id).first()
+        audit.record("template.failed", target=template, message=reason)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, VmPortalError) else f"Unexpected error: {type(exc).__name__}: {exc}"
+
+
+def _mark_ready(template: Template, copy: TemplateCopy, info, *, action: str = "template.ready") -> None:
+    with transaction.atomic():
+        TemplateCopy.objects.filter(pk=copy.pk).update(
+            moid=info.moid, snapshot_moid=info.snapshot_moid or "", status=TemplateStatus.READY,
+            status_reason="", progress=100, status_changed_at=timezone.now())
+        Template.objects.filter(pk=template.pk).update(
+            status=TemplateStatus.READY, status_reason="", progress=100, inventory_path=info.path,
+            status_changed_at=timezone.now())
+        audit.record(action, target=template,
+                     after={"cluster": str(copy.cluster), "moid": info.moid, "path": info.path})
+
+
+@runner.handler("templates.deploy_ovf", queue="deploy")
+def deploy_ovf_job(job: runner.JobContext, *, template_id: int, copy_id: int, url: str, upload_path: str,
+                   folder_moid: str, resource_pool_moid: str, datastore_moid: str, network_moid: str = "") -> None:
+    """ImportVApp + NFC upload with progress on the rows, then the linked-clone snapshot."""
+    template = Template.objects.select_related("vcenter").get(pk=template_id)
+    copy = TemplateCopy.objects.select_related("cluster").get(pk=copy_id)
+    started = time.monotonic()
+    logged = [-1]
+
+    def progress(percent: int) -> None:
+        if percent >= 100:
+            # The upload is done; deploy_ovf goes on to snapshot and mark as template.
+            Template.objects.filter(pk=template_id, status=TemplateStatus.DEPLOYING).update(
+                status=TemplateStatus.PREPARING, progress=100, status_changed_at=timezone.now())
+            TemplateCopy.objects.filter(pk=copy_id, status=TemplateStatus.DEPLOYING).update(
+                status=TemplateStatus.PREPARING, progress=100, status_changed_at=timezone.now())
+        else:
+            Template.objects.filter(pk=template_id, status=TemplateStatus.DEPLOYING).update(progress=percent)
+            TemplateCopy.objects.filter(pk=copy_id, status=TemplateStatus.DEPLOYING).update(progress=percent)
+        if percent // 25 > logged[0]:
+            logged[0] = percent // 25
+            job.log(f"upload {percent}%")
+
+    try:
+        with _ovf_source(url, upload_path) as source, connect(Endpoint.from_vcenter(template.vcenter)) as conn:
+            info = ops.deploy_ovf(
+                conn, source=source, name=template.name, folder_moid=folder_moid,
+                resource_pool_moid=resource_pool_moid, datastore_moid=datastore_moid,
+                network_mapping={"*": network_moid} if network_moid else None, progress=progress,
+            )
+    except Exception as exc:
+        _fail_template(template_id, _reason(exc), copy_id=copy_id)
+        raise
+    finally:
+        if upload_path:
+            Path(upload_path).unlink(missing_ok=True)
+    _mark_ready(template, copy, info)
+    job.log(f"{template.name} ready as {info.path} in {time.monotonic() - started:.1f}s")
+
+
+# ---------------------------------------------------------------- derive and capture
+
+
+def _copy_to_clone(source: Template, cluster: Cluster) -> TemplateCopy:
+    copies = TemplateCopy.objects.filter(template=source, status=TemplateStatus.READY).exclude(moid="")
+    copy = copies.filter(cluster=cluster).first() or copies.first()
+    if source.status != TemplateStatus.READY or copy is None:
+        raise Conflict(f"Template {source} is not ready; derive from a ready template.")
+    return copy
+
+
+@transaction.atomic
+def start_derive(*, source: Template, cluster: Cluster, name: str, os_name: str = "", user=None) -> TemplateBuild:
+    """Clone ``source`` into a build VM the admin works on; ``capture`` makes it a template."""
+    if cluster.vcenter_id != source.vcenter_id:
+        raise Conflict(f"Cluster {cluster} is not on {source.vcenter}, where {source} lives.")
+    _copy_to_clone(source, cluster)
+    template = _new_template(
+        vcenter=source.vcenter, name=name, status=TemplateStatus.PENDING, os_name=os_name or source.os_name,
+        source=Template.Source.DERIVED, parent=source,
+        status_reason="Its build VM is being cloned; capture it when your changes are done.",
+    )
+    build = TemplateBuild.objects.create(
+        kind=TemplateBuild.Kind.DERIVE, vcenter=source.vcenter, template=template, template_name=name,
+        source_template=source, cluster=cluster, vm_name=name, created_by=user,
+    )
+    audit.record("template.derive", target=template, message=f"Derive {name} from {source}",
+                 after={"parent": source.name, "cluster": str(cluster), "build_vm": build.vm_name})
+    runner.enqueue("templates.build_vm", target=build, build_id=build.pk)
+    return build
+
+
+@runner.handler("templates.build_vm", queue="deploy")
+def build_vm_job(job: runner.JobContext, *, build_id: int) -> None:
+    """A full clone of the source template, powered on, for the admin to work on."""
+    build = TemplateBuild.objects.select_related("vcenter", "cluster", "source_template").get(pk=build_id)
+    if build.status != TemplateBuild.Status.CLONING:
+        job.log(f"{build} is {build.status}; nothing to do")
+        return
+    try:
+        copy = _copy_to_clone(build.source_template, build.cluster)
+        with connect(Endpoint.from_vcenter(build.vcenter)) as conn:
+            folder = ops.get_vm(conn, copy.moid).folder_moid
+            result = ops.clone_vm(conn, CloneSpec(
+                template_moid=copy.moid, name=build.vm_name, folder_moid=folder or "",
+                resource_pool_moid=build.cluster.resource_pool_moid, linked=False, power_on=True,
+                annotation=f"vmportal build VM for template {build.template_name}",
+            ))
+            TemplateBuild.objects.filter(pk=build.pk).update(moid=result.moid)
+            job.log(f"cloned {result.path}; waiting for its guest")
+            try:
+                guest = ops.wait_until_usable(conn, result.moid, timeout=BUILD_BOOT_TIMEOUT)
+                ip, hostname, note = guest.ip or "", guest.hostname or "", ""
+            except VSphereError as exc:
+                ip, hostname = "", ""
+                note = f"The guest reported no IP address yet ({exc}); use the vSphere console."
+    except Exception as exc:
+        _fail_template(build.template_id, _reason(exc), build_id=build.pk)
+        raise
+    with transaction.atomic():
+        TemplateBuild.objects.filter(pk=build.pk, status=TemplateBuild.Status.CLONING).update(
+            status=TemplateBuild.Status.READY, ip_address=ip, hostname=hostname, status_reason=note)
+        Template.objects.filter(pk=build.template_id).update(
+            status_reason=f"Build VM {build.vm_name} is on{f' at {ip}' if ip else ''}; "
+                          "capture it when your changes are done.")
+        audit.record("template.build_ready", target=build, message=f"{build.vm_name} {ip or 'has no IP yet'}")
+    job.log(f"{build.vm_name} is up{f' at {ip}' if ip else ''}")
+
+
+@transaction.atomic
+def request_capture(*, build_id: int) -> TemplateBuild:
+    """Turn a derive's build VM into the new template (shut down, snapshot, mark)."""
+    build = TemplateBuild.objects.select_for_update().get(pk=build_id)
+    if build.kind != TemplateBuild.Kind.DERIVE:
+        raise Conflict("Only a derive's build VM can be captured again.")
+    if build.status not in (TemplateBuild.Status.READY, TemplateBuild.Status.FAILED) or not build.moid:
+        raise Conflict(f"The build VM is {build.get_status_display().lower()}; it can be captured once it is ready.")
+    TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.CAPTURING, status_reason="")
+    Template.objects.filter(pk=build.template_id).update(
+        status=TemplateStatus.PREPARING, status_reason=f"Capturing build VM {build.vm_name}.",
+        status_changed_at=timezone.now())
+    audit.record("template.capture", target=build.template, message=f"Capture {build.vm_name} as {build.template_name}")
+    runner.enqueue("templates.capture_build", target=build, build_id=build.pk)
+    build.refresh_from_db()
+    return build
+
+
+def _captured(build: TemplateBuild, info) -> None:
+    with transaction.atomic():
+        copy, _ = TemplateCopy.objects.get_or_create(template_id=build.template_id, cluster=build.cluster)
+        TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.CAPTURED, moid=info.moid,
+                                                         status_reason="")
+    _mark_ready(build.template, copy, info, action="template.captured")
+
+
+@runner.handler("templates.capture_build", queue="deploy")
+def capture_build_job(job: runner.JobContext, *, build_id: int) -> None:
+    build = TemplateBuild.objects.select_related("vcenter", "cluster", "template").get(pk=build_id)
+    if build.status != TemplateBuild.Status.CAPTURING:
+        job.log(f"{build} is {build.status}; nothing to do")
+        return
+    try:
+        with connect(Endpoint.from_vcenter(build.vcenter)) as conn:
+            ops.shut_down(conn, build.moid)
+            info = ops.prepare_template(conn, build.moid)
+    except Exception as exc:
+        _fail_template(build.template_id, _reason(exc), build_id=build.pk)
+        raise
+    _captured(build, info)
+    job.log(f"{build.vm_name} captured as template {info.path}")
+
+
+@transaction.atomic
+def start_vm_capture(*, vm: VM, name: str, os_name: str = "", user=None) -> TemplateBuild:
+    """Copy a pool VM (leased or ready) into a new template; its lease carries on untouched."""
+    vm = VM.objects.select_for_update(of=("self",)).select_related("template", "pool", "vcenter").get(pk=vm.pk)
+    if vm.state not in (VMState.LEASED, VMState.READY) or not vm.moid:
+        raise Conflict(f"{vm} is {vm.get_state_display().lower()}; only a ready or leased VM can be captured.")
+    cluster = vm.cluster or (vm.host.cluster if vm.host_id and vm.host.cluster_id else None) or (
+        vm.pool.cluster if vm.pool_id else None)
+    if cluster is None:
+        raise Conflict(f"Cannot tell which cluster {vm} is in; sync the inventory and try again.")
+    template = _new_template(
+        vcenter=vm.vcenter, name=name, status=TemplateStatus.PREPARING,
+        os_name=os_name or (vm.template.os_name if vm.template else ""),
+        source=Template.Source.DERIVED, parent=vm.template, status_reason=f"Copying VM {vm.name}.",
+    )
+    build = TemplateBuild.objects.create(
+        kind=TemplateBuild.Kind.CAPTURE_VM, vcenter=vm.vcenter, template=template, template_name=name,
+        source_template=vm.template, source_vm=vm, cluster=cluster, vm_name=name,
+        status=TemplateBuild.Status.CAPTURING, created_by=user,
+    )
+    audit.record("vm.capture", target=vm, pool=vm.pool_id, message=f"Capture {vm.name} as template {name}",
+                 after={"template": name, "cluster": str(cluster)})
+    runner.enqueue("templates.capture_vm", target=build, build_id=build.pk)
+    return build
+
+
+@runner.handler("templates.capture_vm", queue="deploy")
+def capture_vm_job(job: runner.JobContext, *, build_id: int) -> None:
+    """Full clone of the running VM next to its template, then snapshot and mark as template."""
+    build = TemplateBuild.objects.select_related("vcenter", "cluster", "template", "source_vm").get(pk=build_id)
+    if build.status != TemplateBuild.Status.CAPTURING:
+        job.log(f"{build} is {build.status}; nothing to do")
+        return
+    try:
+        vm = build.source_vm
+        if vm is None or not vm.moid:
+            raise Conflict("The VM to capture is gone.")
+        folder = ""
+        with connect(Endpoint.from_vcenter(build.vcenter)) as conn:
+            if vm.template_id:
+                source_copy = TemplateCopy.objects.filter(template_id=vm.template_id).exclude(moid="").first()
+                if source_copy is not None:
+                    folder = ops.get_vm(conn, source_copy.moid).folder_moid or ""
+            folder = folder or ops.get_vm(conn, vm.moid).folder_moid or ""
+            made = ops.copy_template_to_cluster(
+                conn, template_moid=vm.moid, name=build.vm_name, folder_moid=folder,
+                resource_pool_moid=build.cluster.resource_pool_moid,
+            )
+    except Exception as exc:
+        _fail_template(build.template_id, _reason(exc), build_id=build.pk)
+        raise
+    _captured(build, made.template)
+    job.log(f"{vm.name} captured as template {made.template.path}")
+
+
+@transaction.atomic
+def discard_build(*, build_id: int) -> TemplateBuild:
+    """Destroy a build VM that will not become a template, and free the template's name."""
+    build = TemplateBuild.objects.select_for_update().get(pk=build_id)
+    if build.status not in (TemplateBuild.Status.READY, TemplateBuild.Status.FAILED):
+        raise Conflict(f"The build is {build.get_status_display().lower()}; only a ready or failed one is discarded.")
+    TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.DISCARDING)
+    audit.record("template.build_discard", target=build, message=f"Discard {build.vm_name}")
+    runner.enqueue("templates.discard_build", target=build, build_id=build.pk)
+    build.refresh_from_db()
+    return build
+
+
+@runner.handler("templates.discard_build", queue="deploy")
+def discard_build_job(job: runner.JobContext, *, build_id: int) -> None:
+    build = TemplateBuild.objects.select_related("vcenter", "template").get(pk=build_id)
+    if build.status != TemplateBuild.Status.DISCARDING:
+        return
+    if build.moid and build.kind == TemplateBuild.Kind.DERIVE:
+        with connect(Endpoint.from_vcenter(build.vcenter)) as conn:
+            ops.destroy_vm(conn, build.moid, allow_template=False)
+    with transaction.atomic():
+        TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.DISCARDED)
+        template = build.template
+        if template is not None and template.status != TemplateStatus.READY and not template.pools.exists():
+            TemplateBuild.objects.filter(template=template).update(template=None)
+            template.delete()
+        audit.record("template.build_discarded", target=build, message=f"{build.vm_name} destroyed")
+    job.log(f"{build.vm_name} destroyed")
+
+
+# ---------------------------------------------------------------- copies in other clusters
+
+
+@transaction.atomic
+def start_copy_to_cluster(*, template: Template, cluster: Cluster) -> TemplateCopy:
+    """Enqueue a prepared copy of a ready template in ``cluster`` (so pools there can use it).
+
+    The unique (template, cluster) row de-duplicates concurrent requests: a second one
+    finds the row and gets it back instead of starting another copy.
+    """
+    if cluster.vcenter_id != template.vcenter_id:
+        raise Conflict(f"Cluster {cluster} is not on {template.vcenter}, where {template} lives.")
+    source = _copy_to_clone(template, cluster)
+    copy, created = TemplateCopy.objects.get_or_create(
+        template=template, cluster=cluster, defaults={"status": TemplateStatus.PREPARING})
+    if not created and copy.status != TemplateStatus.FAILED:
+        return copy
+    if not created:
+        TemplateCopy.objects.filter(pk=copy.pk).update(status=TemplateStatus.PREPARING, status_reason="")
+    audit.record("template.copy", target=template, message=f"Copy {template} to cluster {cluster}",
+                 after={"cluster": str(cluster), "from": str(source.cluster)})
+    runner.enqueue("templates.copy_to_cluster", target=template, copy_id=copy.pk)
+    copy.refresh_from_db()
+    return copy
+
+
+@runner.handler("templates.copy_to_cluster", queue="deploy")
+def copy_to_cluster_job(job: runner.JobContext, *, copy_id: int) -> None:
+    copy = TemplateCopy.objects.select_related("template__vcenter", "cluster").get(pk=copy_id)
+    template = copy.template
+    try:
+        source = _copy_to_clone(template, copy.cluster)
+        with connect(Endpoint.from_vcenter(template.vcenter)) as conn:
+            folder = ops.get_vm(conn, source.moid).folder_moid or ""
+            made = ops.copy_template_to_cluster(
+                conn, template_moid=source.moid, name=f"{template.name}-{copy.cluster.name}"[:80],
+                folder_moid=folder, resource_pool_moid=copy.cluster.resource_pool_moid,
+            )
+    except Exception as exc:
+        reason = _reason(exc)
+        with transaction.atomic():
+            TemplateCopy.objects.filter(pk=copy.pk).update(status=TemplateStatus.FAILED, status_reason=reason,
+                                                           status_changed_at=timezone.now())
+            audit.record("template.copy_failed", target=template, message=f"{copy.cluster}: {reason}")
+        raise
+    info = made.template
+    with transaction.atomic():
+        TemplateCopy.objects.filter(pk=copy.pk).update(
+            moid=info.moid, snapshot_moid=info.snapshot_moid or "", status=TemplateStatus.READY, status_reason="",
+            progress=100, status_changed_at=timezone.now())
+        audit.record("template.copied", target=template, after={"cluster": str(copy.cluster), "path": info.path})
+    job.log(f"{template} ready in {copy.cluster} as {info.path}")

@@ -27,6 +27,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
+from xml.etree import ElementTree
 
 from pyVmomi import vim, vmodl
 
@@ -837,6 +838,34 @@ def power_off(conn: Connection, moid: str, *, timeout: float = TASK_TIMEOUT) -> 
     return _power(conn, moid, want="off", timeout=timeout)
 
 
+def shut_down(conn: Connection, moid: str, *, timeout: float = 300.0) -> str:
+    """Ask the guest to shut down, and power off (hard) if it is not off within ``timeout``.
+
+    Used before a VM becomes a template, so its disks are clean when the guest cooperates.
+    Already off is fine. Returns the power state.
+    """
+    vm = _vm(conn, moid)
+    values = tasks.read(conn, vm, ["name", "runtime.powerState"], operation="shut down", name=moid)
+    name = values.get("name", moid)
+    if values.get("runtime.powerState") == "poweredOff":
+        return "poweredOff"
+    try:
+        conn.call(vm.ShutdownGuest, operation="shut down the guest of", obj=name, idempotent=False)
+        tasks.wait_for_condition(
+            conn,
+            vm,
+            ["runtime.powerState"],
+            lambda v: None if v.get("runtime.powerState") == "poweredOff" else "the guest is still running",
+            timeout=timeout,
+            operation="wait for the guest to shut down",
+            name=name,
+        )
+        return "poweredOff"
+    except VSphereError as exc:  # no tools, or the guest ignored us: pull the plug
+        log.info("%s: guest shutdown did not finish (%s); powering off", name, exc)
+        return power_off(conn, moid)
+
+
 def destroy_vm(
     conn: Connection,
     moid: str,
@@ -1203,6 +1232,21 @@ def _resolve_networks(conn: Connection, mapping: Mapping[str, str]) -> list[vim.
     return result
 
 
+def ovf_network_names(descriptor: str) -> list[str]:
+    """The network names an OVF descriptor's NetworkSection declares (empty if unreadable)."""
+    try:
+        root = ElementTree.fromstring(descriptor)  # noqa: S314 - expat refuses entity expansion bombs
+    except ElementTree.ParseError:
+        return []
+    names = []
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] == "Network":
+            name = next((v for k, v in el.attrib.items() if k.rsplit("}", 1)[-1] == "name"), None)
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
 def deploy_ovf(
     conn: Connection,
     *,
@@ -1232,10 +1276,14 @@ def deploy_ovf(
         raise DuplicateName(f"the folder already holds a VM named '{name}'", operation=operation, obj=name)
     package = _Package(source, conn.endpoint.timeout)
     try:
+        mapping = dict(network_mapping or {})
+        if "*" in mapping:  # one target network for every network the package names
+            target = mapping.pop("*")
+            mapping = {**dict.fromkeys(ovf_network_names(package.descriptor), target), **mapping}
         params = vim.OvfManager.CreateImportSpecParams(
             entityName=name,
             diskProvisioning=disk_provisioning,
-            networkMapping=_resolve_networks(conn, network_mapping or {}),
+            networkMapping=_resolve_networks(conn, mapping),
         )
         isr = conn.call(
             conn.content.ovfManager.CreateImportSpec,
