@@ -84,3 +84,75 @@ def test_manage_link_is_shown_to_admins_only(client, admin_user, engineer):
     assert reverse("adminui:pools").encode() not in client.get(reverse("home")).content
     client.force_login(admin_user)
     assert reverse("adminui:pools").encode() in client.get(reverse("home")).content
+
+
+# --- template routes: deploy, detail, derive, copy, builds, capture ---------------------------
+
+
+@pytest.fixture
+def objects(ready_pool):
+    from apps.pools.models import TemplateBuild, VMState
+    from tests import factories
+
+    build = TemplateBuild.objects.create(
+        kind=TemplateBuild.Kind.DERIVE, vcenter=ready_pool.template.vcenter, template_name="web",
+        source_template=ready_pool.template, cluster=ready_pool.cluster, vm_name="web", moid="vm-9",
+        status=TemplateBuild.Status.READY,
+    )
+    vm = factories.vm(ready_pool, state=VMState.LEASED, moid="vm-77")
+    return {"template": ready_pool.template.pk, "build": build.pk, "vm": vm.pk, "pool": ready_pool}
+
+
+TEMPLATE_GETS = [("adminui:template-detail", "template"), ("adminui:vm-capture", "vm")]
+TEMPLATE_POSTS = [
+    ("adminui:template-deploy", None, {"name": "x", "url": "https://example.com/x.ova"}),
+    ("adminui:template-derive", "template", {"name": "web2"}),
+    ("adminui:template-copy", "template", {"cluster": "1"}),
+    ("adminui:build-capture", "build", {}),
+    ("adminui:build-discard", "build", {}),
+    ("adminui:vm-capture", "vm", {"name": "snap"}),
+]
+
+
+def _turl(name, key, objects):
+    return reverse(name, args=[objects[key]]) if key else reverse(name)
+
+
+def _nothing_happened():
+    from apps.jobs.models import Job
+    from apps.pools.models import Template, TemplateBuild
+
+    assert not Job.objects.exists()
+    assert Template.objects.count() == 1
+    assert TemplateBuild.objects.get().status == "ready"
+
+
+@pytest.mark.parametrize(("name", "key"), TEMPLATE_GETS)
+def test_template_pages_admin_engineer_anonymous(client, admin_user, engineer, objects, name, key):
+    url = _turl(name, key, objects)
+    assert client.get(url).status_code == 302
+    client.force_login(engineer)
+    forbidden = client.get(url)
+    assert forbidden.status_code == 403 and b"for vmportal admins" in forbidden.content
+    client.force_login(admin_user)
+    assert client.get(url).status_code == 200
+
+
+@pytest.mark.parametrize(("name", "key", "data"), TEMPLATE_POSTS)
+def test_template_actions_are_refused_to_engineers_and_anonymous(client, engineer, objects, name, key, data):
+    url = _turl(name, key, objects)
+    anonymous = client.post(url, data)
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith(reverse("login"))
+    client.force_login(engineer)
+    assert client.post(url, data).status_code == 403
+    _nothing_happened()
+
+
+@pytest.mark.parametrize(("name", "key", "data"), TEMPLATE_POSTS)
+def test_template_actions_need_a_csrf_token(admin_user, objects, name, key, data):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    assert client.post(_turl(name, key, objects), data).status_code == 403
+    _nothing_happened()

@@ -226,3 +226,21 @@ def test_reconfigure_is_serialised_per_pool_and_sees_the_committed_row(ready_poo
     event = AuditEvent.objects.get(action="pool.reconfigure")
     assert (event.before, event.after) == ({"size": 9}, {"size": 3})
     assert redis_conn.lrange("vmportal:reconcile", 0, -1) == [str(ready_pool.pk).encode()]
+
+
+def test_cluster_change_drains_vms_of_the_old_cluster_by_host_or_claim(ready_pool):
+    old, new = ready_pool.cluster, factories.cluster(ready_pool.template.vcenter)
+    TemplateCopy.objects.create(template=ready_pool.template, cluster=new, moid="vm-2", status=TemplateStatus.READY)
+    host_in_old = make_host(old)
+    by_claim = factories.vm(ready_pool, state=VMState.READY, cluster=old)  # no host known yet
+    by_host = factories.vm(ready_pool, state=VMState.READY, host=host_in_old)  # a row from before VM.cluster
+    unknown = factories.vm(ready_pool, state=VMState.READY)  # nowhere known: left alone
+    leased = factories.vm(ready_pool, state=VMState.LEASED, cluster=old)
+    on_demand = factories.vm(ready_pool, state=VMState.READY, cluster=old, on_demand=True)
+    _, preview = services.reconfigure(pool_id=ready_pool.pk, cluster=new)
+    assert (preview.drain_ready, preview.leased_untouched) == (2, 1)
+    report = reconcile_pool(ready_pool.pk)
+    assert sorted(report.destroy) == sorted([by_claim.pk, by_host.pk])
+    for vm, state in [(unknown, VMState.READY), (leased, VMState.LEASED), (on_demand, VMState.READY)]:
+        vm.refresh_from_db()
+        assert vm.state == state

@@ -38,11 +38,24 @@ def test_disable_drains_everything_ready():
     assert (p.clone, p.drain_ready) == (0, 5)
 
 
-def test_cluster_change_is_explained():
+def test_cluster_change_with_nothing_in_the_old_cluster_is_explained():
     p = preview_reconfigure(counts=PoolCounts(ready=2), current=shape(2), new=shape(2, cluster=9))
     assert not p.changes_anything
-    assert any("cluster" in n for n in p.notes)
+    assert any("clone target changes" in n for n in p.notes)
     assert p.summary == "no VMs cloned or destroyed, 0 leased VMs untouched"
+
+
+def test_cluster_change_drains_ready_and_booting_vms_of_the_old_cluster():
+    counts = PoolCounts(ready=4, booting=1, leased=2, ready_elsewhere=3, booting_elsewhere=1)
+    p = preview_reconfigure(counts=counts, current=shape(5), new=shape(5, cluster=9))
+    assert (p.clone, p.drain_ready, p.drain_booting, p.leased_untouched) == (4, 3, 1, 2)
+    assert p.summary == "clone 4, drain 3 ready VMs, drain 1 booting VM, 2 leased VMs untouched"
+
+
+def test_cluster_change_and_shrink_together_count_each_vm_once():
+    counts = PoolCounts(ready=4, ready_elsewhere=2)
+    p = preview_reconfigure(counts=counts, current=shape(4), new=shape(1, cluster=9))
+    assert (p.clone, p.drain_ready) == (0, 3)
 
 
 def test_singular_wording():

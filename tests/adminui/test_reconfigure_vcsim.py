@@ -11,8 +11,8 @@ from apps.inventory.models import Cluster
 from apps.leases import services as leases
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
 from apps.pools.templates import register_template, start_copy_to_cluster
-from tests.adminui.test_template_jobs import work_off
-from tests.pools.test_pool_manager import GUEST, make_pool, settle, site, vms_in_folder
+from tests.adminui.test_template_jobs import run_worker
+from tests.live import GUEST, make_pool, settle, site, vms_in_folder
 
 pytestmark = [pytest.mark.vcsim, pytest.mark.django_db(transaction=True)]
 
@@ -88,7 +88,7 @@ def test_cluster_change_drains_the_old_cluster_and_leaves_leased_vms_where_they_
     # No ready copy in the other cluster yet: the preview says why instead of guessing.
     assert "has no copy in cluster DC0_C1" in preview(client, pool, cluster=c1.pk)
     start_copy_to_cluster(template=pool.template, cluster=c1)
-    work_off()
+    run_worker()
     assert pool.template.copies.get(cluster=c1).status == TemplateStatus.READY
 
     text = preview(client, pool, cluster=c1.pk)

@@ -16,14 +16,14 @@ from apps.leases import services as leases
 from apps.pools.models import VM, Pool, Template, TemplateBuild, TemplateStatus, VMState
 from apps.vsphere import operations as ops
 from apps.vsphere.session import Endpoint, connect
-from tests.pools.test_pool_manager import GUEST, make_pool, settle, site, worker
+from tests.live import GUEST, make_pool, settle, site, worker
 from tests.vsphere import http_server
 from tests.vsphere.test_templates import DISK, OVF, ova_bytes
 
 pytestmark = [pytest.mark.vcsim, pytest.mark.django_db(transaction=True)]
 
 
-def work_off(timeout: float = 120) -> None:
+def run_worker(timeout: float = 120) -> None:
     assert worker().wait(timeout=timeout) == 0
 
 
@@ -63,7 +63,7 @@ def test_admin_deploys_an_uploaded_ova_with_progress_and_gets_a_ready_template(
     assert live.status_code == 200 and b"<progress" in live.content and b"deploying 0%" in live.content
 
     started = time.monotonic()
-    work_off()
+    run_worker()
     elapsed = time.monotonic() - started
     template.refresh_from_db()
     assert (template.status, template.progress) == (TemplateStatus.READY, 100), template.status_reason
@@ -98,7 +98,7 @@ def test_deploy_from_a_url_and_a_pool_clones_from_it(client, admin_user, vcsim_f
         fields = deploy_fields(vc, url=f"{base}tiny.{kind}", network=network.pk)
         response = client.post(reverse("adminui:template-deploy"), fields)
         assert response.status_code == 302, response.content.decode()[-2000:]
-        work_off()
+        run_worker()
     template = Template.objects.get(name="tiny")
     assert template.status == TemplateStatus.READY, template.status_reason
     assert template.ovf_url == f"{base}tiny.{kind}"
@@ -116,7 +116,7 @@ def test_a_broken_ova_fails_with_a_reason_the_admin_can_act_on(client, admin_use
     client.force_login(admin_user)
     upload = SimpleUploadedFile("broken.ova", ova_bytes(with_disk=False))
     assert client.post(reverse("adminui:template-deploy"), {**deploy_fields(vc), "file": upload}).status_code == 302
-    work_off()
+    run_worker()
     template = Template.objects.get(name="tiny")
     assert template.status == TemplateStatus.FAILED
     assert "the package lacks disk1.vmdk" in template.status_reason
@@ -140,7 +140,7 @@ def test_derive_clones_a_build_vm_with_an_ip_then_capture_makes_a_template(clien
     derived = Template.objects.get(name="debian-12-web")
     assert response.status_code == 302
     assert (derived.source, derived.parent, derived.status) == ("derived", source, TemplateStatus.PENDING)
-    work_off()
+    run_worker()
     build = TemplateBuild.objects.get(template=derived)
     assert build.status == TemplateBuild.Status.READY, build.status_reason
     assert build.ip_address.startswith("10.30.") and build.moid
@@ -152,7 +152,7 @@ def test_derive_clones_a_build_vm_with_an_ip_then_capture_makes_a_template(clien
     assert client.post(reverse("adminui:build-capture", args=[build.pk])).status_code == 302
     derived.refresh_from_db()
     assert derived.status == TemplateStatus.PREPARING
-    work_off()
+    run_worker()
     derived.refresh_from_db()
     build.refresh_from_db()
     assert (derived.status, build.status) == (TemplateStatus.READY, TemplateBuild.Status.CAPTURED)
@@ -175,11 +175,11 @@ def test_discarding_a_build_destroys_its_vm_and_frees_the_name(client, admin_use
     client.force_login(admin_user)
     client.post(reverse("adminui:template-derive", args=[source.pk]),
                 {"name": "scratch", "cluster": source.copies.get().cluster_id})
-    work_off()
+    run_worker()
     build = TemplateBuild.objects.get(template_name="scratch")
     assert build.status == TemplateBuild.Status.READY
     assert client.post(reverse("adminui:build-discard", args=[build.pk])).status_code == 302
-    work_off()
+    run_worker()
     build.refresh_from_db()
     assert build.status == TemplateBuild.Status.DISCARDED and build.template is None
     assert not Template.objects.filter(name="scratch").exists()
@@ -200,7 +200,7 @@ def test_capture_a_leased_vm_as_a_template_leaves_the_lease_alone(client, admin_
     assert response.status_code == 302
     captured = Template.objects.get(name="bobs-box")
     assert (captured.source, captured.parent, captured.status) == ("derived", pool.template, TemplateStatus.PREPARING)
-    work_off()
+    run_worker()
     captured.refresh_from_db()
     assert captured.status == TemplateStatus.READY, captured.status_reason
     info = vm_in_vsphere(vc, captured.inventory_path)
@@ -257,7 +257,7 @@ def test_an_ova_url_over_the_limit_fails_the_deploy_with_the_reason(client, admi
     with http_server(tmp_path) as base:
         client.post(reverse("adminui:template-deploy"), deploy_fields(vc, url=f"{base}tiny.ova"))
         monkeypatch.setenv("VMPORTAL_OVF_MAX_BYTES", str(10 * 1024))  # the worker's settings
-        work_off()
+        run_worker()
     template = Template.objects.get(name="tiny")
     assert template.status == TemplateStatus.FAILED
     assert "over the 10.0 KiB limit" in template.status_reason or "larger than the 10.0 KiB" in template.status_reason
