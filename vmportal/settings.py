@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "apps.ui",
     "apps.api",
     "apps.adminui",
+    "apps.firstboot",
 ]
 
 MIDDLEWARE = [

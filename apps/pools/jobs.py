@@ -12,6 +12,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.audit import services as audit
+from apps.firstboot import services as firstboot
 from apps.inventory.models import Folder
 from apps.jobs import runner
 from apps.jobs.models import Job
@@ -106,9 +107,10 @@ def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters, job: 
     try:
         source = placement.template_copy_for(pool)
         hosts = placement.choose_hosts(pool, len(batch))
-    except placement.NoPlacement as exc:
+        boot = firstboot.plan_clones(pool, batch)  # passwords, user-data, seed ISOs (database only)
+    except (placement.NoPlacement, firstboot.FirstBootError) as exc:
         for vm in batch:
-            record_clone_failure(vm, str(exc), permanent=False)
+            record_clone_failure(vm, str(exc), permanent=exc.permanent)
         return []
     specs = [
         CloneSpec(
@@ -123,18 +125,23 @@ def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters, job: 
             cpus=pool.cpus,
             memory_mb=pool.memory_mb,
             annotation=f"vmportal pool {pool.name}",
-            extra_config={OWNER_KEY: marker_for(vm), "guestinfo.hostname": vm.name},
+            extra_config={OWNER_KEY: marker_for(vm), "guestinfo.hostname": vm.name, **boot[vm.pk].extra_config},
+            customization=boot[vm.pk].customization,
+            cdrom_iso=boot[vm.pk].cdrom_iso,
             power_on=True,
         )
         for vm, host in zip(batch, hosts, strict=True)
     ]
     try:
         with connect(endpoint) as conn:
+            firstboot.upload_seeds(conn, boot.values())
             # Names are unique by the database constraint on live VMs: no FindChild needed.
             results = ops.clone_many(
                 conn, specs, check_names=False, executor=starters,
                 on_progress=(lambda i, percent: on_progress(batch[i], percent)) if on_progress else None,
             )
+            firstboot.discard_seeds(conn, [vm for vm, r in zip(batch, results, strict=True)
+                                           if isinstance(r, VSphereError)])
     except VSphereError as exc:  # the session itself failed: nothing was started
         results = [exc] * len(batch)
     booting = []
@@ -155,7 +162,8 @@ def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: run
     """One look at every booting VM: usable ones become ready, overdue ones fail."""
     try:
         with connect(endpoint) as conn:
-            seen = ops.check_usable(conn, list(booting))
+            seen = ops.check_usable(conn, list(booting), expect=firstboot.expectations(booting.values()))
+            seen = firstboot.finish_usable(conn, booting, seen)  # ejects seed ISOs, scrubs user-data
     except VSphereError as exc:
         seen = dict.fromkeys(booting, str(exc))
     ready = failed = 0
@@ -195,7 +203,9 @@ def destroy(job: runner.JobContext, *, vm_id: int) -> None:
             moid = found[0].moid if found else ""
         if moid:
             ops.destroy_vm(conn, moid, expected_owner=marker_for(vm))
+        firstboot.discard_seeds(conn, [vm])  # a seed ISO a failed clone or a crash left
     vm.move_to(VMState.DESTROYED, destroyed_at=timezone.now())
+    firstboot.release(vm)
     job.log(f"{vm.name} destroyed")
     audit.record("vm.destroyed", target=vm, pool=vm.pool_id)
     if vm.pool_id:

@@ -29,6 +29,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.audit import services as audit
+from apps.firstboot import services as firstboot
 from apps.inventory.models import Folder, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
@@ -289,11 +290,12 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
         )
         if n <= 0:
             return []
-        return VM.objects.bulk_create(
+        # Fixed addresses are handed out in this same transaction (fewer VMs if the range runs out).
+        return firstboot.allocate_addresses(pool, VM.objects.bulk_create(
             VM(vcenter=vcenter, pool=pool, template=pool.template, cluster_id=pool.cluster_id,
                name=new_vm_name(pool), tries=1, on_demand=on_demand)
             for _ in range(n)
-        )
+        ))
 
 
 def claim_slot(pool_id: int) -> VM | None:

@@ -169,6 +169,8 @@ _FAULT_MAP: dict[type, type[VSphereError]] = {
     vmodl.fault.SystemError: TransientFault,
     vmodl.fault.RequestCanceled: TransientFault,
     vim.fault.ConcurrentAccess: TransientFault,
+    # Tools are not (yet) running in the guest: try again later.
+    vim.fault.GuestOperationsUnavailable: TransientFault,
     vim.fault.Timedout: TransientFault,
     vim.fault.HostConnectFault: Unreachable,
 }

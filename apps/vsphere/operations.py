@@ -53,6 +53,7 @@ from apps.vsphere.types import (
     Customization,
     DiskInfo,
     FolderInfo,
+    GuestExpectation,
     GuestInfo,
     SnapshotInfo,
     TaskHandle,
@@ -527,19 +528,54 @@ def _wait_for_prepared(
 _HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
+def customization_script_supported(conn: Connection) -> bool:
+    """Whether LinuxPrep's customisation script reaches this vCenter.
+
+    ``scriptText`` is a vSphere 7.0 property; pyVmomi silently leaves it out of requests
+    to older APIs (the simulator speaks 6.5), so the caller can say what did not happen.
+    """
+    from pyVmomi.VmomiSupport import IsChildVersion  # noqa: PLC0415 - pyVmomi internals, used once
+
+    return IsChildVersion(conn.si._stub.version, "vim.version.v7_0")
+
+
 def _customization(c: Customization) -> vim.vm.customization.Specification:
-    if not _HOSTNAME.match(c.hostname):
+    if not _HOSTNAME.match(c.hostname) or (c.windows and len(c.hostname) > 15):
+        limit = 15 if c.windows else 63
         raise InvalidSpec(
-            f"'{c.hostname}' is not a valid host name (letters, digits, '-', at most 63)",
+            f"'{c.hostname}' is not a valid host name (letters, digits, '-', at most {limit})",
             operation="customise",
             obj=c.hostname,
         )
-    identity = vim.vm.customization.LinuxPrep(
-        hostName=vim.vm.customization.FixedName(name=c.hostname),
-        domain=c.domain or "localdomain",
-        timeZone=c.timezone,
-        hwClockUTC=True,
-    )
+    if c.windows:
+        identity: Any = vim.vm.customization.Sysprep(
+            guiUnattended=vim.vm.customization.GuiUnattended(
+                # Sysprep takes the password in clear text (or encrypted with a key only
+                # vCenter holds); it travels only inside this TLS request.
+                password=vim.vm.customization.Password(value=c.admin_password, plainText=True)
+                if c.admin_password
+                else None,
+                timeZone=c.windows_timezone,
+                autoLogon=False,
+                autoLogonCount=0,
+            ),
+            userData=vim.vm.customization.UserData(
+                computerName=vim.vm.customization.FixedName(name=c.hostname),
+                fullName="vmportal",
+                orgName=c.organization,
+                productId="",
+            ),
+            identification=vim.vm.customization.Identification(joinWorkgroup=c.workgroup),
+        )
+    else:
+        identity = vim.vm.customization.LinuxPrep(
+            hostName=vim.vm.customization.FixedName(name=c.hostname),
+            domain=c.domain or "localdomain",
+            timeZone=c.timezone,
+            hwClockUTC=True,
+        )
+        if c.script:
+            identity.scriptText = c.script
     if c.ip:
         try:
             ipaddress.ip_address(c.ip)
@@ -550,6 +586,7 @@ def _customization(c: Customization) -> vim.vm.customization.Specification:
             subnetMask=c.netmask or "255.255.255.0",
             gateway=[c.gateway] if c.gateway else [],
             dnsDomain=c.domain or None,
+            dnsServerList=list(c.dns) if c.windows else [],
         )
     else:
         adapter = vim.vm.customization.IPSettings(ip=vim.vm.customization.DhcpIpGenerator())
@@ -559,6 +596,38 @@ def _customization(c: Customization) -> vim.vm.customization.Specification:
             dnsServerList=list(c.dns), dnsSuffixList=[c.domain] if c.domain else []
         ),
         nicSettingMap=[vim.vm.customization.AdapterMapping(adapter=adapter)],
+    )
+
+
+def _cdrom_change(conn: Connection, spec: CloneSpec) -> vim.vm.device.VirtualDeviceSpec:
+    """A device change that puts ``spec.cdrom_iso`` in the clone's CD-ROM drive.
+
+    The template's own drive is reused when it has one; otherwise a new drive goes on
+    the first IDE controller with a free slot (vCenter: two devices per IDE channel).
+    """
+    values = tasks.read(conn, _vm(conn, spec.template_moid), ["config.hardware.device"], operation="clone",
+                        name=spec.template_moid)
+    devices = values.get("config.hardware.device") or []
+    backing = vim.vm.device.VirtualCdrom.IsoBackingInfo(fileName=spec.cdrom_iso)
+    connectable = vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, connected=True, allowGuestControl=True)
+    for device in devices:
+        if isinstance(device, vim.vm.device.VirtualCdrom):
+            device.backing, device.connectable = backing, connectable
+            return vim.vm.device.VirtualDeviceSpec(operation="edit", device=device)
+    for ide in devices:
+        if not isinstance(ide, vim.vm.device.VirtualIDEController):
+            continue
+        used = {d.unitNumber for d in devices if getattr(d, "controllerKey", None) == ide.key}
+        free = [u for u in (0, 1) if u not in used]
+        if free:
+            drive = vim.vm.device.VirtualCdrom(
+                key=-200, controllerKey=ide.key, unitNumber=free[0], backing=backing, connectable=connectable
+            )
+            return vim.vm.device.VirtualDeviceSpec(operation="add", device=drive)
+    raise InvalidSpec(
+        "the template has no CD-ROM drive and no free IDE slot for one; the seed ISO cannot be attached",
+        operation="clone",
+        obj=spec.name,
     )
 
 
@@ -599,6 +668,8 @@ def _clone_spec(conn: Connection, spec: CloneSpec) -> vim.vm.CloneSpec:
         location.diskMoveType = "createNewChildDiskBacking"
     if spec.customization is not None:
         clone.customization = _customization(spec.customization)
+    if spec.cdrom_iso:
+        config.deviceChange = [_cdrom_change(conn, spec)]
     return clone
 
 
@@ -744,7 +815,14 @@ def clone_vm(
 _GUEST_PATHS = ["name", "runtime.powerState", "guest.ipAddress", "guest.hostName", "guest.toolsRunningStatus"]
 
 
-def _not_usable(values: Mapping[str, Any], *, require_ip: bool, expected_hostname: str | None) -> str | None:
+def _not_usable(
+    values: Mapping[str, Any],
+    *,
+    require_ip: bool,
+    expected_hostname: str | None,
+    expected_ip: str | None = None,
+    tools_running: bool = False,
+) -> str | None:
     """What is still missing before the VM is usable, or None when it is."""
     state = values.get("runtime.powerState")
     if state != "poweredOn":
@@ -752,8 +830,12 @@ def _not_usable(values: Mapping[str, Any], *, require_ip: bool, expected_hostnam
     ip = _usable_ip(values.get("guest.ipAddress"))
     hostname = values.get("guest.hostName") or ""
     tools = values.get("guest.toolsRunningStatus") or "unknown"
+    if tools_running and tools != "guestToolsRunning":
+        return f"VMware Tools are not running in the guest yet ({tools})"
     if expected_hostname and hostname.split(".")[0].lower() != expected_hostname.split(".")[0].lower():
-        return f"the guest reports host name '{hostname or '(none)'}', expected '{expected_hostname}'"
+        return f"hostname mismatch: the guest reports '{hostname or '(none)'}', expected '{expected_hostname}'"
+    if expected_ip and ip != expected_ip:
+        return f"address mismatch: the guest reports {ip or 'no usable IP address'}, expected {expected_ip}"
     if require_ip and not ip:
         return f"the guest has no usable IP address yet (tools: {tools})"
     if not (ip or hostname or tools == "guestToolsRunning"):
@@ -770,12 +852,17 @@ def _guest(values: Mapping[str, Any]) -> GuestInfo:
 
 
 def check_usable(
-    conn: Connection, moids: Sequence[str], *, require_ip: bool = True
+    conn: Connection,
+    moids: Sequence[str],
+    *,
+    require_ip: bool = True,
+    expect: Mapping[str, GuestExpectation] | None = None,
 ) -> dict[str, GuestInfo | str]:
     """One look at many booting VMs: GuestInfo for the usable ones, else what is missing.
 
     One RetrievePropertiesEx however many VMs, so a pool manager can watch a whole
-    burst of booting clones at the cost of a single call per look.
+    burst of booting clones at the cost of a single call per look. ``expect`` (by moid)
+    adds what first boot promised: running tools, the host name and the address.
     """
     values = tasks.read_many(conn, vim.VirtualMachine, [_vm(conn, m) for m in moids], _GUEST_PATHS,
                              operation="check guests")
@@ -784,7 +871,9 @@ def check_usable(
         if moid not in values:
             out[moid] = "the VM no longer exists"
             continue
-        missing = _not_usable(values[moid], require_ip=require_ip, expected_hostname=None)
+        want = (expect or {}).get(moid) or GuestExpectation()
+        missing = _not_usable(values[moid], require_ip=require_ip, expected_hostname=want.hostname,
+                              expected_ip=want.ip, tools_running=want.tools_running)
         out[moid] = missing if missing else _guest(values[moid])
     return out
 
@@ -805,6 +894,178 @@ def wait_until_usable(
         conn, _vm(conn, moid), _GUEST_PATHS, check, timeout=timeout, operation="wait until usable", name=moid
     )
     return _guest(values)
+
+
+# ---------------------------------------------------------------- first-boot media
+
+
+_datastore_locations: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _datastore_location(conn: Connection, datastore_moid: str) -> tuple[str, str]:
+    """(datacenter inventory path, datastore name): what /folder URLs and datastore paths need."""
+    key = (conn.endpoint.host, datastore_moid)
+    if key not in _datastore_locations:
+        operation = "find datastore"
+        ds = conn.ref(vim.Datastore, datastore_moid)
+        name = tasks.read(conn, ds, ["name"], operation=operation, name=datastore_moid).get("name", "")
+        parent = tasks.read(conn, ds, ["parent"], operation=operation, name=name).get("parent")
+        while parent is not None and not isinstance(parent, vim.Datacenter):
+            parent = tasks.read(conn, parent, ["parent"], operation=operation, name=name).get("parent")
+        if parent is None:
+            raise ObjectNotFound("the datastore is in no datacenter", operation=operation, obj=name)
+        _datastore_locations[key] = (entity_path(conn, parent, operation=operation), name)
+    return _datastore_locations[key]
+
+
+def datastore_path(conn: Connection, datastore_moid: str, path: str) -> str:
+    """``[name] path``, the form VM devices and FileManager take."""
+    return f"[{_datastore_location(conn, datastore_moid)[1]}] {path}"
+
+
+def upload_datastore_file(conn: Connection, datastore_moid: str, path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` on a datastore (HTTP PUT /folder, session cookie); returns
+    the datastore path. Overwrites: uploads are retried by whole jobs, never appended."""
+    operation = "upload to datastore"
+    dc_path, ds_name = _datastore_location(conn, datastore_moid)
+    folder = path.rsplit("/", 1)[0] if "/" in path else ""
+    if folder:
+        with contextlib.suppress(DuplicateName):
+            conn.call(
+                conn.content.fileManager.MakeDirectory,
+                name=f"[{ds_name}] {folder}",
+                datacenter=conn.ref(vim.Datacenter, _datacenter_moid(conn, dc_path)),
+                createParentDirectories=True,
+                operation="create datastore folder",
+                obj=f"[{ds_name}] {folder}",
+            )
+    query = urllib.parse.urlencode({"dcPath": dc_path, "dsName": ds_name})
+    url = f"/folder/{urllib.parse.quote(path)}?{query}"
+    http_conn = https_connection(conn.endpoint, conn.endpoint.hostname, conn.endpoint.port)
+    try:
+        http_conn.putrequest("PUT", url)
+        http_conn.putheader("Content-Type", "application/octet-stream")
+        http_conn.putheader("Content-Length", str(len(data)))
+        # /folder authenticates by the SOAP session's cookie, like NFC.
+        http_conn.putheader("Cookie", conn.session_cookie)
+        http_conn.endheaders()
+        http_conn.send(data)
+        resp = http_conn.getresponse()
+        resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise translate(exc, operation=operation, obj=path) from exc
+    finally:
+        http_conn.close()
+    if resp.status >= 300:
+        raise TransientFault(
+            f"HTTP {resp.status} {resp.reason}", operation=operation, obj=f"[{ds_name}] {path}", from_vcenter=False
+        )
+    return f"[{ds_name}] {path}"
+
+
+_datacenter_moids: dict[tuple[str, str], str] = {}
+
+
+def _datacenter_moid(conn: Connection, dc_path: str) -> str:
+    key = (conn.endpoint.host, dc_path)
+    if key not in _datacenter_moids:
+        found = _find_by_path(conn, dc_path, operation="find datacenter")
+        if found is None:
+            raise ObjectNotFound(f"there is no datacenter at '{dc_path}'", operation="find datacenter", obj=dc_path)
+        _datacenter_moids[key] = found._moId
+    return _datacenter_moids[key]
+
+
+def delete_datastore_file(conn: Connection, datastore_moid: str, path: str, *, timeout: float = TASK_TIMEOUT) -> bool:
+    """Delete a datastore file; False if it was already gone (idempotent)."""
+    dc_path, ds_name = _datastore_location(conn, datastore_moid)
+    name = f"[{ds_name}] {path}"
+    try:
+        tasks.run_task(
+            conn,
+            conn.content.fileManager.DeleteDatastoreFile_Task,
+            name=name,
+            datacenter=conn.ref(vim.Datacenter, _datacenter_moid(conn, dc_path)),
+            operation="delete datastore file",
+            obj=name,
+            timeout=timeout,
+        )
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def datastore_file_exists(conn: Connection, datastore_moid: str, path: str) -> bool:
+    """Whether ``path`` is on the datastore (HTTP HEAD on /folder)."""
+    dc_path, ds_name = _datastore_location(conn, datastore_moid)
+    query = urllib.parse.urlencode({"dcPath": dc_path, "dsName": ds_name})
+    http_conn = https_connection(conn.endpoint, conn.endpoint.hostname, conn.endpoint.port)
+    try:
+        http_conn.request("HEAD", f"/folder/{urllib.parse.quote(path)}?{query}",
+                          headers={"Cookie": conn.session_cookie})
+        resp = http_conn.getresponse()
+        resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise translate(exc, operation="look for datastore file", obj=path) from exc
+    finally:
+        http_conn.close()
+    if resp.status == 404:
+        return False
+    if resp.status >= 300:
+        raise TransientFault(f"HTTP {resp.status} {resp.reason}", operation="look for datastore file",
+                             obj=f"[{ds_name}] {path}", from_vcenter=False)
+    return True
+
+
+def eject_cdrom(conn: Connection, moid: str, iso: str, *, timeout: float = TASK_TIMEOUT) -> bool:
+    """Take the ISO ``iso`` (datastore path) out of the VM's CD-ROM drive.
+
+    The drive stays, empty and disconnected, so the guest sees no hardware change.
+    False when no drive holds that ISO (idempotent; the VM may be gone too).
+    """
+    vm = _vm(conn, moid)
+    try:
+        values = tasks.read(conn, vm, ["name", "config.hardware.device"], operation="eject CD-ROM", name=moid)
+    except ObjectNotFound:
+        return False
+    name = values.get("name", moid)
+    changes = []
+    for device in values.get("config.hardware.device") or []:
+        if isinstance(device, vim.vm.device.VirtualCdrom) and getattr(device.backing, "fileName", None) == iso:
+            device.backing = vim.vm.device.VirtualCdrom.RemotePassthroughBackingInfo(deviceName="", exclusive=False)
+            device.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
+                startConnected=False, connected=False, allowGuestControl=True
+            )
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=device))
+    if not changes:
+        return False
+    tasks.run_task(conn, vm.ReconfigVM_Task, spec=vim.vm.ConfigSpec(deviceChange=changes),
+                   operation="eject CD-ROM of", obj=name, timeout=timeout)
+    return True
+
+
+def cdrom_isos(conn: Connection, moid: str) -> list[str]:
+    """The ISO files in the VM's CD-ROM drives (datastore paths)."""
+    values = tasks.read(conn, _vm(conn, moid), ["config.hardware.device"], operation="read CD-ROMs", name=moid)
+    return [
+        d.backing.fileName
+        for d in values.get("config.hardware.device") or []
+        if isinstance(d, vim.vm.device.VirtualCdrom)
+        and isinstance(d.backing, vim.vm.device.VirtualCdrom.IsoBackingInfo)
+    ]
+
+
+def set_extra_config(conn: Connection, moid: str, values: Mapping[str, str], *, timeout: float = TASK_TIMEOUT) -> None:
+    """Set extraConfig keys; an empty value removes the key (how vSphere deletes them)."""
+    vm = _vm(conn, moid)
+    options = [vim.option.OptionValue(key=k, value=v) for k, v in values.items()]
+    tasks.run_task(conn, vm.ReconfigVM_Task, spec=vim.vm.ConfigSpec(extraConfig=options),
+                   operation="reconfigure", obj=moid, timeout=timeout)
+
+
+def extra_config(conn: Connection, moid: str) -> dict[str, str]:
+    """The VM's extraConfig as a dict."""
+    return _extra(tasks.read(conn, _vm(conn, moid), ["config.extraConfig"], operation="read extraConfig", name=moid))
 
 
 # ---------------------------------------------------------------- power, destroy, relocate

@@ -72,7 +72,13 @@ class TemplateCopy:
 
 @dataclass(frozen=True)
 class Customization:
-    """Linux guest customisation (LinuxPrep). Without ``ip`` the NIC uses DHCP."""
+    """vSphere guest customisation: LinuxPrep, or Sysprep for Windows (``windows``).
+
+    Without ``ip`` the NIC uses DHCP. ``script`` is LinuxPrep's customisation script
+    (vSphere 7.0+; older APIs drop it, see ``operations.customization_script_supported``);
+    ``admin_password`` is Sysprep's administrator password. Both are secrets: never log
+    a Customization (its repr hides them).
+    """
 
     hostname: str
     domain: str = "localdomain"
@@ -81,6 +87,12 @@ class Customization:
     gateway: str | None = None
     dns: tuple[str, ...] = ()
     timezone: str = "UTC"
+    windows: bool = False
+    windows_timezone: int = 85  # Sysprep's index; 85 is GMT (UTC)
+    workgroup: str = "WORKGROUP"
+    organization: str = "vmportal"
+    script: str = field(default="", repr=False)
+    admin_password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,9 @@ class CloneSpec:
     extra_config: Mapping[str, str] = field(default_factory=dict)
     customization: Customization | None = None
     power_on: bool = True
+    # Datastore path ("[ds] folder/file.iso") of an ISO to insert as a connected CD-ROM
+    # (a cloud-init NoCloud seed); the first empty IDE slot gets a new CD-ROM drive.
+    cdrom_iso: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,16 @@ class CloneResult:
     power_state: str
     host_moid: str | None
     datastore_moids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GuestExpectation:
+    """What a booted guest must report before it counts as usable (vmpooler's
+    hostname-mismatch check, plus the address first boot gave it)."""
+
+    hostname: str | None = None
+    ip: str | None = None
+    tools_running: bool = False
 
 
 @dataclass(frozen=True)

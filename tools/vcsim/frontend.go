@@ -43,6 +43,9 @@ func (f *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodPost && (r.URL.Path == "/sdk" || r.URL.Path == "/sdk/vimService"):
 		f.serveSOAP(w, r)
+	case r.URL.Path == "/guestFile":
+		// Guest file transfers are authorised by their one-time token, as on ESXi.
+		f.sim.guestFiles.serveTransfer(w, r)
 	case strings.HasPrefix(r.URL.Path, "/folder/") || strings.HasPrefix(r.URL.Path, "/nfc/"):
 		// The simulator serves datastore files and NFC uploads to anyone; vCenter wants
 		// a session (or basic auth on /folder).
@@ -84,6 +87,8 @@ func (f *frontend) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case call.method == "CloneVM_Task":
 		f.serveClone(w, r, body)
+	case guestFileCalls[call.method]:
+		f.serveGuestFiles(w, r, body)
 	case call.method == "MarkAsTemplate" || call.method == "MarkAsVirtualMachine":
 		f.serveTemplateChange(w, r, call)
 	case serialisedCollectorCalls[call.method]:

@@ -58,16 +58,27 @@ func (g *guestTools) powerChanged(vm *simulator.VirtualMachine, state types.Virt
 		return
 	}
 
+	// A cloud-init guest names itself and sets its address from its seed.
+	seedHost, seedIP, seedPrefix := seedIdentity(vm)
 	g.mu.Lock()
 	id := g.identity[vm.Self]
 	if vm.Guest.HostName != "" {
 		id.hostName = vm.Guest.HostName
+	}
+	if seedHost != "" {
+		id.hostName = seedHost
 	}
 	if id.hostName == "" {
 		id.hostName = vm.Name
 	}
 	if vm.Guest.IpAddress != "" { // customization (or extraConfig SET.guest.ipAddress)
 		id.ip, id.prefix, id.fixed = vm.Guest.IpAddress, 24, true
+		if g.ips != nil {
+			g.ips.claim(vm.Self, id.ip)
+		}
+	}
+	if vm.Guest.IpAddress == "" && seedIP != "" {
+		id.ip, id.prefix, id.fixed = seedIP, seedPrefix, true
 		if g.ips != nil {
 			g.ips.claim(vm.Self, id.ip)
 		}

@@ -70,6 +70,7 @@ func (h *registryHooks) RemoveObject(ref types.ManagedObjectReference) {
 	case "VirtualMachine":
 		h.sim.macs.release(ref)
 		h.sim.guests.forget(ref)
+		h.sim.guestFiles.forget(ref)
 	case "Task":
 		h.sim.tasks.remove(ref)
 	}

@@ -62,6 +62,7 @@ type options struct {
 	hostStats   time.Duration
 	guestCIDR   *net.IPNet
 	guestIPWait time.Duration
+	guestLogin  string
 	taskTTL     time.Duration
 
 	faults faultConfig
@@ -103,6 +104,7 @@ func parseOptions(args []string) (*options, error) {
 	fs.DurationVar(&o.hostStats, "host-stats", 0, "randomise host and VM quickStats every `interval` (0: static)")
 	guestCIDR := fs.String("guest-ip", "", "give powered-on VMs without a customized IP an address from this `CIDR` (e.g. 10.20.0.0/16)")
 	fs.DurationVar(&o.guestIPWait, "guest-ip-delay", 0, "how long after power-on the -guest-ip address appears (like DHCP)")
+	fs.StringVar(&o.guestLogin, "guest-login", "", "`user:password` guest operations accept (default: any non-empty credentials)")
 	fs.DurationVar(&o.taskTTL, "task-ttl", 10*time.Minute, "forget completed tasks this old that are no longer in recentTask (0: keep forever)")
 
 	fs.IntVar(&o.faults.delay, "delay", 0, "latency in `ms` added to every SOAP call")

@@ -26,9 +26,11 @@ type sim struct {
 
 	macs   *macAllocator
 	guests *guestTools
-	clones *cloneRequests
-	names  *nameReservations
-	tasks  *taskTracker
+	// guestFiles plays the guest side of GuestFileManager (see firstboot.go).
+	guestFiles *guestFiles
+	clones     *cloneRequests
+	names      *nameReservations
+	tasks      *taskTracker
 }
 
 func newSimulator(model *simulator.Model, opts *options) (*sim, error) {
@@ -41,6 +43,7 @@ func newSimulator(model *simulator.Model, opts *options) (*sim, error) {
 		tasks:  newTaskTracker(),
 	}
 	s.guests = newGuestTools(opts.guestCIDR, opts.guestIPWait)
+	s.guestFiles = newGuestFiles(opts.guestLogin)
 
 	simulator.Map.AddHandler(&registryHooks{sim: s})
 	installPropertyCollector()

@@ -1,0 +1,7 @@
+# ruff: noqa: E501
+"""Throwaway SSH public keys for tests (their private halves were never kept)."""
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMpJUf0vm5yC+/EKyLYMG7B0eSi1JVLb4SzbYieVSoGL bob@laptop"
+RSA = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCqfqtQjyAm8Ko1RqafQHfGPiUCCabDLuQO+GpUNMUKc1qW/wEo80RZn8DR+/5pqkYnoTwUQlfWMt5PpwboZFEzp8UZTJSkYupHASInTPrJhd1It4ymKzEaEYu/SOz/egRXGJxUlLIhWIc6drsjeCG7+lcT3TtbSLsFwTfocfrt9eRoAKFg/DNQThtPjQ/Ef1K4dKs4x5jbsPab+dJ1IVTEMZNgc4D5rJZ2kSmeYgskbPVD125SblwxAjLP0ctom8UyUqr3qdGQJ3XlXmliMOob89tcdu5QGjrMU0XYrTraNqprDm3z9GltvsWXrgkOqgMFgGRM/23Pz9dxXokyPQIz bob@desktop"
+RSA_1024 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC5vfS8vW/Ra5Pt05IjK+KK6fyA6NKXZ1tjQQ5VzjWKRvS486OCk2p9Tsz8yLOC3u0r1DjO7T12nMhhDl35JHC+E6Mm/UOp76xYj1i8jSoatGZOkSs3s43ASyt/3nU5U3pOuvNKmJSG8KGe3ybhRlznYwIqKhL006K8tLB0kDpFZQ== too-small"
+
