@@ -40,3 +40,27 @@ class ApiToken(models.Model):
     @property
     def is_usable(self) -> bool:
         return not self.revoked and (self.expires_at is None or self.expires_at > timezone.now())
+
+
+class PoolOverride(models.Model):
+    """A pool setting changed through vmpooler's /config API, and what it was before.
+
+    vmpooler keeps API changes as overrides of its YAML config that DELETE
+    /config/poolsize/<pool> (and pooltemplate) undo; this row is that memory. The first
+    override keeps the original value; later ones only change the pool again.
+    """
+
+    class Field(models.TextChoices):
+        SIZE = "size", "Size"
+        TEMPLATE = "template", "Template"
+
+    pool = models.ForeignKey("pools.Pool", on_delete=models.CASCADE, related_name="api_overrides")
+    field = models.CharField(max_length=16, choices=Field.choices)
+    original = models.JSONField(help_text="The value before the first API override (a size, or a template name).")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["pool", "field"], name="pooloverride_unique_field")]
+
+    def __str__(self) -> str:
+        return f"{self.pool} {self.field} (was {self.original})"

@@ -22,8 +22,9 @@ from apps.api.http import unauthorized
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken
 from apps.core.errors import NotFound, VmPortalError
+from apps.leases import ondemand, vmtasks
 from apps.leases import services as leases
-from apps.leases.models import Lease
+from apps.leases.models import Lease, OnDemandRequest, VMTask
 from apps.pools.models import VM, Pool, Template, VMState
 from apps.pools.selectors import pools_with_counts
 
@@ -257,3 +258,122 @@ def tag_lease(request, lease_id: int, payload: TagsIn):
 @api.delete("/leases/{lease_id}", response={200: LeaseOut, **ERRORS}, tags=["leases"])
 def return_lease(request, lease_id: int):
     return _lease_out(leases.return_lease(user=request.user, lease_id=lease_id))
+
+
+# --- on-demand requests ------------------------------------------------------------------
+
+
+class OnDemandIn(Schema):
+    pools: list[str] = Field(min_length=1, max_length=100, description="One entry per VM; a pool may repeat.")
+    request_id: str = Field(default="", max_length=64, description="Your own id for the request (optional).")
+    lifetime_hours: float | None = Field(default=None, gt=0, le=24 * 365)
+    note: str = Field(default="", max_length=1000)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class OnDemandVMOut(Schema):
+    name: str
+    pool: str | None
+    state: str
+    percent: int
+    task_progress: int | None
+
+
+class OnDemandOut(Schema):
+    request_id: str
+    status: str = Field(description="queued, provisioning, ready, failed or cancelled")
+    step: str = Field(description="queued, cloning, booting, ready, failed or cancelled")
+    status_reason: str
+    percent: int
+    wanted: dict[str, int]
+    vms: list[OnDemandVMOut]
+    lease_ids: list[int]
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def _ondemand_out(req: OnDemandRequest) -> dict:
+    facts = ondemand.describe(req)
+    return {
+        "request_id": req.request_id, "status": req.status, "step": facts["step"],
+        "status_reason": req.status_reason, "percent": facts["percent"], "wanted": req.wanted,
+        "vms": [{"name": r["vm"].name, "pool": r["vm"].pool.name if r["vm"].pool else None, "state": r["state"],
+                 "percent": r["percent"], "task_progress": r["task_progress"]} for r in facts["vms"]],
+        "lease_ids": ondemand.lease_ids(req) if req.status == OnDemandRequest.Status.READY else [],
+        "created_at": req.created_at, "finished_at": req.finished_at,
+    }
+
+
+@api.post("/ondemand", response={201: OnDemandOut, **ERRORS}, tags=["on-demand"])
+def create_ondemand(request, payload: OnDemandIn):
+    """Clone VMs for you (when pools have none ready); poll the request until it is ready."""
+    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=payload.pools)}
+    unknown = sorted(set(payload.pools) - set(pools))
+    if unknown:
+        raise NotFound(f"No such pool: {', '.join(unknown)}.")
+    tags = api_services.validate_tags(payload.tags)
+    lifetime = timedelta(hours=payload.lifetime_hours) if payload.lifetime_hours else None
+    req = ondemand.request_vms(user=request.user, pools=[pools[n] for n in payload.pools],
+                               request_id=payload.request_id, lifetime=lifetime, note=payload.note, tags=tags)
+    return Status(201, _ondemand_out(req))
+
+
+@api.get("/ondemand", response=list[OnDemandOut], tags=["on-demand"])
+def list_ondemand(request):
+    return [_ondemand_out(r) for r in OnDemandRequest.objects.filter(user=request.user)[:100]]
+
+
+@api.get("/ondemand/{request_id}", response={200: OnDemandOut, **ERRORS}, tags=["on-demand"])
+def get_ondemand(request, request_id: str):
+    return _ondemand_out(ondemand.get_request_for(request.user, request_id))
+
+
+@api.delete("/ondemand/{request_id}", response={200: OnDemandOut, **ERRORS}, tags=["on-demand"])
+def cancel_ondemand(request, request_id: str):
+    """Cancel a pending request (what was made is destroyed), or return a ready one's VMs."""
+    ondemand.cancel(user=request.user, request_id=request_id)
+    return _ondemand_out(ondemand.get_request_for(request.user, request_id))
+
+
+# --- disks and snapshots -----------------------------------------------------------------
+
+
+class DiskIn(Schema):
+    size_gb: int = Field(ge=1, le=vmtasks.MAX_DISK_GB)
+
+
+class VMTaskOut(Schema):
+    id: int
+    kind: str
+    disk_gb: int | None
+    snapshot: str
+    status: str
+    error: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def _task_out(task: VMTask) -> dict:
+    return {"id": task.pk, "kind": task.kind, "disk_gb": task.disk_gb, "snapshot": task.snapshot,
+            "status": task.status, "error": task.error, "created_at": task.created_at,
+            "finished_at": task.finished_at}
+
+
+@api.get("/leases/{lease_id}/tasks", response={200: list[VMTaskOut], **ERRORS}, tags=["leases"])
+def list_vm_tasks(request, lease_id: int):
+    return [_task_out(t) for t in _lease(request, lease_id).vm_tasks.all()]
+
+
+@api.post("/leases/{lease_id}/disks", response={202: VMTaskOut, **ERRORS}, tags=["leases"])
+def add_disk(request, lease_id: int, payload: DiskIn):
+    return Status(202, _task_out(vmtasks.add_disk(user=request.user, lease_id=lease_id, size_gb=payload.size_gb)))
+
+
+@api.post("/leases/{lease_id}/snapshots", response={202: VMTaskOut, **ERRORS}, tags=["leases"])
+def snapshot(request, lease_id: int):
+    return Status(202, _task_out(vmtasks.snapshot(user=request.user, lease_id=lease_id)))
+
+
+@api.post("/leases/{lease_id}/snapshots/{snapshot_id}/revert", response={202: VMTaskOut, **ERRORS}, tags=["leases"])
+def revert(request, lease_id: int, snapshot_id: str):
+    return Status(202, _task_out(vmtasks.revert(user=request.user, lease_id=lease_id, snapshot_id=snapshot_id)))

@@ -14,12 +14,14 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from apps.adminui import services as pool_services
+from apps.api.models import PoolOverride
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, VmPortalError
 from apps.inventory.models import Cluster
 from apps.leases.models import Lease
 from apps.leases.services import get_lease_for
-from apps.pools.models import Pool, Template
+from apps.pools.models import VM, Pool, Template, VMState
+from apps.pools.services import discard_vm
 
 TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:/@+= -]{0,255}$")
@@ -74,7 +76,11 @@ def set_pool_size(*, pool_id: int, size: int) -> bool:
     """Set a pool's size; True when it changed. Callers check that the user is an admin."""
     if size < 0 or size > settings.VMPORTAL_API_MAX_POOL_SIZE:
         raise VmPortalError(f"A pool size must be between 0 and {settings.VMPORTAL_API_MAX_POOL_SIZE}.")
-    return _reconfigure(pool_id, "pool.resize", size=size)
+    pool = Pool.objects.select_for_update().get(pk=pool_id)
+    changed = _reconfigure(pool_id, "pool.resize", size=size)
+    if changed:
+        PoolOverride.objects.get_or_create(pool=pool, field=PoolOverride.Field.SIZE, defaults={"original": pool.size})
+    return changed
 
 
 @transaction.atomic
@@ -84,7 +90,7 @@ def set_pool_target(*, pool_id: int, template_name: str | None = None, cluster_n
     The template must be ready in the target cluster; ready VMs of the old template stay
     until the pool manager drains them, leased ones until they are returned.
     """
-    pool = Pool.objects.select_related("cluster").get(pk=pool_id)
+    pool = Pool.objects.select_related("cluster", "template").get(pk=pool_id)
     vcenter_id = pool.cluster.vcenter_id
     changes: dict = {}
     if template_name is not None:
@@ -95,4 +101,41 @@ def set_pool_target(*, pool_id: int, template_name: str | None = None, cluster_n
         changes["cluster"] = Cluster.objects.filter(vcenter_id=vcenter_id, name=cluster_name).first()
         if changes["cluster"] is None:
             raise NotFound(f"No cluster {cluster_name[:80]!r} on the pool's vCenter.")
-    return _reconfigure(pool_id, "pool.retarget", **changes)
+    before = pool.template.name if "template" in changes else None
+    changed = _reconfigure(pool_id, "pool.retarget", **changes)
+    if changed and before is not None and changes["template"].name != before:
+        PoolOverride.objects.get_or_create(pool=pool, field=PoolOverride.Field.TEMPLATE, defaults={"original": before})
+    return changed
+
+
+@transaction.atomic
+def undo_override(*, pool_id: int, field: str) -> tuple[object, object]:
+    """Put a pool's size or template back to what it was before the API changed it.
+
+    Returns (value before the overrides, value just before this reset), vmpooler's
+    ``pool_size_before_overrides`` / ``pool_size_before_reset``.
+    """
+    pool = Pool.objects.select_for_update().select_related("template").get(pk=pool_id)
+    current = pool.size if field == PoolOverride.Field.SIZE else pool.template.name
+    override = PoolOverride.objects.filter(pool=pool, field=field).first()
+    if override is None:
+        return current, current
+    if field == PoolOverride.Field.SIZE:
+        _reconfigure(pool_id, "pool.resize", size=int(override.original))
+    else:
+        template = Template.objects.filter(vcenter_id=pool.template.vcenter_id, name=override.original).first()
+        if template is None:
+            raise NotFound(f"The pool's original template {override.original!r} no longer exists.")
+        _reconfigure(pool_id, "pool.retarget", template=template)
+    override.delete()
+    return override.original, current
+
+
+@transaction.atomic
+def reset_pool(*, pool_id: int) -> None:
+    """vmpooler's poolreset: clear the pool's failures and rebuild its ready VMs (leased
+    ones stay with their lessees)."""
+    pool_services.reset(pool_id=pool_id)
+    for vm in VM.objects.select_for_update().filter(pool_id=pool_id, on_demand=False,
+                                                    state__in=(VMState.READY, VMState.BOOTING)):
+        discard_vm(vm, "The pool was reset through the API.")

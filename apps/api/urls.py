@@ -39,15 +39,14 @@ vmpooler_patterns = [
     path("config/poolsize", vmpooler.config_poolsize),
     path("config/pooltemplate", vmpooler.config_pooltemplate),
     path("config/clonetarget", vmpooler.config_clonetarget),
-    # Routes vmpooler has and we do not yet: a JSON 501 that says so, rather than a bare 404.
-    path("vm/<str:name>/disk/<str:size>", vmpooler.not_supported),
-    path("vm/<str:name>/snapshot", vmpooler.not_supported),
-    path("vm/<str:name>/snapshot/<str:snapshot>", vmpooler.not_supported),
-    path("ondemandvm", vmpooler.not_supported),
-    path("ondemandvm/<str:request_id>", vmpooler.not_supported),
-    path("config/poolsize/<str:pool>", vmpooler.not_supported),
-    path("config/pooltemplate/<str:pool>", vmpooler.not_supported),
-    path("poolreset", vmpooler.not_supported),
+    path("vm/<str:name>/disk/<str:size>", vmpooler.vm_disk),
+    path("vm/<str:name>/snapshot", vmpooler.vm_snapshot),
+    path("vm/<str:name>/snapshot/<str:snapshot>", vmpooler.vm_revert),
+    path("ondemandvm", vmpooler.ondemand_collection),
+    path("ondemandvm/<str:name>", vmpooler.ondemand_item),
+    path("config/poolsize/<str:pool>", vmpooler.config_poolsize_undo),
+    path("config/pooltemplate/<str:pool>", vmpooler.config_pooltemplate_undo),
+    path("poolreset", vmpooler.poolreset),
 ]
 
 native_urls, native_app, native_namespace = api.urls

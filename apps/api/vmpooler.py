@@ -20,9 +20,10 @@ from apps.api import services as api_services
 from apps.api.decorators import api_view
 from apps.api.http import ApiError, json_body, ok, unauthorized
 from apps.api.metrics import CHECKOUT_SECONDS
-from apps.api.models import ApiToken
+from apps.api.models import ApiToken, PoolOverride
+from apps.leases import ondemand, vmtasks
 from apps.leases import services as leases
-from apps.leases.models import Lease
+from apps.leases.models import Lease, OnDemandRequest
 from apps.leases.services import is_admin
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.selectors import pools_with_counts
@@ -136,6 +137,7 @@ def _vm_detail(request: HttpRequest, hostname: str) -> HttpResponse:
         # Tags are the lessee's business; the state and addresses are everyone's.
         if lease.user_id == request.user.pk or is_admin(request.user):
             data["tags"] = lease.tags
+        data["snapshots"], data["disk"] = vmtasks.snapshots_of(lease), vmtasks.disks_of(lease)
     return ok({vm.name: data, "domain": domain})
 
 
@@ -178,6 +180,112 @@ def vm_dispatch(request: HttpRequest, name: str) -> HttpResponse:
 
 vm_dispatch.login_required = False  # type: ignore[attr-defined]
 vm_dispatch.csrf_exempt = True  # type: ignore[attr-defined]
+
+
+# --- disks and snapshots ---------------------------------------------------------------
+
+
+def _disk(request: HttpRequest, name: str, size: str) -> HttpResponse:
+    gb = _count(size.lower().removesuffix("gb"), "disk size")
+    if not 1 <= gb <= vmtasks.MAX_DISK_GB:
+        raise ApiError(f"A disk must be between 1 and {vmtasks.MAX_DISK_GB} GB.")
+    lease = _owned_lease(request, _find_vm(name))
+    vmtasks.add_disk(user=request.user, lease_id=lease.pk, size_gb=gb)
+    return ok({lease.vm.name: {"disk": f"+{gb}gb"}}, status=202)
+
+
+def _snapshot(request: HttpRequest, name: str) -> HttpResponse:
+    lease = _owned_lease(request, _find_vm(name))
+    task = vmtasks.snapshot(user=request.user, lease_id=lease.pk)
+    return ok({lease.vm.name: {"snapshot": task.snapshot}}, status=202)
+
+
+def _revert(request: HttpRequest, name: str, snapshot: str) -> HttpResponse:
+    lease = _owned_lease(request, _find_vm(name))
+    vmtasks.revert(user=request.user, lease_id=lease.pk, snapshot_id=snapshot)
+    return ok(status=202)
+
+
+vm_disk = api_view()({"POST": _disk})
+vm_snapshot = api_view()({"POST": _snapshot})
+vm_revert = api_view()({"POST": _revert})
+
+
+# --- on-demand requests ------------------------------------------------------------------
+
+
+def _ondemand(request: HttpRequest, wanted: Counter, request_id: str = "") -> HttpResponse:
+    total = sum(wanted.values())
+    if not wanted or min(wanted.values()) < 1:
+        raise ApiError("Ask for at least one VM from each pool named.")
+    if total > settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST:
+        raise ApiError(f"Ask for at most {settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST} VMs on demand.", 403)
+    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=wanted)}
+    unknown = sorted(set(wanted) - set(pools))
+    if unknown:
+        raise ApiError(f"No such pool: {', '.join(unknown)}.", 404)
+    lifetime = timedelta(hours=settings.VMPORTAL_API_DEFAULT_LIFETIME_HOURS) \
+        if settings.VMPORTAL_API_DEFAULT_LIFETIME_HOURS else None
+    req = ondemand.request_vms(user=request.user, pools=[pools[n] for n, k in wanted.items() for _ in range(k)],
+                               request_id=request_id, lifetime=lifetime, note="vmpooler API (on demand)")
+    return ok({"request_id": req.request_id}, status=201)
+
+
+def _ondemand_body(request: HttpRequest) -> HttpResponse:
+    body = json_body(request)
+    if not isinstance(body, dict) or not body:
+        raise ApiError('Send an object of pool: count, e.g. {"debian-12": "2"}, and optionally a request_id.')
+    request_id = body.pop("request_id", "")
+    if not isinstance(request_id, str):
+        raise ApiError("request_id must be a string.")
+    return _ondemand(request, Counter({str(k): _count(v, str(k)[:64]) for k, v in body.items()}), request_id)
+
+
+def _ondemand_path(request: HttpRequest, pools: str) -> HttpResponse:
+    names = [p for p in pools.split("+") if p]
+    if len(names) > settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST:
+        raise ApiError(f"Ask for at most {settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST} VMs on demand.", 403)
+    return _ondemand(request, Counter(names))
+
+
+def _ondemand_status(request: HttpRequest, request_id: str) -> HttpResponse:
+    req = ondemand.get_request_for(request.user, request_id)
+    facts = ondemand.describe(req)
+    body: dict = {"request_id": req.request_id, "ready": req.status == OnDemandRequest.Status.READY}
+    if req.status == OnDemandRequest.Status.READY:
+        for name, pool in facts["pools"].items():
+            body[name] = {"hostname": pool["hostnames"]}
+        body["domain"] = settings.VMPORTAL_API_DOMAIN
+        return ok(body)
+    if req.is_pending:
+        for name, pool in facts["pools"].items():
+            body[name] = {"ready": str(pool["ready"]), "pending": str(pool["wanted"] - pool["ready"])}
+        return ok(body, status=202)
+    body["message"] = f"The request was {req.status}: {req.status_reason}".rstrip(": ")
+    return ok(body)
+
+
+def _ondemand_delete(request: HttpRequest, request_id: str) -> HttpResponse:
+    req = ondemand.get_request_for(request.user, request_id)
+    if req.is_pending or req.status == OnDemandRequest.Status.READY:
+        ondemand.cancel(user=request.user, request_id=request_id)
+    return ok()
+
+
+ondemand_collection = api_view()({"POST": _ondemand_body})
+
+
+def ondemand_item(request: HttpRequest, name: str) -> HttpResponse:
+    """/ondemandvm/<x>: POST requests VMs of the pools in x; GET/DELETE act on request x."""
+    if request.method == "POST":
+        return _ondemand_pools(request, pools=name)
+    return _ondemand_request(request, request_id=name)
+
+
+_ondemand_pools = api_view()({"POST": _ondemand_path})
+_ondemand_request = api_view()({"GET": _ondemand_status, "DELETE": _ondemand_delete})
+ondemand_item.login_required = False  # type: ignore[attr-defined]
+ondemand_item.csrf_exempt = True  # type: ignore[attr-defined]
 
 
 # --- tokens -------------------------------------------------------------------------
@@ -336,9 +444,31 @@ def _config_clonetarget(request: HttpRequest) -> HttpResponse:
     return ok(status=201 if any(changed) else 200)
 
 
-def _not_supported(request: HttpRequest, **kwargs) -> HttpResponse:
-    raise ApiError("vmportal does not support this vmpooler endpoint yet (disks, snapshots, on-demand "
-                   "requests and pool resets); see /api/docs/.", 501)
+def _pool_id(name: str) -> int:
+    pool_id = Pool.objects.filter(name=name).values_list("pk", flat=True).first()
+    if pool_id is None:
+        raise ApiError(f"No such pool: {name[:64]}.", 404)
+    return pool_id
+
+
+def _undo_poolsize(request: HttpRequest, pool: str) -> HttpResponse:
+    original, current = api_services.undo_override(pool_id=_pool_id(pool), field=PoolOverride.Field.SIZE)
+    return ok({"pool_size_before_overrides": original, "pool_size_before_reset": current})
+
+
+def _undo_pooltemplate(request: HttpRequest, pool: str) -> HttpResponse:
+    original, current = api_services.undo_override(pool_id=_pool_id(pool), field=PoolOverride.Field.TEMPLATE)
+    return ok({"template_before_overrides": original, "template_before_reset": current})
+
+
+def _poolreset(request: HttpRequest) -> HttpResponse:
+    body = json_body(request)
+    if not isinstance(body, dict) or not body:
+        raise ApiError('Send an object naming the pools to reset, e.g. {"debian-12": "1"}.')
+    ids = [_pool_id(str(name)) for name in body]
+    for pool_id in ids:
+        api_services.reset_pool(pool_id=pool_id)
+    return ok(status=201)
 
 
 status = api_view()({"GET": _status})
@@ -349,4 +479,6 @@ config = api_view()({"GET": _config})
 config_poolsize = api_view(admin=True)({"POST": _config_poolsize})
 config_pooltemplate = api_view(admin=True)({"POST": _config_pooltemplate})
 config_clonetarget = api_view(admin=True)({"POST": _config_clonetarget})
-not_supported = api_view()({m: _not_supported for m in ("GET", "POST", "DELETE")})
+config_poolsize_undo = api_view(admin=True)({"DELETE": _undo_poolsize})
+config_pooltemplate_undo = api_view(admin=True)({"DELETE": _undo_pooltemplate})
+poolreset = api_view(admin=True)({"POST": _poolreset})

@@ -10,13 +10,15 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.jobs import runner
-from apps.leases import ondemand
-from apps.leases.models import OnDemandRequest
+from apps.leases import ondemand, vmtasks
+from apps.leases.models import OnDemandRequest, VMTask
 from apps.pools import nudge
 from apps.pools.jobs import _Heartbeat, check_boots, clone_batch
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.services import claim_slots
-from apps.vsphere.session import Endpoint
+from apps.vsphere import operations as ops
+from apps.vsphere.errors import VSphereError
+from apps.vsphere.session import Endpoint, connect
 
 POLL = 0.5  # seconds between looks while guests boot or clone slots are taken
 # How long a request may wait for a clone slot (task limits) before it gives up.
@@ -117,3 +119,28 @@ def _retry_or_reason(pool: Pool, failed: list[VM], need: dict[str, int], failure
         return f"{pool.name}: {failures[pool.name]} clones failed (the pool allows {pool.max_tries}); last: {last}"
     need[pool.name] += len(failed)
     return ""
+
+
+@runner.handler("leases.vm_task", queue="default")
+def vm_task(job: runner.JobContext, *, task_id: int) -> None:
+    task = VMTask.objects.select_related("lease__vm__vcenter").get(pk=task_id)
+    vm = task.lease.vm
+    if task.status != VMTask.Status.QUEUED:
+        job.log(f"task {task.pk} is {task.status}; nothing to do")
+        return
+    try:
+        with connect(Endpoint.from_vcenter(vm.vcenter)) as conn:
+            if task.kind == VMTask.Kind.DISK:
+                disk = ops.add_disk(conn, vm.moid, task.disk_gb)
+                job.log(f"{vm.name}: added {task.disk_gb} GB disk {disk}")
+            elif task.kind == VMTask.Kind.SNAPSHOT:
+                ops.create_snapshot(conn, vm.moid, task.snapshot, description=f"vmportal lease {task.lease_id}")
+                job.log(f"{vm.name}: snapshot {task.snapshot}")
+            else:
+                ops.revert_snapshot(conn, vm.moid, task.snapshot)
+                job.log(f"{vm.name}: reverted to {task.snapshot}")
+    except VSphereError as exc:
+        vmtasks.finish(task, str(exc))
+        job.log(f"{vm.name}: {exc}")
+        return
+    vmtasks.finish(task)

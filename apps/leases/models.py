@@ -104,3 +104,36 @@ class OnDemandRequest(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.status in (self.Status.QUEUED, self.Status.PROVISIONING)
+
+
+class VMTask(models.Model):
+    """A change a lessee asked for on their VM: an extra disk, a snapshot, a revert.
+
+    Run by the ``leases.vm_task`` job; the row is the record vmpooler's GET /vm shows
+    (``disk``, ``snapshots``) and the place its failure reason is kept.
+    """
+
+    class Kind(models.TextChoices):
+        DISK = "disk", "Add disk"
+        SNAPSHOT = "snapshot", "Snapshot"
+        REVERT = "revert", "Revert to snapshot"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="vm_tasks")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    disk_gb = models.PositiveIntegerField(null=True, blank=True)
+    snapshot = models.CharField(max_length=64, blank=True, help_text="The snapshot's id (its name in vSphere).")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on {self.lease.vm}"

@@ -101,3 +101,46 @@ def test_native_api_is_rate_limited(api, settings, debian):
     assert api.get("/api/v1/pools").status_code == 200
     response = api.get("/api/v1/pools")
     assert response.status_code == 429 and int(response["Retry-After"]) >= 1
+
+
+def test_ondemand_create_get_list_cancel(api, other_token, debian):
+    response = api.post("/api/v1/ondemand", {"pools": ["debian-12", "debian-12"], "request_id": "build-9"},
+                        content_type="application/json")
+    assert response.status_code == 201
+    body = response.json()
+    assert body["request_id"] == "build-9" and body["status"] == "queued" and body["wanted"] == {"debian-12": 2}
+    assert body["percent"] == 0 and body["vms"] == [] and body["lease_ids"] == []
+    assert api.get("/api/v1/ondemand/build-9").json()["step"] == "queued"
+    assert [r["request_id"] for r in api.get("/api/v1/ondemand").json()] == ["build-9"]
+    assert auth_client(other_token).get("/api/v1/ondemand/build-9").status_code == 404
+    assert auth_client(other_token).get("/api/v1/ondemand").json() == []
+    cancelled = api.delete("/api/v1/ondemand/build-9")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert api.delete("/api/v1/ondemand/build-9").status_code == 409
+
+
+@pytest.mark.parametrize("body, status", [({"pools": []}, 400), ({"pools": ["nope"]}, 404),
+                                          ({"pools": ["debian-12"] * 11}, 403),
+                                          ({"pools": ["debian-12"], "request_id": "a b"}, 400)])
+def test_ondemand_bad_input(api, debian, body, status):
+    response = api.post("/api/v1/ondemand", body, content_type="application/json")
+    assert response.status_code == status and response.json()["ok"] is False
+
+
+def test_disk_and_snapshot_tasks(api, other_token, debian):
+    from apps.pools.models import VM
+
+    lease = _checkout(api, "debian-12").json()[0]
+    VM.objects.filter(name=lease["vm"]).update(moid="vm-7")
+    disk = api.post(f"/api/v1/leases/{lease['id']}/disks", {"size_gb": 16}, content_type="application/json")
+    assert disk.status_code == 202 and disk.json()["kind"] == "disk" and disk.json()["status"] == "queued"
+    snap = api.post(f"/api/v1/leases/{lease['id']}/snapshots")
+    assert snap.status_code == 202
+    snap_id = snap.json()["snapshot"]
+    assert api.post(f"/api/v1/leases/{lease['id']}/snapshots/{snap_id}/revert").status_code == 202
+    assert api.post(f"/api/v1/leases/{lease['id']}/snapshots/other/revert").status_code == 404
+    assert [t["kind"] for t in api.get(f"/api/v1/leases/{lease['id']}/tasks").json()] == ["disk", "snapshot",
+                                                                                            "revert"]
+    assert auth_client(other_token).post(f"/api/v1/leases/{lease['id']}/snapshots").status_code == 404
+    assert api.post(f"/api/v1/leases/{lease['id']}/disks", {"size_gb": 0},
+                    content_type="application/json").status_code == 400

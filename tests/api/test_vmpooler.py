@@ -347,12 +347,3 @@ def test_config_pooltemplate_refuses_a_template_not_ready_in_the_cluster(admin_t
     )
     assert response.status_code == 400 and "has no copy in cluster" in response.json()["error"]
     assert Pool.objects.get(name="debian-12").template_id == debian.template_id
-
-
-@pytest.mark.parametrize("method,url", [("post", "/api/v3/vm/h/disk/8"), ("post", "/api/v3/vm/h/snapshot"),
-                                        ("post", "/api/v3/vm/h/snapshot/abc"), ("post", "/api/v3/ondemandvm"),
-                                        ("get", "/api/v3/ondemandvm/abc"), ("post", "/api/v3/poolreset")])
-def test_unsupported_vmpooler_routes_say_so_in_json(client, api, method, url):
-    assert getattr(client, method)(url).status_code == 401
-    response = getattr(api, method)(url)
-    assert response.status_code == 501 and "does not support" in response.json()["error"]
