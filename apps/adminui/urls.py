@@ -21,6 +21,7 @@ urlpatterns = [
     path("templates/<int:template_id>/", views.template_detail, name="template-detail"),
     path("templates/<int:template_id>/derive/", views.template_derive, name="template-derive"),
     path("templates/<int:template_id>/copy/", views.template_copy, name="template-copy"),
+    path("templates/<int:template_id>/forget/", views.template_forget, name="template-forget"),
     path("builds/<int:build_id>/capture/", views.build_capture, name="build-capture"),
     path("builds/<int:build_id>/discard/", views.build_discard, name="build-discard"),
     path("vms/<int:vm_id>/capture/", views.vm_capture, name="vm-capture"),

@@ -403,6 +403,21 @@ def template_copy(request: HttpRequest, template_id: int) -> HttpResponse:
                   status=400)
 
 
+@admin_required
+@require_POST
+def template_forget(request: HttpRequest, template_id: int) -> HttpResponse:
+    from apps.pools.templates import forget_failed_template
+
+    template = get_object_or_404(Template, pk=template_id)
+    try:
+        name = forget_failed_template(template_id=template.pk)
+    except VmPortalError as exc:
+        messages.error(request, str(exc))
+        return redirect("adminui:template-detail", template_id=template.pk)
+    messages.success(request, f"Removed failed template {name}; the name is free again.")
+    return redirect("adminui:templates")
+
+
 def _build_action(request: HttpRequest, build_id: int, action) -> HttpResponse:
     build = get_object_or_404(TemplateBuild, pk=build_id)
     try:

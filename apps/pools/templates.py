@@ -543,3 +543,26 @@ def copy_to_cluster_job(job: runner.JobContext, *, copy_id: int) -> None:
             progress=100, status_changed_at=timezone.now())
         audit.record("template.copied", target=template, after={"cluster": str(copy.cluster), "path": info.path})
     job.log(f"{template} ready in {copy.cluster} as {info.path}")
+
+
+@transaction.atomic
+def forget_failed_template(*, template_id: int) -> str:
+    """Remove a failed template's row (its name becomes free to deploy again).
+
+    Only failed ones, used by no pool and parent of no other: a deploy or capture that
+    failed has already removed what it made in vSphere, so nothing is left behind there.
+    """
+    template = Template.objects.select_for_update().filter(pk=template_id).first()
+    if template is None:
+        raise Conflict("That template is already gone.")
+    if template.status != TemplateStatus.FAILED:
+        raise Conflict(f"{template} is {template.get_status_display().lower()}; only a failed template is removed.")
+    if template.pools.exists() or Template.objects.filter(parent=template).exists():
+        raise Conflict(f"{template} is still used by a pool or is the parent of another template.")
+    if template.builds.filter(moid__gt="").exclude(status__in=(TemplateBuild.Status.DISCARDED,)).exists():
+        raise Conflict(f"{template} still has a build VM in vSphere; discard the build first.")
+    name = template.name
+    audit.record("template.forget", target=template, before={"name": name, "status": template.status,
+                                                              "reason": template.status_reason})
+    template.delete()
+    return name

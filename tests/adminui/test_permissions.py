@@ -108,6 +108,7 @@ TEMPLATE_POSTS = [
     ("adminui:template-deploy", None, {"name": "x", "url": "https://example.com/x.ova"}),
     ("adminui:template-derive", "template", {"name": "web2"}),
     ("adminui:template-copy", "template", {"cluster": "1"}),
+    ("adminui:template-forget", "template", {}),
     ("adminui:build-capture", "build", {}),
     ("adminui:build-discard", "build", {}),
     ("adminui:vm-capture", "vm", {"name": "snap"}),
@@ -156,3 +157,18 @@ def test_template_actions_need_a_csrf_token(admin_user, objects, name, key, data
     client.force_login(admin_user)
     assert client.post(_turl(name, key, objects), data).status_code == 403
     _nothing_happened()
+
+
+def test_capture_link_on_a_lease_page_is_for_admins_only(client, admin_user, engineer, ready_pool):
+    from apps.leases import services as leases
+    from apps.pools.models import VMState
+    from tests import factories
+
+    factories.vm(ready_pool, state=VMState.READY, moid="vm-5")
+    [lease] = leases.checkout(user=engineer, pools=[ready_pool])
+    capture = reverse("adminui:vm-capture", args=[lease.vm_id]).encode()
+    client.force_login(engineer)
+    page = client.get(reverse("lease-detail", args=[lease.pk]))
+    assert page.status_code == 200 and capture not in page.content
+    client.force_login(admin_user)
+    assert capture in client.get(reverse("lease-detail", args=[lease.pk])).content

@@ -127,6 +127,29 @@ def test_a_broken_ova_fails_with_a_reason_the_admin_can_act_on(client, admin_use
     assert list(tmp_path.iterdir()) == []
     assert AuditEvent.objects.filter(action="template.failed", target_id=str(template.pk)).exists()
 
+    # The admin removes the failed template, and the name is free for the next try.
+    assert client.post(reverse("adminui:template-forget", args=[template.pk])).status_code == 302
+    assert not Template.objects.filter(name="tiny").exists()
+    assert AuditEvent.objects.filter(action="template.forget", actor_name="alice-admin").exists()
+    upload = SimpleUploadedFile("tiny.ova", ova_bytes())
+    assert client.post(reverse("adminui:template-deploy"), {**deploy_fields(vc), "file": upload}).status_code == 302
+    run_worker()
+    assert Template.objects.get(name="tiny").status == TemplateStatus.READY
+
+
+def test_only_a_failed_unused_template_can_be_removed(client, admin_user):
+    from tests import factories
+
+    client.force_login(admin_user)
+    ready = factories.template()
+    response = client.post(reverse("adminui:template-forget", args=[ready.pk]), follow=True)
+    assert b"only a failed template is removed" in response.content
+    failed = factories.template(status=TemplateStatus.FAILED)
+    factories.pool(template=failed, vcenter=failed.vcenter)
+    response = client.post(reverse("adminui:template-forget", args=[failed.pk]), follow=True)
+    assert b"still used by a pool" in response.content
+    assert Template.objects.filter(pk__in=[ready.pk, failed.pk]).count() == 2
+
 
 def test_derive_clones_a_build_vm_with_an_ip_then_capture_makes_a_template(client, admin_user, vcsim_factory,
                                                                            redis_conn):
