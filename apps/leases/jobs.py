@@ -25,7 +25,7 @@ POLL = 0.5  # seconds between looks while guests boot or clone slots are taken
 SLOT_WAIT = timedelta(minutes=10)
 
 
-@runner.handler("leases.ondemand", queue="clone")
+@runner.handler("leases.ondemand", queue="default")  # a person waits: not behind pool fills
 def provision(job: runner.JobContext, *, request_pk: int) -> None:
     req = ondemand.start(request_pk)
     if req is None:
