@@ -165,6 +165,7 @@ class DeployOvfForm(forms.Form):
                                      help_text="Every network the package names is connected to this one.")
 
     def __init__(self, *args, upload_error: str = "", **kwargs):
+        kwargs.setdefault("auto_id", "deploy_%s")  # unique ids beside the register form on one page
         super().__init__(*args, **kwargs)
         self.upload_error = upload_error
         self.fields["cluster"].queryset = Cluster.objects.select_related("vcenter").order_by("vcenter__name", "name")
@@ -230,6 +231,7 @@ class DeriveTemplateForm(forms.Form):
 
     def __init__(self, *args, source: Template, **kwargs):
         self.source = source
+        kwargs.setdefault("auto_id", "derive_%s")
         super().__init__(*args, **kwargs)
         ready_in = source.copies.filter(status="ready").values_list("cluster_id", flat=True)
         self.fields["cluster"].queryset = Cluster.objects.filter(vcenter_id=source.vcenter_id).order_by("name")
@@ -271,6 +273,7 @@ class CopyTemplateForm(forms.Form):
     cluster = forms.ModelChoiceField(queryset=Cluster.objects.none(), label="Copy to cluster")
 
     def __init__(self, *args, template: Template, **kwargs):
+        kwargs.setdefault("auto_id", "copy_%s")
         super().__init__(*args, **kwargs)
         have = template.copies.exclude(status="failed").values_list("cluster_id", flat=True)
         self.fields["cluster"].queryset = (Cluster.objects.filter(vcenter_id=template.vcenter_id)

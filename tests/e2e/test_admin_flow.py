@@ -116,3 +116,70 @@ def _resize_and_watch(browser, base_url: str, pool_id: int) -> float:
     page.screenshot(path=str(ARTIFACTS / "admin-audit-resize.png"), full_page=True)
     page.close()
     return refill
+
+
+def test_admin_uploads_an_ova_and_watches_it_deploy(live_server, admin_user, vcsim_factory, redis_conn, settings,
+                                                    tmp_path):
+    from tests.vsphere.test_templates import ova_bytes
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    # Slow lease calls, so each stage stays on screen for a poll or two.
+    vc, _ = site(vcsim_factory("-method-delay", "ImportVApp:1500,HttpNfcLeaseComplete:2000"))
+    ova = tmp_path / "tiny.ova"
+    ova.write_bytes(ova_bytes())
+    upload_dir = tmp_path / "uploads"
+    os.environ["VMPORTAL_UPLOAD_DIR"] = str(upload_dir)  # the worker process and this one must agree
+    settings.VMPORTAL_UPLOAD_DIR = upload_dir
+    proc = _background("rqworker", "deploy", "--worker-class", "rq.SimpleWorker")
+    try:
+        with chromium() as browser:
+            seen, seconds = _deploy_and_watch(browser, live_server.url, ova)
+    finally:
+        _stop(proc)
+        del os.environ["VMPORTAL_UPLOAD_DIR"]
+    from apps.pools.models import Template, TemplateStatus
+
+    template = Template.objects.get(name="tiny-ova")
+    assert template.status == TemplateStatus.READY and template.copies.get().snapshot_moid
+    assert seen[0] == "deploying" and seen[-1] == "ready" and "preparing" in seen, seen
+    assert not any(upload_dir.iterdir())
+    print(f"\nOVA upload to ready template, as the browser saw it: {seconds:.1f}s; stages {seen}")  # noqa: T201
+
+
+def _deploy_and_watch(browser, base_url: str, ova) -> tuple[list[str], float]:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(15_000)
+    page.goto(f"{base_url}/accounts/login/?next=/manage/templates/")
+    page.get_by_label("Username").fill("alice-admin")
+    page.get_by_label("Password").fill("pw-admin")
+    page.get_by_role("button", name="Sign in").click()
+
+    form = page.locator("#deploy form")
+    form.get_by_label("Name").fill("tiny-ova")
+    form.get_by_label("OS").fill("Tiny Linux")
+    form.get_by_label("Or upload an OVA").set_input_files(str(ova))
+    form.get_by_label("Cluster").select_option(label="DC0_C0")
+    form.get_by_label("Datastore").select_option(label="LocalDS_0")
+    form.get_by_label("VM folder").select_option(label="DC0/vm/Templates")
+    form.get_by_role("button", name="Deploy").click()
+    started = time.monotonic()
+    expect(page).to_have_url(re.compile(r"/manage/templates/\d+/$"))
+    status = page.locator("#template-status .badge")
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = status.inner_text().split()[0]
+        if not seen or seen[-1] != text:
+            seen.append(text)
+            if text in ("deploying", "preparing"):
+                page.screenshot(path=str(ARTIFACTS / f"admin-ova-{text}.png"), full_page=True)
+        if text in ("ready", "failed"):
+            break
+        page.wait_for_timeout(200)
+    seconds = time.monotonic() - started
+    expect(page.locator("#template-live")).to_contain_text("templates.deploy_ovf")
+    page.screenshot(path=str(ARTIFACTS / "admin-ova-ready.png"), full_page=True)
+    page.close()
+    return seen, seconds
