@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import time
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict
@@ -13,7 +18,7 @@ from apps.leases.models import Lease, OnDemandRequest
 from apps.pools import services as pool_services
 from apps.pools.models import VM, Pool, VMState
 from tests import factories
-from tests.live import GUEST, make_pool, settle, site, vms_in_folder, work_off
+from tests.live import GUEST, make_pool, settle, site, vms_in_folder, work_off, worker
 
 Status = OnDemandRequest.Status
 
@@ -205,3 +210,29 @@ def test_multi_checkout_can_fall_back_to_on_demand(client, engineer):
     req = OnDemandRequest.objects.get()
     assert response["Location"] == reverse("ondemand-detail", args=[req.request_id])
     assert req.wanted == {"deb": 3} and not Lease.objects.exists()
+
+
+@pytest.mark.vcsim
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_request_leaves_no_vm_behind(vcsim_factory, redis_conn, engineer):
+    vc, folder = site(vcsim_factory("-guest-ip", "10.30.0.0/16", "-guest-ip-delay", "60s"))
+    pool = make_pool(vc, folder, size=0)
+    req = ondemand.request_vms(user=engineer, pools=[pool])
+    doomed = worker(burst=False)
+    deadline = time.monotonic() + 30
+    while not req.vms.filter(state=VMState.BOOTING).exists():
+        assert time.monotonic() < deadline, "the worker never got the clone booting"
+        time.sleep(0.1)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    assert len(vms_in_folder(vc)) == 1
+
+    # Later: the job's heartbeat is stale; the next reconcile fails the request and cleans up.
+    Job.objects.filter(kind="leases.ondemand").update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    OnDemandRequest.objects.filter(pk=req.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    pool_services.reconcile_all()
+    req.refresh_from_db()
+    assert req.status == Status.FAILED and "worker" in req.status_reason
+    settle(pool)
+    assert not req.vms.exclude(state=VMState.DESTROYED).exists()
+    assert vms_in_folder(vc) == []
