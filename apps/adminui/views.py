@@ -339,7 +339,9 @@ def _template_detail_context(template: Template, derive_form: DeriveTemplateForm
                              copy_form: CopyTemplateForm | None = None) -> dict:
     builds = list(template.builds.select_related("cluster", "source_template", "source_vm"))
     copies = list(template.copies.select_related("cluster").order_by("cluster__name"))
-    in_flight = (template.status in IN_FLIGHT or any(b.active for b in builds)
+    # A build VM waiting for the admin's capture may wait for days: no need to poll then.
+    busy = (TemplateBuild.Status.CLONING, TemplateBuild.Status.CAPTURING, TemplateBuild.Status.DISCARDING)
+    in_flight = (template.status in ("deploying", "preparing") or any(b.status in busy for b in builds)
                  or any(c.status in IN_FLIGHT for c in copies))
     return {
         "template": template, "copies": copies,

@@ -169,6 +169,8 @@ def test_derive_clones_a_build_vm_with_an_ip_then_capture_makes_a_template(clien
     assert build.ip_address.startswith("10.30.") and build.moid
     page = client.get(reverse("adminui:template-detail", args=[derived.pk]))
     assert build.vm_name.encode() in page.content and build.ip_address.encode() in page.content
+    # The build VM waits for the admin (maybe for days): the page stops polling meanwhile.
+    assert client.get(reverse("adminui:template-detail", args=[derived.pk]), HTTP_HX_REQUEST="true").status_code == 286
     info = vm_in_vsphere(vc, "DC0/vm/Templates/debian-12-web")
     assert info is not None and info.power_state == "poweredOn" and not info.is_template
 
