@@ -34,6 +34,7 @@ from apps.inventory.models import Folder, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases.models import Lease
+from apps.pools import templates
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ def reconcile_all() -> list[ReconcileReport]:
     from apps.leases import ondemand  # noqa: PLC0415 - leases builds on pools
 
     ondemand.recover_stale()
+    templates.recover_stale()
     runner.requeue_lost()
     return reports
 

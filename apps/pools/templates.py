@@ -10,6 +10,7 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -20,6 +21,7 @@ from apps.audit import services as audit
 from apps.core.errors import Conflict, VmPortalError
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.jobs import runner
+from apps.jobs.models import Job
 from apps.pools.models import VM, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
@@ -566,3 +568,48 @@ def forget_failed_template(*, template_id: int) -> str:
                                                               "reason": template.status_reason})
     template.delete()
     return name
+
+
+# ---------------------------------------------------------------- workers that died
+
+TEMPLATE_JOB_KINDS = ("templates.deploy_ovf", "templates.build_vm", "templates.capture_build",
+                      "templates.capture_vm", "templates.copy_to_cluster", "templates.discard_build",
+                      "pools.prepare_template")
+STALE_AFTER_TIMEOUT = timedelta(minutes=2)  # margin beyond RQ_JOB_TIMEOUT
+
+
+def recover_stale(*, now=None) -> int:
+    """Fail template jobs whose worker died, and the templates/builds they left in flight.
+
+    RQ stops a job at RQ_JOB_TIMEOUT and the handler then records the failure itself; a
+    Job row still running well past that had its worker killed (SIGKILL, host lost), so
+    nothing else will ever finish it. Without this its template would say "deploying"
+    forever and keep its name reserved.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.RQ_JOB_TIMEOUT) - STALE_AFTER_TIMEOUT
+    failed = 0
+    for job in Job.objects.filter(kind__in=TEMPLATE_JOB_KINDS, status=Job.Status.RUNNING, started_at__lt=cutoff):
+        reason = f"The worker running {job.kind} #{job.pk} stopped before it finished; try again."
+        with transaction.atomic():
+            if not Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+                    status=Job.Status.FAILED, finished_at=now, error=reason):
+                continue  # it finished meanwhile
+            build = (TemplateBuild.objects.filter(pk=job.args.get("build_id")).first()
+                     if job.args.get("build_id") else None)
+            copy_id = job.args.get("copy_id")
+            template_id = job.args.get("template_id") or (build.template_id if build else None)
+            if template_id is None and copy_id:
+                template_id = TemplateCopy.objects.filter(pk=copy_id).values_list("template_id", flat=True).first()
+            if build is not None and build.status != TemplateBuild.Status.DISCARDING:
+                TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.FAILED,
+                                                                 status_reason=reason)
+            if copy_id:
+                TemplateCopy.objects.filter(pk=copy_id).exclude(status=TemplateStatus.READY).update(
+                    status=TemplateStatus.FAILED, status_reason=reason, status_changed_at=now)
+            stuck = Template.objects.filter(pk=template_id).exclude(status=TemplateStatus.READY)
+            if template_id and stuck.update(status=TemplateStatus.FAILED, status_reason=reason,
+                                            status_changed_at=now):
+                audit.record("template.failed", target=Template.objects.get(pk=template_id), message=reason)
+        failed += 1
+    return failed

@@ -1,0 +1,67 @@
+"""A template job whose worker was killed must not leave its template in flight forever."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.audit.models import AuditEvent
+from apps.jobs.models import Job
+from apps.pools.models import TemplateBuild, TemplateCopy, TemplateStatus
+from apps.pools.services import reconcile_all
+from apps.pools.templates import recover_stale
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+def running_job(kind: str, started_ago: timedelta, **args) -> Job:
+    return Job.objects.create(kind=kind, queue="deploy", status=Job.Status.RUNNING, args=args,
+                              started_at=timezone.now() - started_ago)
+
+
+def test_a_deploy_whose_worker_died_fails_with_a_reason_after_the_job_timeout(settings):
+    settings.RQ_JOB_TIMEOUT = 600
+    template = factories.template(status=TemplateStatus.DEPLOYING, source="ovf")
+    copy = TemplateCopy.objects.create(template=template, cluster=factories.cluster(template.vcenter),
+                                       status=TemplateStatus.DEPLOYING, progress=40)
+    young = running_job("templates.deploy_ovf", timedelta(minutes=5), template_id=template.pk, copy_id=copy.pk)
+    assert recover_stale() == 0
+    Job.objects.filter(pk=young.pk).update(started_at=timezone.now() - timedelta(minutes=13))
+    assert reconcile_all() == []  # the pool manager's cycle runs the recovery
+    young.refresh_from_db()
+    template.refresh_from_db()
+    copy.refresh_from_db()
+    assert young.status == Job.Status.FAILED and "stopped before it finished" in young.error
+    assert (template.status, copy.status) == (TemplateStatus.FAILED, TemplateStatus.FAILED)
+    assert f"templates.deploy_ovf #{young.pk}" in template.status_reason
+    assert AuditEvent.objects.filter(action="template.failed", target_id=str(template.pk)).exists()
+
+
+def test_a_capture_whose_worker_died_fails_the_build_and_its_template(settings):
+    settings.RQ_JOB_TIMEOUT = 60
+    source = factories.template()
+    derived = factories.template(source.vcenter, status=TemplateStatus.PREPARING, parent=source, source="derived")
+    build = TemplateBuild.objects.create(
+        kind=TemplateBuild.Kind.DERIVE, vcenter=source.vcenter, template=derived, template_name=derived.name,
+        source_template=source, cluster=factories.cluster(source.vcenter), vm_name=derived.name, moid="vm-3",
+        status=TemplateBuild.Status.CAPTURING,
+    )
+    running_job("templates.capture_build", timedelta(minutes=10), build_id=build.pk)
+    assert recover_stale() == 1
+    build.refresh_from_db()
+    derived.refresh_from_db()
+    assert build.status == TemplateBuild.Status.FAILED and derived.status == TemplateStatus.FAILED
+    # A failed capture keeps its build VM: the admin may capture again or discard it.
+    assert build.moid == "vm-3"
+
+
+def test_a_finished_template_is_left_alone(settings):
+    settings.RQ_JOB_TIMEOUT = 60
+    template = factories.template(status=TemplateStatus.READY)
+    running_job("templates.copy_to_cluster", timedelta(hours=1), template_id=template.pk)
+    assert recover_stale() == 1
+    template.refresh_from_db()
+    assert template.status == TemplateStatus.READY
