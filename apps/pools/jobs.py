@@ -83,6 +83,11 @@ def fill(job: runner.JobContext, *, pool_id: int) -> None:
         while claiming or booting:
             batch = claim_slots(pool_id, width) if claiming else []
             if batch:
+                # An admin may have changed the template or clone target since this job
+                # started: clone what the pool says now (read after the claim, so a change
+                # racing it at worst makes VMs that reconcile drains, never mislabelled ones).
+                pool.refresh_from_db(fields=["template", "cluster", "folder", "datastore", "network", "linked_clones",
+                                             "cpus", "memory_mb"])
                 ok = clone_batch(pool, batch, endpoint, starters, job)
                 booting.update((vm.moid, vm) for vm in ok)
                 counts["failed"] += len(batch) - len(ok)

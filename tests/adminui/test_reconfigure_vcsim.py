@@ -105,3 +105,35 @@ def test_cluster_change_drains_the_old_cluster_and_leaves_leased_vms_where_they_
     assert in_vsphere == {leased.name, *(vm.name for vm in ready)}
     reasons = set(VM.objects.filter(name__in=old_ready).values_list("state_reason", flat=True))
     assert reasons == {"The pool's cluster (clone target) changed."}
+
+
+def test_a_fill_job_running_through_a_template_change_clones_the_new_template(vcsim_factory, redis_conn,
+                                                                              monkeypatch):
+    from apps.jobs import runner
+    from apps.jobs.models import Job
+    from apps.pools import jobs
+    from apps.vsphere import operations as ops
+
+    vc, folder = site(vcsim_factory(*GUEST))
+    pool = make_pool(vc, folder, size=1)
+    ubuntu = register_template(vcenter=vc, name="ubuntu-24.04", inventory_path="DC0/vm/Templates/ubuntu-24.04",
+                               prepare_now=True)
+    real_claim, real_clone_many = jobs.claim_slots, ops.clone_many
+    sources: list[str] = []
+
+    def claim_after_an_admin_changed_the_template(pool_id, most=1, **kw):
+        # The admin's change lands after the fill job loaded the pool, before it claims.
+        Pool.objects.filter(pk=pool_id).update(template=ubuntu)
+        return real_claim(pool_id, most, **kw)
+
+    def spy(conn, specs, **kw):
+        sources.extend(s.template_moid for s in specs)
+        return real_clone_many(conn, specs, **kw)
+
+    monkeypatch.setattr(jobs, "claim_slots", claim_after_an_admin_changed_the_template)
+    monkeypatch.setattr(ops, "clone_many", spy)
+    job = Job.objects.create(kind="pools.fill", queue="clone", status=Job.Status.RUNNING)
+    jobs.fill(runner.JobContext(job), pool_id=pool.pk)
+    [vm] = pool.vms.all()
+    assert vm.template_id == ubuntu.pk and vm.state == VMState.READY
+    assert sources == [ubuntu.copies.get().moid]
