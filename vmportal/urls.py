@@ -7,6 +7,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("django-rq/", include("django_rq.urls")),
+    path("", include("apps.firstboot.urls")),  # before manage/: its pages live under /manage/ too
     path("manage/", include("apps.adminui.urls")),
     path("", include("apps.api.urls")),
     path("", include("apps.leases.urls")),

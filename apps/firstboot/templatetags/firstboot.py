@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django import template
+
+from apps.firstboot.models import KeyDelivery, VMSecret
+
+register = template.Library()
+
+
+@register.simple_tag
+def lease_access(lease) -> dict:
+    """What the lease page shows about first-boot access (never the password itself)."""
+    secret = VMSecret.objects.filter(vm_id=lease.vm_id).only("username").first()
+    delivery = KeyDelivery.objects.filter(lease=lease).first()
+    return {"username": secret.username if secret else "", "has_password": secret is not None,
+            "delivery": delivery}
