@@ -79,4 +79,31 @@ class Command(BaseCommand):
                     "consecutive_failures": 0, "retry_at": None,
                 },
             )
+        seed_first_boot()
         self.stdout.write(self.style.SUCCESS(f"demo seeded: users admin/engineer, {len(DEMO_POOLS)} pools"))
+
+
+# A public key only (its private half was never kept): shows key delivery at checkout.
+DEMO_ENGINEER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMpJUf0vm5yC+/EKyLYMG7B0eSi1JVLb4SzbYieVSoGL engineer@demo"
+
+
+def seed_first_boot() -> None:
+    """debian-12: guest customisation with fixed addresses; ubuntu-24-04: cloud-init from a seed
+    ISO. Both set a per-VM password and take the engineer's key at checkout."""
+    from apps.firstboot.models import AddressRange, Delivery, Method, PoolFirstBoot, SSHKey  # noqa: PLC0415
+    from apps.firstboot.secrets import parse_public_key  # noqa: PLC0415
+
+    ranges = {}
+    for name, net, gateway in (("demo-lab", "10.21.0", "10.21.0.1"), ("demo-cloud", "10.22.0", "10.22.0.1")):
+        ranges[name], _ = AddressRange.objects.update_or_create(name=name, defaults={
+            "network": f"{net}.0/24", "first": f"{net}.10", "last": f"{net}.99", "gateway": gateway,
+            "dns_servers": f"{net}.2"})
+    for pool_name, method, rng in (("debian-12", Method.CUSTOMIZATION, "demo-lab"),
+                                   ("ubuntu-24-04", Method.CLOUD_INIT, "demo-cloud")):
+        pool = Pool.objects.get(name=pool_name)
+        PoolFirstBoot.objects.update_or_create(pool=pool, defaults={
+            "method": method, "delivery": Delivery.SEED_ISO, "domain": "demo.lab", "address_range": ranges[rng],
+            "admin_username": "vmportal", "guest_username": "vmportal"})
+    key = parse_public_key(DEMO_ENGINEER_KEY)
+    SSHKey.objects.get_or_create(user=User.objects.get(username="engineer"), fingerprint=key.fingerprint,
+                                 defaults={"name": "demo laptop", "public_key": key.line})
