@@ -15,3 +15,4 @@ class FirstBootConfig(AppConfig):
         # A checkout creates the lease; the lessee's SSH keys follow through guest
         # operations. A signal keeps the hook out of the checkout service itself.
         post_save.connect(services.lease_created, sender=Lease, dispatch_uid="firstboot-lease-keys")
+        from apps.firstboot import api  # noqa: F401, PLC0415 - registers the native API route

@@ -193,3 +193,23 @@ def test_lease_page_shows_key_delivery(client, engineer, lease):
     KeyDelivery.objects.create(lease=lease, state=KeyDelivery.State.FAILED, detail="InvalidGuestLogin")
     client.force_login(engineer)
     assert b"could not be added: InvalidGuestLogin" in client.get(reverse("lease-detail", args=[lease.pk])).content
+
+
+def test_native_api_returns_credentials_to_the_lessee_and_admins_only(lease, engineer, other_engineer, admin_user,
+                                                                      redis_conn):
+    from apps.api import tokens  # noqa: PLC0415
+
+    url = f"/api/v1/leases/{lease.pk}/credentials"
+
+    def as_(user):
+        return Client(headers={"X-AUTH-TOKEN": tokens.create_token(user=user, name="t")[1]})
+
+    assert Client().post(url).status_code == 401
+    mine = as_(engineer).post(url)
+    assert mine.status_code == 200 and mine.json() == {"lease_id": lease.pk, "username": "vmportal",
+                                                       "password": "S3cretFirstBootPw"}
+    assert as_(other_engineer).post(url).status_code == 404
+    assert as_(admin_user).post(url).status_code == 200
+    assert as_(engineer).get(url).status_code == 405
+    VMSecret.objects.all().delete()
+    assert as_(engineer).post(url).status_code == 404
