@@ -198,3 +198,34 @@ def test_wrong_guest_credentials_fail_the_key_delivery_with_a_reason(vcsim_facto
     delivery = KeyDelivery.objects.get(lease=lease)
     assert delivery.state == KeyDelivery.State.FAILED
     assert "InvalidGuestLogin" in delivery.detail and "wrong" not in delivery.detail
+
+
+def test_no_secret_reaches_the_logs_or_the_audit_log(vcsim_factory, redis_conn, engineer, caplog):
+    """The fill job and the key delivery run in this process, with every logger at DEBUG."""
+    from apps.jobs import runner  # noqa: PLC0415
+    from apps.pools import services as pool_services  # noqa: PLC0415
+
+    caplog.set_level("DEBUG")
+    vc, folder = site(vcsim_factory(*GUEST))
+    pool = make_pool(vc, folder, name="quiet", size=2)
+    configure(pool, method=Method.CLOUD_INIT, delivery=Delivery.SEED_ISO, address_range=address_range(),
+              guest_username="ops", guest_password="Guest-Pw-0815")
+    pool_services.reconcile_pool(pool.pk)
+    for job in Job.objects.filter(kind="pools.fill"):
+        runner.run(job.pk)
+    assert pool.vms.filter(state=VMState.READY).count() == 2, jobs_report()
+    services.add_ssh_key(user=engineer, name="laptop", public_key=ED25519)
+    [lease] = leases.checkout(user=engineer, pools=[pool])
+    runner.run(Job.objects.get(kind="firstboot.add_keys").pk)
+    assert KeyDelivery.objects.get(lease=lease).state == KeyDelivery.State.DONE
+    secrets = ["Guest-Pw-0815"]
+    for secret in VMSecret.objects.all():
+        secrets.append(secret.password)
+        secrets.append(secret.password[:12])
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    audited = json.dumps([[e.before, e.after, e.message, e.target_repr] for e in AuditEvent.objects.all()])
+    jobs = "\n".join(j.log + j.error for j in Job.objects.all())
+    assert len(secrets) == 5 and logged and audited
+    for secret in secrets:
+        assert secret not in logged and secret not in audited and secret not in jobs
+    assert "$6$" not in logged + audited + jobs  # nor a password hash
