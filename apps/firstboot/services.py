@@ -223,8 +223,22 @@ def plan_clones(pool: Pool, vms: list[VM]) -> dict[int, ClonePlan]:
     return plans
 
 
+_warned_no_script: set[str] = set()  # log de-duplication only
+
+
 def upload_seeds(conn: Connection, plans: Iterable[ClonePlan]) -> None:
-    """Write the batch's seed ISOs to their datastores (before the clones that mount them)."""
+    """Write the batch's seed ISOs to their datastores (before the clones that mount them).
+
+    Also says, once per vCenter and process, when LinuxPrep's script cannot reach the
+    vCenter (API before 7.0): those clones get their name and address but neither the
+    password nor the pool's keys.
+    """
+    plans = list(plans)
+    if (any(p.customization is not None and p.customization.script for p in plans)
+            and conn.endpoint.host not in _warned_no_script and not ops.customization_script_supported(conn)):
+        _warned_no_script.add(conn.endpoint.host)
+        log.warning("vCenter %s speaks an API older than 7.0: guest customisation cannot run vmportal's script, "
+                    "so clones get no first-boot password and no pool SSH keys", conn.endpoint.host)
     for plan in plans:
         if plan.seed is not None:
             ops.upload_datastore_file(conn, plan.seed.datastore_moid, plan.seed.path, plan.seed_data)

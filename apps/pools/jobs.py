@@ -229,6 +229,8 @@ def purge(job: runner.JobContext, *, folder_id: int) -> None:
     folder allows it and they are not on its allowlist. Never a folder, never outside it."""
     folder = Folder.objects.select_related("vcenter").get(pk=folder_id)
     with connect(Endpoint.from_vcenter(folder.vcenter)) as conn:
+        if swept := firstboot.sweep_seeds(conn, vcenter_id=folder.vcenter_id):  # ISOs crashed workers left
+            job.log(f"deleted {swept} stale seed ISOs")
         strays = find_strays(folder, ops.list_folder_vms(conn, folder.moid))
         for stray in strays:
             allowed = stray.ours or (folder.purge_unknown and stray.name not in (folder.purge_allowlist or []))

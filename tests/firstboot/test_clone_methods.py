@@ -229,3 +229,21 @@ def test_no_secret_reaches_the_logs_or_the_audit_log(vcsim_factory, redis_conn, 
     for secret in secrets:
         assert secret not in logged and secret not in audited and secret not in jobs
     assert "$6$" not in logged + audited + jobs  # nor a password hash
+
+
+def test_the_purge_sweeps_seed_isos_that_a_crashed_worker_left(vcsim_factory, redis_conn):
+    from apps.jobs import runner  # noqa: PLC0415
+
+    vc, folder = site(vcsim_factory(*GUEST))
+    ds = folder.datacenter.datastores.order_by("name").first()
+    with connect(Endpoint.from_vcenter(vc)) as conn:
+        ops.upload_datastore_file(conn, ds.moid, "vmportal-seeds/orphan.iso", b"x" * 2048)
+    orphan = SeedISO.objects.create(vm=None, vcenter=vc, datastore_moid=ds.moid, path="vmportal-seeds/orphan.iso",
+                                    datastore_path=f"[{ds.name}] vmportal-seeds/orphan.iso")
+    fresh = SeedISO.objects.create(vm=None, vcenter=vc, datastore_moid=ds.moid, path="vmportal-seeds/new.iso")
+    SeedISO.objects.filter(pk=orphan.pk).update(created_at=orphan.created_at - timedelta(hours=2))
+    job = runner.enqueue("pools.purge", target=folder, folder_id=folder.pk)
+    runner.run(job.pk)
+    assert list(SeedISO.objects.all()) == [fresh]  # young rows may belong to a clone in flight
+    with connect(Endpoint.from_vcenter(vc)) as conn:
+        assert not ops.datastore_file_exists(conn, ds.moid, "vmportal-seeds/orphan.iso")
