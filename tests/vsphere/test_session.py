@@ -277,7 +277,9 @@ def test_ca_bundle_verifies_the_chain_and_a_foreign_ca_is_rejected(vcsim, tmp_pa
 
 
 @pytest.mark.vcsim
-def test_insecure_mode_is_visible_in_the_log_once(vcsim, proxy, caplog):
+def test_insecure_mode_is_visible_in_the_log_once(vcsim, proxy, caplog, monkeypatch):
+    # Ports are reused across a run: an earlier test's simulator may have had this address.
+    monkeypatch.setattr(sessions, "_warned_insecure", set())
     ep = endpoint_for(vcsim, host=proxy.address, insecure=True)
     with caplog.at_level(logging.WARNING, logger="apps.vsphere.session"):
         for _ in range(2):
