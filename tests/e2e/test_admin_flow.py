@@ -119,7 +119,7 @@ def _resize_and_watch(browser, base_url: str, pool_id: int) -> float:
 
 
 def test_admin_uploads_an_ova_and_watches_it_deploy(live_server, admin_user, vcsim_factory, redis_conn, settings,
-                                                    tmp_path):
+                                                    tmp_path, monkeypatch):
     from tests.vsphere.test_templates import ova_bytes
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -128,7 +128,7 @@ def test_admin_uploads_an_ova_and_watches_it_deploy(live_server, admin_user, vcs
     ova = tmp_path / "tiny.ova"
     ova.write_bytes(ova_bytes())
     upload_dir = tmp_path / "uploads"
-    os.environ["VMPORTAL_UPLOAD_DIR"] = str(upload_dir)  # the worker process and this one must agree
+    monkeypatch.setenv("VMPORTAL_UPLOAD_DIR", str(upload_dir))  # the worker process and this one must agree
     settings.VMPORTAL_UPLOAD_DIR = upload_dir
     proc = _background("rqworker", "deploy", "--worker-class", "rq.SimpleWorker")
     try:
@@ -136,7 +136,6 @@ def test_admin_uploads_an_ova_and_watches_it_deploy(live_server, admin_user, vcs
             seen, seconds = _deploy_and_watch(browser, live_server.url, ova)
     finally:
         _stop(proc)
-        del os.environ["VMPORTAL_UPLOAD_DIR"]
     from apps.pools.models import Template, TemplateStatus
 
     template = Template.objects.get(name="tiny-ova")
