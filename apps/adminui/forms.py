@@ -7,8 +7,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from apps.adminui import services
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
+from apps.pools import reconfigure as services
 from apps.pools.models import Pool, Template
 
 

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.adminui import selectors, services
+from apps.adminui import selectors
 from apps.adminui.forms import (
     AuditFilterForm,
     CaptureVMForm,
@@ -30,6 +30,7 @@ from apps.adminui.uploads import LimitedDiskUploadHandler, StoredUpload
 from apps.audit.models import AuditEvent
 from apps.core.errors import VmPortalError
 from apps.jobs.models import Job
+from apps.pools import reconfigure as services
 from apps.pools.models import VM, Pool, Template, TemplateBuild
 from apps.pools.selectors import pools_with_counts
 

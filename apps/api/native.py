@@ -17,13 +17,13 @@ from ninja.security import APIKeyHeader, HttpBearer
 from pydantic import Field
 
 from apps.api import auth
-from apps.api import services as api_services
 from apps.api.http import unauthorized
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken
 from apps.core.errors import NotFound, VmPortalError
 from apps.leases import ondemand, vmtasks
 from apps.leases import services as leases
+from apps.leases import tags as lease_tags
 from apps.leases.models import Lease, OnDemandRequest, VMTask
 from apps.pools.models import VM, Pool, Template, VMState
 from apps.pools.selectors import pools_with_counts
@@ -230,7 +230,7 @@ def checkout(request, payload: CheckoutIn):
     unknown = sorted(set(payload.pools) - set(pools))
     if unknown:
         raise NotFound(f"No such pool: {', '.join(unknown)}.")
-    tags = api_services.validate_tags(payload.tags)
+    tags = lease_tags.validate_tags(payload.tags)
     lifetime = timedelta(hours=payload.lifetime_hours) if payload.lifetime_hours else None
     with CHECKOUT_SECONDS.time():
         leased = leases.checkout(user=request.user, pools=[pools[n] for n in payload.pools], lifetime=lifetime,
@@ -251,7 +251,7 @@ def extend_lease(request, lease_id: int, payload: ExtendIn):
 
 @api.put("/leases/{lease_id}/tags", response={200: LeaseOut, **ERRORS}, tags=["leases"])
 def tag_lease(request, lease_id: int, payload: TagsIn):
-    api_services.tag_lease(user=request.user, lease_id=lease_id, tags=payload.tags)
+    lease_tags.tag_lease(user=request.user, lease_id=lease_id, tags=payload.tags)
     return _lease_out(_lease(request, lease_id))
 
 
@@ -311,7 +311,7 @@ def create_ondemand(request, payload: OnDemandIn):
     unknown = sorted(set(payload.pools) - set(pools))
     if unknown:
         raise NotFound(f"No such pool: {', '.join(unknown)}.")
-    tags = api_services.validate_tags(payload.tags)
+    tags = lease_tags.validate_tags(payload.tags)
     lifetime = timedelta(hours=payload.lifetime_hours) if payload.lifetime_hours else None
     req = ondemand.request_vms(user=request.user, pools=[pools[n] for n in payload.pools],
                                request_id=payload.request_id, lifetime=lifetime, note=payload.note, tags=tags)

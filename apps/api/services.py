@@ -1,61 +1,21 @@
-"""Writes the API needs that the other apps' services do not offer yet.
+"""vmpooler's pool configuration calls, on top of the one reconfigure service.
 
-They follow the same rules (lease ownership via get_lease_for, audit inside the
-transaction) and should move to apps.leases / apps.pools services when those grow them.
+vmpooler keeps API changes as overrides that can be undone (PoolOverride); everything
+else (locking, validation, audit, nudging the pool manager) is apps.pools.reconfigure's.
 """
 
 from __future__ import annotations
 
-import re
-
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from apps.adminui import services as pool_services
 from apps.api.models import PoolOverride
-from apps.audit import services as audit
-from apps.core.errors import Conflict, NotFound, VmPortalError
+from apps.core.errors import NotFound, VmPortalError
 from apps.inventory.models import Cluster
-from apps.leases.models import Lease
-from apps.leases.services import get_lease_for
+from apps.pools import reconfigure as pool_services
 from apps.pools.models import VM, Pool, Template, VMState
 from apps.pools.services import discard_vm
-
-TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:/@+= -]{0,255}$")
-
-
-def validate_tags(tags: object) -> dict[str, str]:
-    if not isinstance(tags, dict):
-        raise VmPortalError("Tags must be an object of name: value.")
-    if len(tags) > settings.VMPORTAL_API_MAX_TAGS:
-        raise VmPortalError(f"At most {settings.VMPORTAL_API_MAX_TAGS} tags.")
-    clean: dict[str, str] = {}
-    for key, value in tags.items():
-        value = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-        if not isinstance(key, str) or not TAG_KEY.match(key):
-            raise VmPortalError(f"Tag name {str(key)[:64]!r} is invalid: use 1-64 letters, digits, '_', '.', '-'.")
-        if not isinstance(value, str) or not TAG_VALUE.match(value):
-            raise VmPortalError(f"Tag {key!r} has an invalid value: up to 255 letters, digits, spaces and _.:/@+=-.")
-        clean[key] = value
-    return clean
-
-
-@transaction.atomic
-def tag_lease(*, user: AbstractBaseUser, lease_id: int, tags: dict) -> Lease:
-    """Merge ``tags`` into the lease's tags (the vmpooler semantics of PUT /vm/<h> tags)."""
-    tags = validate_tags(tags)
-    lease = get_lease_for(user, lease_id)
-    lease = Lease.objects.select_for_update(of=("self",)).get(pk=lease.pk)
-    if not lease.is_active:
-        raise Conflict("This lease has ended.")
-    before = dict(lease.tags)
-    lease.tags = {**before, **tags}
-    lease.save(update_fields=["tags"])
-    audit.record("lease.tag", target=lease, pool=lease.pool_id, before={"tags": before}, after={"tags": lease.tags})
-    return lease
 
 
 def _reconfigure(pool_id: int, action: str, **changes) -> bool:

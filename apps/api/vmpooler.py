@@ -23,6 +23,7 @@ from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken, PoolOverride
 from apps.leases import ondemand, vmtasks
 from apps.leases import services as leases
+from apps.leases import tags as lease_tags
 from apps.leases.models import Lease, OnDemandRequest
 from apps.leases.services import is_admin
 from apps.pools.models import VM, Pool, VMState
@@ -159,7 +160,7 @@ def _vm_modify(request: HttpRequest, hostname: str) -> HttpResponse:
                            "lifetime can only be extended.", failure=["lifetime can only grow"])
         leases.extend(user=request.user, lease_id=lease.pk, by=wanted - lease.expires_at)
     if "tags" in body:
-        api_services.tag_lease(user=request.user, lease_id=lease.pk, tags=body["tags"])
+        lease_tags.tag_lease(user=request.user, lease_id=lease.pk, tags=body["tags"])
     return ok()
 
 

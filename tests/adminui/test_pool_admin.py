@@ -9,10 +9,10 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.adminui import services
 from apps.audit.models import AuditEvent
 from apps.inventory.models import Datastore
 from apps.jobs.models import Job
+from apps.pools import reconfigure as services
 from apps.pools.models import Pool, TemplateCopy, TemplateStatus, VMState
 from apps.pools.services import reconcile_pool
 from tests import factories

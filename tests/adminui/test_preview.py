@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apps.adminui.services import PoolCounts, PoolShape, preview_reconfigure
+from apps.pools.reconfigure import PoolCounts, PoolShape, preview_reconfigure
 
 
 def shape(size, template=1, cluster=1, enabled=True):
