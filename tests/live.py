@@ -23,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST = ("-guest-ip", "10.30.0.0/16")
 
 
-def worker(*, burst: bool = True) -> subprocess.Popen:
-    """A real `manage.py rqworker` process on the test database and Redis."""
+def manage_process(*args: str) -> subprocess.Popen:
+    """A `manage.py <args>` process on the test database and Redis."""
     db = connection.settings_dict
     url = f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     env = {
@@ -34,11 +34,14 @@ def worker(*, burst: bool = True) -> subprocess.Popen:
         "REDIS_URL": settings.REDIS_URL,
         "LOG_LEVEL": "WARNING",
     }
-    argv = [sys.executable, "manage.py", "rqworker", "clone", "purge", "deploy", "default",
-            "--worker-class", "rq.SimpleWorker"]
-    if burst:
-        argv.append("--burst")
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def worker(*, burst: bool = True) -> subprocess.Popen:
+    """A real `manage.py rqworker` process on every queue."""
+    return manage_process("rqworker", "clone", "purge", "deploy", "default", "--worker-class", "rq.SimpleWorker",
+                          *(["--burst"] if burst else []))
 
 
 def work_off(*, rounds: int = 6, pools: list[Pool] = ()) -> None:

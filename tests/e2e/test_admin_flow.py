@@ -4,38 +4,24 @@ it refill on the live pool list, then finds the change in the audit log."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from apps.audit.models import AuditEvent
 from apps.pools.models import VMState
-from tests.e2e.test_engineer_flow import ARTIFACTS, CHROMIUM, chromium
-from tests.live import GUEST, ROOT, make_pool, settle, site, vms_in_folder
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, MISSING, chromium, sign_in
+from tests.live import GUEST, make_pool, manage_process, settle, site, vms_in_folder
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.vcsim,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make test installs Debian's chromium)"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=MISSING),
 ]
-
-
-def _background(*args: str) -> subprocess.Popen:
-    """A long-running manage.py process on the test database and Redis."""
-    db = connection.settings_dict
-    url = f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": url,
-           "REDIS_URL": settings.REDIS_URL, "LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -56,8 +42,8 @@ def test_admin_grows_a_pool_watches_it_refill_and_finds_it_in_the_audit_log(
     settle(pool)
     assert pool.vms.filter(state=VMState.READY).count() == 1
     processes = [
-        _background("rqworker", "clone", "purge", "deploy", "default", "--worker-class", "rq.SimpleWorker"),
-        _background("poolmanager", "--interval", "2"),
+        manage_process("rqworker", "clone", "purge", "deploy", "default", "--worker-class", "rq.SimpleWorker"),
+        manage_process("poolmanager", "--interval", "2"),
     ]
     try:
         with chromium() as browser:
@@ -80,9 +66,7 @@ def _resize_and_watch(browser, base_url: str, pool_id: int) -> float:
     page.set_default_timeout(15_000)
     page.goto(f"{base_url}/manage/")
     expect(page).to_have_url(re.compile(r"/accounts/login/"))
-    page.get_by_label("Username").fill("alice-admin")
-    page.get_by_label("Password").fill("pw-admin")
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, "alice-admin", "pw-admin")
 
     row = page.locator("#admin-pool-rows tr", has_text="debian-ci")
     expect(row.locator("td").nth(3)).to_have_text("1")
@@ -130,7 +114,7 @@ def test_admin_uploads_an_ova_and_watches_it_deploy(live_server, admin_user, vcs
     upload_dir = tmp_path / "uploads"
     monkeypatch.setenv("VMPORTAL_UPLOAD_DIR", str(upload_dir))  # the worker process and this one must agree
     settings.VMPORTAL_UPLOAD_DIR = upload_dir
-    proc = _background("rqworker", "deploy", "--worker-class", "rq.SimpleWorker")
+    proc = manage_process("rqworker", "deploy", "--worker-class", "rq.SimpleWorker")
     try:
         with chromium() as browser:
             seen, seconds = _deploy_and_watch(browser, live_server.url, ova)
@@ -151,9 +135,7 @@ def _deploy_and_watch(browser, base_url: str, ova) -> tuple[list[str], float]:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(15_000)
     page.goto(f"{base_url}/accounts/login/?next=/manage/templates/")
-    page.get_by_label("Username").fill("alice-admin")
-    page.get_by_label("Password").fill("pw-admin")
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, "alice-admin", "pw-admin")
 
     form = page.locator("#deploy form")
     form.get_by_label("Name").fill("tiny-ova")

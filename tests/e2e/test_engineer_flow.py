@@ -7,38 +7,16 @@ wiring, not vSphere. Screenshots land in test-artifacts/ for people to look at.
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from apps.leases.models import Lease
 from apps.pools.models import VMState
 from tests import factories
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, MISSING, chromium, sign_in
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make test installs Debian's chromium)"),
-]
-
-
-@contextmanager
-def chromium():
-    """Debian's Chromium, headless. Playwright's sync API runs an event loop in this
-    thread while open, and Django refuses ORM calls beside one: query before or after."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason=MISSING)]
 
 
 @pytest.fixture
@@ -55,7 +33,6 @@ def _expiry(page) -> datetime:
 
 
 def test_engineer_checks_out_extends_and_returns_a_vm(live_server, pool, engineer):
-    ARTIFACTS.mkdir(exist_ok=True)
     with chromium() as browser:
         _check_out_extend_and_return(browser, live_server.url)
     lease = Lease.objects.get()
@@ -70,9 +47,7 @@ def _check_out_extend_and_return(browser, base_url: str) -> None:
 
     page.goto(f"{base_url}/")
     expect(page).to_have_url(re.compile(r"/accounts/login/"))
-    page.get_by_label("Username").fill("bob-engineer")
-    page.get_by_label("Password").fill("pw-engineer")
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, "bob-engineer", "pw-engineer")
 
     row = page.locator("#pool-rows tr", has_text="debian-12")
     expect(row.locator("td").nth(3)).to_have_text("3")

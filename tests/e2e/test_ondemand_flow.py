@@ -11,19 +11,18 @@ import re
 import pytest
 
 from apps.leases.models import Lease, OnDemandRequest
-from tests.e2e.test_engineer_flow import ARTIFACTS, CHROMIUM, chromium
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, MISSING, chromium, sign_in
 from tests.live import make_pool, site, worker
 
 pytestmark = [
     pytest.mark.browser, pytest.mark.vcsim, pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make test installs Debian's chromium)"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=MISSING),
 ]
 
 
 def test_engineer_gets_a_vm_on_demand_and_watches_it_come_up(live_server, vcsim_factory, redis_conn, engineer):
     vc, folder = site(vcsim_factory("-guest-ip", "10.30.0.0/16", "-guest-ip-delay", "2s"))
     make_pool(vc, folder, name="debian-12", size=0)
-    ARTIFACTS.mkdir(exist_ok=True)
     proc = worker(burst=False)
     try:
         with chromium() as browser:
@@ -43,9 +42,7 @@ def _request_and_follow(browser, base_url: str) -> set[str]:
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.set_default_timeout(30_000)
     page.goto(f"{base_url}/accounts/login/")
-    page.get_by_label("Username").fill("bob-engineer")
-    page.get_by_label("Password").fill("pw-engineer")
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, "bob-engineer", "pw-engineer")
 
     row = page.locator("#pool-rows tr", has_text="debian-12")
     row.get_by_role("button", name="Get one on demand").click()
