@@ -114,3 +114,12 @@ def test_banner_warns_before_a_lease_expires(client, lease, engineer):
     assert b"expiry-banner" not in client.get(reverse("home")).content
     Lease.objects.filter(pk=lease.pk).update(expires_at=timezone.now() + timedelta(minutes=10))
     assert b"expiry-banner" in client.get(reverse("home")).content
+
+
+def test_ssh_line_uses_the_first_boot_account(client, engineer, lease):
+    from apps.firstboot.models import VMSecret
+
+    VMSecret.objects.create(vm=lease.vm, username="ops", password="never-shown-here")
+    client.force_login(engineer)
+    html = client.get(reverse("lease-detail", args=[lease.pk])).content.decode()
+    assert "ssh ops@10.20.0.7" in html and "never-shown-here" not in html
