@@ -161,6 +161,31 @@ VSPHERE_CALL_TIMEOUT = env_int("VSPHERE_CALL_TIMEOUT", 60, minimum=1)
 VMPORTAL_UPLOAD_DIR = Path(env_str("VMPORTAL_UPLOAD_DIR", str(VAR_DIR / "uploads")))
 # Largest OVF/OVA accepted, uploaded or downloaded from a URL (default 20 GiB).
 VMPORTAL_OVF_MAX_BYTES = env_int("VMPORTAL_OVF_MAX_BYTES", 20 * 1024**3, minimum=1024)
+import ipaddress  # noqa: E402 - kept beside the settings it validates
+import re  # noqa: E402
+
+# A deploy worker fetches whatever URL an admin gives, so it must never be pointed at a
+# cloud metadata service (link-local addresses) or, when an allowlist is set, anywhere
+# else than the listed OVA servers. Allow: host names, domains (".lab.example": it and
+# every name under it), IPs or CIDRs; empty: any host whose addresses are not denied.
+# Deny: IPs/CIDRs refused whatever the allowlist says (set it empty to refuse none).
+VMPORTAL_OVF_URL_ALLOW = [e.lower() for e in env_list("VMPORTAL_OVF_URL_ALLOW", [])]
+VMPORTAL_OVF_URL_DENY = env_list(
+    "VMPORTAL_OVF_URL_DENY", ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32"])
+for _entry in VMPORTAL_OVF_URL_DENY:
+    try:
+        ipaddress.ip_network(_entry, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"VMPORTAL_OVF_URL_DENY: {_entry!r} is not an address or CIDR.") from None
+for _entry in VMPORTAL_OVF_URL_ALLOW:
+    try:
+        ipaddress.ip_network(_entry, strict=False)
+    except ValueError:
+        if not re.fullmatch(r"(\*\.|\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?", _entry):
+            raise ImproperlyConfigured(
+                f"VMPORTAL_OVF_URL_ALLOW: {_entry!r} is not a host name, domain (.example.com), IP or CIDR."
+            ) from None
+
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

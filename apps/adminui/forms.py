@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from apps.core.errors import VmPortalError
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.pools import reconfigure as services
 from apps.pools.models import Pool, Template
@@ -187,7 +188,7 @@ class DeployOvfForm(forms.Form):
 
         try:
             return deployable_url(url)
-        except ValueError as exc:
+        except (ValueError, VmPortalError) as exc:  # VmPortalError: the URL policy refused it
             raise ValidationError(str(exc)) from None
 
     def clean_file(self):
@@ -202,7 +203,7 @@ class DeployOvfForm(forms.Form):
             self.add_error("file", self.upload_error)
             return data
         url, upload = data.get("url"), data.get("file")
-        if url and upload:
+        if (url or self.data.get("url", "").strip()) and upload:  # also when the URL itself was refused
             raise ValidationError("Give a URL or upload a file, not both.")
         if not url and not upload and not self.errors.get("url") and not self.errors.get("file"):
             raise ValidationError("Give the URL of an OVF/OVA or upload an OVA.")

@@ -8,7 +8,6 @@ import io
 import logging
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from apps.core.errors import Conflict, VmPortalError
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
+from apps.pools.downloads import PackageDownload, check_url
 from apps.pools.models import VM, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
@@ -131,12 +131,17 @@ def _new_template(*, vcenter: VCenter, name: str, status: str, **fields) -> Temp
 
 
 def deployable_url(url: str) -> str:
-    """The URL, if it is one we can deploy from; else a ValueError that says why."""
+    """The URL, if it is one we can deploy from; else a ValueError that says why.
+
+    Its host must resolve only to addresses the URL policy allows (UrlRefused otherwise);
+    the job checks again on every connection, since DNS may answer differently by then.
+    """
     parts = urllib.parse.urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("Only http:// and https:// URLs can be deployed.")
     if not parts.path.lower().endswith(OVF_SUFFIXES):
         raise ValueError("The URL must name an .ova or .ovf file.")
+    check_url(url.strip())
     return url.strip()
 
 
@@ -171,59 +176,23 @@ def start_ovf_deploy(*, name: str, target: DeployTarget, url: str = "", upload_p
     return template
 
 
-class _Limited(io.RawIOBase):
-    """A read-only stream that refuses to deliver more than ``limit`` bytes."""
-
-    def __init__(self, stream, limit: int, label: str):
-        self.stream, self.limit, self.label, self.seen = stream, limit, label, 0
-        self.name = label
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.stream.read(len(buffer))
-        self.seen += len(data)
-        if self.seen > self.limit:
-            raise VmPortalError(f"{self.label} is larger than the {_human(self.limit)} limit (VMPORTAL_OVF_MAX_BYTES).")
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 @contextlib.contextmanager
-def _ovf_source(url: str, upload_path: str):
-    """What deploy_ovf reads: a size-limited stream for OVAs, the URL for an OVF descriptor
-    (vCenter gets its disks from the URLs next to it), or the uploaded file."""
-    limit = settings.VMPORTAL_OVF_MAX_BYTES
+def _ovf_source(url: str, upload_path: str, download: PackageDownload):
+    """What deploy_ovf reads: the uploaded file or the OVA at ``url``, both through the
+    download's byte count; or, for an .ovf, its URL (deploy_ovf fetches the disks next to it
+    through ``download`` too)."""
     if upload_path:
         path = Path(upload_path)
         if not path.is_file():
             raise VmPortalError("The uploaded file is gone (deleted, or on another host's upload directory).")
         with open(path, "rb") as f:
-            yield io.BufferedReader(_Limited(f, limit, path.name))
+            yield io.BufferedReader(download.wrap(f, path.name))
         return
     if not urllib.parse.urlsplit(url).path.lower().endswith(".ova"):
         yield url
         return
-    label = Path(urllib.parse.urlsplit(url).path).name
-    try:
-        resp = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT)  # noqa: S310 - scheme checked by deployable_url
-    except Exception as exc:  # noqa: BLE001 - any download failure is the admin's to fix
-        raise VmPortalError(f"Cannot download {url}: {exc}") from exc
-    with resp:
-        length = resp.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > limit:
-            raise VmPortalError(f"{label} is {_human(int(length))}, over the {_human(limit)} limit "
-                                "(VMPORTAL_OVF_MAX_BYTES).")
-        yield io.BufferedReader(_Limited(resp, limit, label), buffer_size=1024 * 1024)
+    with io.BufferedReader(download.open(url, DOWNLOAD_TIMEOUT), buffer_size=1024 * 1024) as stream:
+        yield stream
 
 
 def _fail_template(template_id: int, reason: str, *, copy_id: int | None = None, build_id: int | None = None) -> None:
@@ -278,12 +247,15 @@ def deploy_ovf_job(job: runner.JobContext, *, template_id: int, copy_id: int, ur
             logged[0] = percent // 25
             job.log(f"upload {percent}%")
 
+    download = PackageDownload()
     try:
-        with _ovf_source(url, upload_path) as source, connect(Endpoint.from_vcenter(template.vcenter)) as conn:
+        with (_ovf_source(url, upload_path, download) as source,
+              connect(Endpoint.from_vcenter(template.vcenter)) as conn):
             info = ops.deploy_ovf(
                 conn, source=source, name=template.name, folder_moid=folder_moid,
                 resource_pool_moid=resource_pool_moid, datastore_moid=datastore_moid,
                 network_mapping={"*": network_moid} if network_moid else None, progress=progress,
+                open_url=download,
             )
     except Exception as exc:
         _fail_template(template_id, _reason(exc), copy_id=copy_id)

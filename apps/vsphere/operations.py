@@ -1340,6 +1340,10 @@ def remove_snapshot(
 # ---------------------------------------------------------------- OVF / OVA deploy
 
 OvfSource = str | os.PathLike | BinaryIO
+# Opens a package URL (the .ova, or an .ovf and each file it references): (url, timeout)
+# -> a response with read(), headers and close(). The caller's opener may check addresses and
+# count bytes; the default is plain urllib.
+UrlOpener = Callable[[str, float], Any]
 
 
 @dataclass
@@ -1372,9 +1376,10 @@ class _Package:
     lease is opened, then the disks are uploaded as the tar members go by.
     """
 
-    def __init__(self, source: OvfSource, timeout: float) -> None:
+    def __init__(self, source: OvfSource, timeout: float, open_url: UrlOpener | None = None) -> None:
         self.source = source
         self.timeout = timeout
+        self._open_url = open_url or _open_url
         self._closers: list[Any] = []
         self._tar: tarfile.TarFile | None = None
         self.descriptor = ""
@@ -1384,7 +1389,7 @@ class _Package:
         if is_ova:
             self._open_ova()
         elif _is_url(source):
-            with _open_url(str(source), timeout) as resp:
+            with self._open_url(str(source), timeout) as resp:
                 self.descriptor = resp.read().decode("utf-8")
         else:
             path = Path(source)  # type: ignore[arg-type]
@@ -1394,7 +1399,7 @@ class _Package:
 
     def _open_ova(self) -> None:
         if _is_url(self.source):
-            stream: IO[bytes] = _open_url(str(self.source), self.timeout)
+            stream: IO[bytes] = self._open_url(str(self.source), self.timeout)
             self._closers.append(stream)
         elif isinstance(self.source, str | os.PathLike):
             stream = open(self.source, "rb")  # noqa: SIM115 - closed in close()
@@ -1430,7 +1435,7 @@ class _Package:
             return
         for upload in wanted.values():
             if _is_url(self.source):
-                resp = _open_url(urllib.parse.urljoin(str(self.source), upload.path), self.timeout)
+                resp = self._open_url(urllib.parse.urljoin(str(self.source), upload.path), self.timeout)
                 with resp:
                     length = resp.headers.get("Content-Length")
                     yield upload, resp, int(length) if length else None
@@ -1522,12 +1527,14 @@ def deploy_ovf(
     progress: ProgressCallback | None = None,
     snapshot_name: str = BASE_SNAPSHOT,
     timeout: float = DEPLOY_TIMEOUT,
+    open_url: UrlOpener | None = None,
 ) -> TemplateInfo:
     """Deploy an OVF/OVA (URL, local path or file-like upload) as a prepared template.
 
     CreateImportSpec, ImportVApp, the NFC lease upload of every file (``progress`` gets
     0-100), HttpNfcLeaseComplete, then ``prepare_template``. On any failure the lease is
-    aborted and the half-made VM is destroyed.
+    aborted and the half-made VM is destroyed. ``open_url`` fetches every URL the
+    package needs (an .ovf's disks are next to it, or wherever its hrefs point).
     """
     operation = "deploy OVF"
     deadline = time.monotonic() + timeout
@@ -1535,7 +1542,7 @@ def deploy_ovf(
     pool = conn.ref(vim.ResourcePool, resource_pool_moid)
     if _find_child(conn, folder, name, operation=operation) is not None:
         raise DuplicateName(f"the folder already holds a VM named '{name}'", operation=operation, obj=name)
-    package = _Package(source, conn.endpoint.timeout)
+    package = _Package(source, conn.endpoint.timeout, open_url)
     try:
         mapping = dict(network_mapping or {})
         if "*" in mapping:  # one target network for every network the package names
