@@ -164,6 +164,9 @@ VMPORTAL_OVF_MAX_BYTES = env_int("VMPORTAL_OVF_MAX_BYTES", 20 * 1024**3, minimum
 import ipaddress  # noqa: E402 - kept beside the settings it validates
 import re  # noqa: E402
 
+# Uploads no queued or running deploy needs (their request or worker died) are deleted
+# by the pool manager once this many seconds old.
+VMPORTAL_UPLOAD_MAX_AGE = env_int("VMPORTAL_UPLOAD_MAX_AGE", 24 * 3600, minimum=60)
 # A deploy worker fetches whatever URL an admin gives, so it must never be pointed at a
 # cloud metadata service (link-local addresses) or, when an allowlist is set, anywhere
 # else than the listed OVA servers. Allow: host names, domains (".lab.example": it and

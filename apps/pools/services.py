@@ -200,6 +200,7 @@ def reconcile_all() -> list[ReconcileReport]:
 
     ondemand.recover_stale()
     templates.recover_stale()
+    templates.sweep_uploads()
     runner.requeue_lost()
     return reports
 

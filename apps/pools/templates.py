@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import re
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from apps.core.errors import Conflict, VmPortalError
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
-from apps.pools.downloads import PackageDownload, check_url
+from apps.pools.downloads import PackageDownload, check_url, human_size
 from apps.pools.models import VM, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
@@ -585,3 +587,55 @@ def recover_stale(*, now=None) -> int:
                 audit.record("template.failed", target=Template.objects.get(pk=template_id), message=reason)
         failed += 1
     return failed
+
+
+# ---------------------------------------------------------------- uploads nobody will read
+
+UPLOAD_NAME = re.compile(r"[0-9a-f]{32}-.+")  # what apps/adminui/uploads.py names a stored upload
+
+
+def sweep_uploads(*, now: float | None = None) -> list[Path]:
+    """Delete uploads older than VMPORTAL_UPLOAD_MAX_AGE that no queued or running deploy names.
+
+    A deploy job deletes its file when it is done; the file stays when the request died
+    between storing the upload and committing its job, or the job's worker died (see
+    recover_stale). Only files named the way the upload handler names them are touched;
+    a file is matched to a job by its name, so web and worker hosts may mount the shared
+    upload directory at different paths.
+    """
+    directory = Path(settings.VMPORTAL_UPLOAD_DIR)
+    cutoff = (now if now is not None else time.time()) - settings.VMPORTAL_UPLOAD_MAX_AGE
+    old: list[tuple[Path, os.stat_result]] = []
+    try:
+        for path in directory.iterdir():
+            if not UPLOAD_NAME.fullmatch(path.name) or path.is_symlink():
+                continue
+            with contextlib.suppress(FileNotFoundError):  # its job just deleted it
+                stat = path.stat()
+                if path.is_file() and stat.st_mtime < cutoff:
+                    old.append((path, stat))
+    except FileNotFoundError:
+        return []
+    except OSError:
+        log.exception("Cannot list the upload directory %s", directory)
+        return []
+    if not old:
+        return []
+    # Read after listing: a job created meanwhile names a fresh file, not one of these.
+    live = Job.objects.filter(kind="templates.deploy_ovf", status__in=(Job.Status.QUEUED, Job.Status.RUNNING))
+    needed = {Path(p).name for p in live.values_list("args__upload_path", flat=True) if p}
+    deleted = []
+    for path, stat in old:
+        if path.name in needed:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            log.exception("Cannot delete stale upload %s", path)
+            continue
+        deleted.append(path)
+        log.warning("Deleted stale upload %s (%s, %.1f hours old): no queued or running deploy needs it",
+                    path, human_size(stat.st_size), (cutoff + settings.VMPORTAL_UPLOAD_MAX_AGE - stat.st_mtime) / 3600)
+    return deleted
