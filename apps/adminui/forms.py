@@ -247,6 +247,10 @@ class DeriveTemplateForm(forms.Form):
             raise ValidationError(f"Template {self.source} is {self.source.get_status_display().lower()}; "
                                   "derive from a ready template.")
         clash = _slug_name_free(self.source.vcenter, data.get("name"))
+        if not clash and data.get("name") and data.get("cluster"):
+            from apps.pools.templates import derive_name_clash
+
+            clash = derive_name_clash(self.source, data["cluster"], data["name"])
         if clash:
             self.add_error("name", clash)
         return data
@@ -265,6 +269,10 @@ class CaptureVMForm(forms.Form):
     def clean(self):
         data = super().clean()
         clash = _slug_name_free(self.vm.vcenter, data.get("name"))
+        if not clash and data.get("name"):
+            from apps.pools.templates import capture_name_clash
+
+            clash = capture_name_clash(self.vm, data["name"])
         if clash:
             self.add_error("name", clash)
         return data

@@ -280,12 +280,56 @@ def _copy_to_clone(source: Template, cluster: Cluster) -> TemplateCopy:
     return copy
 
 
+def _taken_message(folder_path: str, name: str) -> str:
+    return f"{folder_path} already holds a VM named {name}; choose another name (or remove that VM)."
+
+
+def _clash_beside(vcenter: VCenter, moid: str, name: str) -> str | None:
+    """Why ``name`` is taken in the folder of VM ``moid``, as the synced inventory has it."""
+    beside = InventoryVM.objects.filter(vcenter=vcenter, moid=moid).select_related("folder").first()
+    if beside is None or beside.folder is None:
+        return None
+    if InventoryVM.objects.filter(vcenter=vcenter, folder=beside.folder, name=name).exists():
+        return _taken_message(beside.folder.path, name)
+    return None
+
+
+def derive_name_clash(source: Template, cluster: Cluster, name: str) -> str | None:
+    """A message if the derive's build VM ``name`` is taken next to the copy it clones."""
+    copies = TemplateCopy.objects.filter(template=source, status=TemplateStatus.READY).exclude(moid="")
+    copy = copies.filter(cluster=cluster).first() or copies.first()
+    return _clash_beside(source.vcenter, copy.moid, name) if copy else None
+
+
+def _capture_beside(vm: VM) -> str:
+    """The moid whose folder a capture of ``vm`` lands in: its template's, else its own."""
+    source_copy = (TemplateCopy.objects.filter(template_id=vm.template_id).exclude(moid="").first()
+                   if vm.template_id else None)
+    return source_copy.moid if source_copy else vm.moid
+
+
+def capture_name_clash(vm: VM, name: str) -> str | None:
+    """A message if the capture's new template ``name`` is taken in the folder it lands in."""
+    return _clash_beside(vm.vcenter, _capture_beside(vm), name) if vm.moid else None
+
+
+def _refuse_taken_name(conn, beside, name: str) -> None:
+    """Fail at once when vSphere has ``name`` in the folder of ``beside`` (a VMInfo): a clone
+    would be refused, and copy_template_to_cluster would wait for that other VM to become
+    a template (or, worse, take it for ours if it already is one)."""
+    if beside.folder_moid and ops.name_taken(conn, beside.folder_moid, name):
+        raise Conflict(_taken_message(beside.path.rsplit("/", 1)[0], name))
+
+
 @transaction.atomic
 def start_derive(*, source: Template, cluster: Cluster, name: str, os_name: str = "", user=None) -> TemplateBuild:
     """Clone ``source`` into a build VM the admin works on; ``capture`` makes it a template."""
     if cluster.vcenter_id != source.vcenter_id:
         raise Conflict(f"Cluster {cluster} is not on {source.vcenter}, where {source} lives.")
     _copy_to_clone(source, cluster)
+    clash = derive_name_clash(source, cluster, name)
+    if clash:
+        raise Conflict(clash)
     template = _new_template(
         vcenter=source.vcenter, name=name, status=TemplateStatus.PENDING, os_name=os_name or source.os_name,
         source=Template.Source.DERIVED, parent=source,
@@ -311,7 +355,9 @@ def build_vm_job(job: runner.JobContext, *, build_id: int) -> None:
     try:
         copy = _copy_to_clone(build.source_template, build.cluster)
         with connect(Endpoint.from_vcenter(build.vcenter)) as conn:
-            folder = ops.get_vm(conn, copy.moid).folder_moid
+            beside = ops.get_vm(conn, copy.moid)
+            _refuse_taken_name(conn, beside, build.vm_name)
+            folder = beside.folder_moid
             result = ops.clone_vm(conn, CloneSpec(
                 template_moid=copy.moid, name=build.vm_name, folder_moid=folder or "",
                 resource_pool_moid=build.cluster.resource_pool_moid, linked=False, power_on=True,
@@ -391,6 +437,9 @@ def start_vm_capture(*, vm: VM, name: str, os_name: str = "", user=None) -> Temp
         vm.pool.cluster if vm.pool_id else None)
     if cluster is None:
         raise Conflict(f"Cannot tell which cluster {vm} is in; sync the inventory and try again.")
+    clash = capture_name_clash(vm, name)
+    if clash:
+        raise Conflict(clash)
     template = _new_template(
         vcenter=vm.vcenter, name=name, status=TemplateStatus.PREPARING,
         os_name=os_name or (vm.template.os_name if vm.template else ""),
@@ -418,13 +467,10 @@ def capture_vm_job(job: runner.JobContext, *, build_id: int) -> None:
         vm = build.source_vm
         if vm is None or not vm.moid:
             raise Conflict("The VM to capture is gone.")
-        folder = ""
         with connect(Endpoint.from_vcenter(build.vcenter)) as conn:
-            if vm.template_id:
-                source_copy = TemplateCopy.objects.filter(template_id=vm.template_id).exclude(moid="").first()
-                if source_copy is not None:
-                    folder = ops.get_vm(conn, source_copy.moid).folder_moid or ""
-            folder = folder or ops.get_vm(conn, vm.moid).folder_moid or ""
+            beside = ops.get_vm(conn, _capture_beside(vm))
+            _refuse_taken_name(conn, beside, build.vm_name)
+            folder = beside.folder_moid or ""
             made = ops.copy_template_to_cluster(
                 conn, template_moid=vm.moid, name=build.vm_name, folder_moid=folder,
                 resource_pool_moid=build.cluster.resource_pool_moid,

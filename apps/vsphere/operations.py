@@ -123,6 +123,11 @@ def _find_child(conn: Connection, parent: Any, name: str, *, operation: str) -> 
     return conn.call(conn.content.searchIndex.FindChild, parent, name, operation=operation, obj=name)
 
 
+def name_taken(conn: Connection, folder_moid: str, name: str) -> bool:
+    """Whether the folder directly holds anything (VM, template, folder, vApp) named ``name``."""
+    return _find_child(conn, conn.ref(vim.Folder, folder_moid), name, operation="look up a name in folder") is not None
+
+
 def _resolve_folder(conn: Connection, folder: str, *, operation: str) -> vim.Folder:
     """A folder by inventory path (always contains '/', it starts with the datacenter) or moid."""
     if "/" not in folder:
