@@ -127,6 +127,10 @@ AUTH_PASSWORD_VALIDATORS = [
 # Users in this group (or superusers) may reconfigure pools and templates.
 VMPORTAL_ADMIN_GROUP = env_str("VMPORTAL_ADMIN_GROUP", "vmportal-admins")
 
+# Sessions are read from Redis (REDIS_URL) and written through to the database
+# (vmportal/sessions.py): a signed-in request costs a Redis GET instead of a query, and a
+# Redis flush or outage signs nobody out.
+SESSION_ENGINE = "vmportal.sessions"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
