@@ -16,7 +16,7 @@ from django.utils.dateparse import parse_datetime
 
 from apps.audit.models import AuditEvent
 from apps.inventory.models import Cluster, Host, HostLoadSample, InventoryVM, VCenter
-from apps.pools.models import LIVE_STATES, VM, Pool
+from apps.pools.models import LIVE_STATES, VM, Pool, TemplateBuild
 
 # --- audit log ----------------------------------------------------------------------------
 
@@ -215,6 +215,34 @@ def unowned_vms(limit: int = 200) -> list[InventoryVM]:
     return out
 
 
+BUILD_VM_OLD = timedelta(days=3)  # a build VM this old is probably forgotten
+
+
+@dataclass
+class BuildVM:
+    build: TemplateBuild
+    age: timedelta
+
+    @property
+    def old(self) -> bool:
+        return self.age >= BUILD_VM_OLD
+
+
+def build_vms(*, now: datetime | None = None) -> list[BuildVM]:
+    """Derive build VMs that exist (or are being cloned) in vSphere, oldest first.
+
+    Each holds a full clone, powered on, until its admin captures or discards it; one
+    forgotten costs CPU, memory and disk silently, so health lists them with their age.
+    """
+    now = now or timezone.now()
+    S = TemplateBuild.Status
+    builds = (TemplateBuild.objects.filter(kind=TemplateBuild.Kind.DERIVE)
+              .filter(Q(status__in=(S.CLONING, S.READY, S.CAPTURING, S.DISCARDING)) | Q(status=S.FAILED, moid__gt=""))
+              .select_related("vcenter", "template", "source_template", "cluster", "created_by")
+              .order_by("created_at"))
+    return [BuildVM(build=b, age=now - b.created_at) for b in builds]
+
+
 def system_health() -> dict[str, Any]:
     vcenters = list(VCenter.objects.order_by("name"))
     troubled = list(
@@ -227,7 +255,9 @@ def system_health() -> dict[str, Any]:
         and all(v.status != VCenter.Status.UNREACHABLE for v in vcenters if v.enabled)
         and not any(p.health == Pool.Health.FAILING for p in troubled)
     )
-    return {"ok": ok, "vcenters": vcenters, "pools": troubled, "rq": rq, "unowned": orphans}
+    # Build VMs are a cost to watch, not a fault: they never turn the status to "problem".
+    return {"ok": ok, "vcenters": vcenters, "pools": troubled, "rq": rq, "unowned": orphans,
+            "build_vms": build_vms(), "build_vm_old_days": BUILD_VM_OLD.days}
 
 
 def system_health_json(facts: dict[str, Any]) -> dict[str, Any]:
@@ -249,5 +279,15 @@ def system_health_json(facts: dict[str, Any]) -> dict[str, Any]:
             {"name": vm.name, "moid": vm.moid, "folder": vm.folder.path if vm.folder else "",
              "vcenter_id": vm.vcenter_id}
             for vm in facts["unowned"]
+        ],
+        "build_vms": [
+            {"name": b.build.vm_name, "moid": b.build.moid, "vcenter": b.build.vcenter.name,
+             "cluster": b.build.cluster.name, "template": b.build.template_name,
+             "source_template": b.build.source_template.name if b.build.source_template else None,
+             "status": b.build.status, "ip": b.build.ip_address or None,
+             "created_by": b.build.created_by.get_username() if b.build.created_by else None,
+             "created_at": b.build.created_at.isoformat(), "age_seconds": int(b.age.total_seconds()),
+             "old": b.old}
+            for b in facts["build_vms"]
         ],
     }
