@@ -49,15 +49,21 @@ def _request_and_follow(browser, base_url: str) -> set[str]:
     expect(page).to_have_url(re.compile(r"/requests/[0-9a-f]+/$"))
     expect(page.locator(".msg.info")).to_contain_text("being made for you")
     seen: set[str] = set()
+    shot = False
     # Watch the live fragment until the browser is sent on to the lease page.
     for _ in range(300):
         if re.search(r"/leases/\d+/$", page.url):
             break
-        now = page.locator("ol.steps li.now")
-        if now.count():
-            seen.add(now.first.inner_text())
-            if "Booting" in seen and not (ARTIFACTS / "ondemand-progress.png").exists():
+        # One look, no waiting: the fragment is swapped, and the page left, under our feet.
+        try:
+            now = page.evaluate("() => document.querySelector('ol.steps li.now')?.textContent")
+        except Exception:  # the page is navigating to the lease
+            now = None
+        if now:
+            seen.add(now)
+            if now == "Booting" and not shot:
                 page.screenshot(path=str(ARTIFACTS / "ondemand-progress.png"), full_page=True)
+                shot = True
         page.wait_for_timeout(100)
     expect(page).to_have_url(re.compile(r"/leases/\d+/$"))
     expect(page.locator("#vm-ip")).to_have_text(re.compile(r"^10\.30\."))
