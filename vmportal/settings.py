@@ -202,7 +202,6 @@ for _entry in VMPORTAL_OVF_URL_ALLOW:
                 f"VMPORTAL_OVF_URL_ALLOW: {_entry!r} is not a host name, domain (.example.com), IP or CIDR."
             ) from None
 
-
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r}; use DEBUG, INFO, WARNING or ERROR.")
