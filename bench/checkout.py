@@ -1,6 +1,6 @@
 """Checkout benchmark: one-click checkout over HTTP against a raw psycopg transaction.
 
-    .venv/bin/python bench/checkout.py [--checkouts 3000] [--clients 16] [--workers 3] [--threads 4]
+    .venv/bin/python bench/checkout.py [--checkouts 3000] [--clients 16] [--workers 2] [--threads 4]
 
 Non-interactive and self-contained. It (re)creates its own database
 (``vmportal_bench_checkout`` on the local PostgreSQL of the tests, or the server of
@@ -12,8 +12,11 @@ signed-in users, starts gunicorn on a free loopback port and then measures, in o
 - raw psycopg: as many threads, each in a transaction doing the same row lock
   (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1), UPDATE of the VM and INSERT of a lease.
 
-It prints throughput and p50/p99 latency of both, their ratio, and the number of VMs
-leased more than once (must be 0), counted in the database. Everything it starts it stops.
+It prints throughput and p50/p99 latency of both, their ratio, the number of VMs leased
+more than once (must be 0), counted in the database, and the CPU time gunicorn, the bench
+database's PostgreSQL backends and the clients spent per checkout (from /proc). The rates
+move with whatever else the machine runs; CPU per checkout hardly does, and on N cores
+N x 1000 / (its sum) ms bounds the rate. Everything it starts it stops.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process group, during the run
 
     def line(self) -> str:
         return f"{self.rate:.0f}/s, p50 {statistics.median(self.latencies) * 1000:.1f} ms, p99 {self.p99:.1f} ms"
@@ -66,6 +70,38 @@ class Run:
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds
+
+    def cpu_line(self) -> str:
+        """CPU milliseconds per checkout: on 2 cores, 1000 / (their sum / 2) bounds the rate."""
+        if not self.cpu:
+            return "CPU per checkout: not measured (no /proc)"
+        per = {k: v * 1000 / len(self.latencies) for k, v in self.cpu.items()}
+        total = sum(per.values())
+        return "CPU per checkout: " + ", ".join(f"{k} {v:.2f} ms" for k, v in per.items()) + \
+            f"; sum {total:.2f} ms, so at most {os.cpu_count() * 1000 / total:.0f}/s on {os.cpu_count()} idle cores"
+
+
+def _cpu_by_group(server_pgid: int | None) -> dict[str, float]:
+    """CPU seconds so far of the server's processes, of PostgreSQL's backends serving the
+    bench database, and of this process (the clients), read from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {"server": 0.0, "postgres": 0.0}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # exited while we looked
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if server_pgid is not None and int(fields[2]) == server_pgid:
+            totals["server"] += seconds
+        elif cmdline.startswith(b"postgres:") and BENCH_DB.encode() in cmdline:
+            totals["postgres"] += seconds
+    own = os.times()
+    totals["clients"] = own.user + own.system
+    if server_pgid is None:
+        del totals["server"]
+    return totals
 
 
 def prepare_database() -> str:
@@ -214,9 +250,10 @@ class Client:
         return f"{response.status} {location}"
 
 
-def run_threads(clients: int, total: int, work) -> Run:
+def run_threads(clients: int, total: int, work, server_pgid: int | None = None) -> Run:
     """``total`` calls of ``work(index)`` spread over ``clients`` threads, timed each."""
     run = Run()
+    measure = Path("/proc/self/stat").exists()
     lock = threading.Lock()
     remaining = iter(range(total))
     barrier = threading.Barrier(clients + 1)
@@ -242,17 +279,21 @@ def run_threads(clients: int, total: int, work) -> Run:
         t.start()
     barrier.wait()
     started = time.perf_counter()
+    before = _cpu_by_group(server_pgid) if measure else {}
     for t in threads:
         t.join()
     run.seconds = time.perf_counter() - started
+    if measure:
+        after = _cpu_by_group(server_pgid)
+        run.cpu = {k: after[k] - before[k] for k in after}
     return run
 
 
-def http_run(port: int, sessions: list[str], clients: int, total: int) -> Run:
+def http_run(port: int, sessions: list[str], clients: int, total: int, server_pgid: int) -> Run:
     def make(index: int):
         return Client(port, sessions[index % len(sessions)]).checkout
 
-    return run_threads(clients, total, make)
+    return run_threads(clients, total, make, server_pgid)
 
 
 RAW_LOCK = """SELECT id FROM pools_vm WHERE pool_id = %s AND state = 'ready'
@@ -265,8 +306,11 @@ RAW_INSERT = """INSERT INTO leases_lease (vm_id, pool_id, user_id, started_at, e
 def raw_run(url: str, pool_id: int, user_ids: list[int], clients: int, total: int) -> Run:
     import psycopg
 
+    conns = []
+
     def make(index: int):
         conn = psycopg.connect(url)
+        conns.append(conn)  # kept open until measured: a closed backend's CPU time is gone from /proc
         user_id = user_ids[index % len(user_ids)]
 
         def checkout() -> str | None:
@@ -280,7 +324,11 @@ def raw_run(url: str, pool_id: int, user_ids: list[int], clients: int, total: in
 
         return checkout
 
-    return run_threads(clients, total, make)
+    try:
+        return run_threads(clients, total, make)
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 def double_leases(url: str) -> tuple[int, int, int]:
@@ -309,11 +357,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkouts", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    # As `make demo` runs it (apps/core/management/commands/demo.py); 3 workers measured no faster here.
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
 
+    load_at_start = os.getloadavg()[0]
     url = prepare_database()
     http_vms = WARMUP + args.checkouts
     sessions, pool_id, raw_pool_id = seed(http_vms, WARMUP + args.checkouts)
@@ -323,8 +373,8 @@ def main() -> None:
     # The per-user limit stays on (so its query runs) but high enough for every checkout.
     proc = start_gunicorn(port, args.workers, args.threads, max_leases=http_vms)
     try:
-        http_run(port, sessions, args.clients, WARMUP)
-        web = http_run(port, sessions, args.clients, args.checkouts)
+        http_run(port, sessions, args.clients, WARMUP, proc.pid)
+        web = http_run(port, sessions, args.clients, args.checkouts, proc.pid)
     finally:
         stop(proc)
 
@@ -338,9 +388,12 @@ def main() -> None:
     doubled, leases, leased = double_leases(url)
     clear_nudges()
     print(f"gunicorn gthread, {args.workers} workers x {args.threads} threads; "
-          f"{args.checkouts} checkouts after {WARMUP} warm-up")
+          f"{args.checkouts} checkouts after {WARMUP} warm-up; {os.cpu_count()} cores, load average "
+          f"{load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (others' work skews the rates)")
     print(f"checkout over HTTP, {args.clients} clients: {web.line()}; failures: {len(web.failures)}")
+    print(f"  {web.cpu_line()}")
     print(f"raw psycopg, {args.clients} clients: {raw.line()}; failures: {len(raw.failures)}")
+    print(f"  {raw.cpu_line()}")
     print(f"ratio {raw.rate / web.rate:.2f}x; double leases: {doubled} "
           f"(leases {leases}, VMs leased {leased})")
     met = web.rate >= TARGET_RATE and web.p99 <= TARGET_P99_MS
