@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DB_NAME = "vmportal_bench_fill"
 os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
-os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/14"
+# Redis database 13 is the benches' own: 0 is a demo's, 11-12 and 14-15 other test runs'.
+os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/13"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ["DJANGO_SETTINGS_MODULE"] = "vmportal.settings"
 
