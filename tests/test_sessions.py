@@ -55,6 +55,12 @@ def test_with_redis_down_sessions_are_read_from_the_database(redis_conn, redis_d
 
 
 @pytest.mark.django_db
+def test_with_redis_down_new_sessions_are_saved_to_the_database(redis_conn, redis_down):
+    key = _saved(user="alice").session_key
+    assert Session.objects.filter(session_key=key).exists()
+
+
+@pytest.mark.django_db
 def test_logout_removes_both_copies(redis_conn):
     store = _saved(user="alice")
     key = store.session_key

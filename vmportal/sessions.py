@@ -3,10 +3,11 @@
 Django's cached_db engine, so that a signed-in page costs a Redis GET instead of a
 query, with Redis's copy reached through one client per process rather than Django's
 RedisCache (which builds a client object on every call: a third of a session read).
-Two changes for when Redis is down: a read that fell back to the database does not
-fail on refilling the copy, and a deletion (logout, login's key rotation) clears the
-copy first. Done the other way round, a logout during a Redis outage would remove the
-database row but leave the session in Redis, to be honoured again once Redis came back.
+Changes for when Redis is down: a read that falls back to the database, or a new
+session's check that its key is unused, does not fail on Redis; and a deletion
+(logout, login's key rotation) clears the copy first. Done the other way round, a
+logout during a Redis outage would remove the database row but leave the session in
+Redis, to be honoured again once Redis came back.
 """
 
 from __future__ import annotations
@@ -82,6 +83,15 @@ class SessionStore(CachedDBStore):
         except Exception as exc:  # the database answered; Redis holds only a copy
             log.warning("Session not copied to Redis: %s", exc)
         return data
+
+    def exists(self, session_key: str) -> bool:
+        # Asked when a new session picks its key: with Redis down, sign-ins still work.
+        try:
+            if session_key and (self.cache_key_prefix + session_key) in self._cache:
+                return True
+        except Exception as exc:  # Redis down: the database has every session anyway
+            log.warning("Session key checked in the database only, Redis unavailable: %s", exc)
+        return super(CachedDBStore, self).exists(session_key)
 
     def delete(self, session_key: str | None = None) -> None:
         key = session_key if session_key is not None else self.session_key
