@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django.db import models
 
 
@@ -34,3 +36,8 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk}"
+
+    def is_alive(self, now: datetime, stale_after: timedelta) -> bool:
+        """Queued (a worker will take it), or running with a heartbeat newer than ``stale_after``."""
+        last = self.heartbeat_at or self.started_at or self.created_at
+        return self.status == self.Status.QUEUED or now - last < stale_after

@@ -9,6 +9,7 @@ database, not Redis, is the record of what must happen.
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import django_rq
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -26,6 +27,7 @@ from apps.audit.context import SYSTEM, acting_as
 from apps.jobs.models import Job
 
 log = logging.getLogger(__name__)
+HEARTBEAT_EVERY = 15.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,34 @@ class JobContext:
         line = f"{timezone.now():%H:%M:%S} {message}\n"
         Job.objects.filter(pk=self.job.pk).update(log=Concat(F("log"), Value(line)))
 
+    def heartbeat(self) -> Heartbeat:
+        """``with job.heartbeat():`` around long work, so a dead worker can be told apart."""
+        return Heartbeat(self.job)
+
+
+class Heartbeat:
+    """Touches the Job row every HEARTBEAT_EVERY seconds while the job lives (Job.is_alive)."""
+
+    def __init__(self, job: Job):
+        self.job_id, self.stop = job.pk, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        try:
+            while not self.stop.is_set():
+                Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
+                self.stop.wait(HEARTBEAT_EVERY)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
 
 def enqueue(kind: str, *, target: models.Model | None = None, **args: Any) -> Job:
     try:
@@ -73,6 +103,12 @@ def enqueue(kind: str, *, target: models.Model | None = None, **args: Any) -> Jo
     )
     transaction.on_commit(lambda: push(job))
     return job
+
+
+def unfinished(kind: str, target: models.Model) -> models.QuerySet[Job]:
+    """The queued or running jobs of ``kind`` for ``target``."""
+    return Job.objects.filter(kind=kind, object_type=target._meta.label_lower, object_id=str(target.pk),
+                              status__in=(Job.Status.QUEUED, Job.Status.RUNNING))
 
 
 def rq_job_id(job: Job) -> str:

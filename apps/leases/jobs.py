@@ -13,7 +13,7 @@ from apps.jobs import runner
 from apps.leases import ondemand, vmtasks
 from apps.leases.models import OnDemandRequest, VMTask
 from apps.pools import nudge
-from apps.pools.jobs import _Heartbeat, check_boots, clone_batch
+from apps.pools.jobs import check_boots, clone_batch
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.services import claim_slots
 from apps.vsphere import operations as ops
@@ -31,7 +31,7 @@ def provision(job: runner.JobContext, *, request_pk: int) -> None:
     if req is None:
         job.log("the request was withdrawn before it started")
         return
-    with _Heartbeat(job.job):
+    with job.heartbeat():
         try:
             reason = _provision(job, req)
         except Exception as exc:
@@ -49,7 +49,7 @@ def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
     missing = sorted(set(req.wanted) - set(pools))
     if missing:
         return f"No such pool any more: {', '.join(missing)}."
-    need = {name: n for name, n in req.wanted.items()}
+    need = dict(req.wanted)
     failures = dict.fromkeys(pools, 0)
     booting: dict[str, dict[str, VM]] = {name: {} for name in pools}  # by pool, by moid
     ready: list[VM] = []

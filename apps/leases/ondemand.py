@@ -23,7 +23,6 @@ from django.utils import timezone
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
 from apps.jobs import runner
-from apps.jobs.models import Job
 from apps.leases.models import Lease, OnDemandRequest
 from apps.leases.services import _check_limits, is_admin
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
@@ -140,12 +139,7 @@ def _discard_unleased(req: OnDemandRequest, reason: str) -> None:
 
 def _job_alive(req: OnDemandRequest) -> bool:
     now = timezone.now()
-    for job in Job.objects.filter(kind="leases.ondemand", object_type="leases.ondemandrequest",
-                                  object_id=str(req.pk), status__in=(Job.Status.QUEUED, Job.Status.RUNNING)):
-        last = job.heartbeat_at or job.started_at or job.created_at
-        if job.status == Job.Status.QUEUED or now - last < STALE_AFTER:
-            return True
-    return False
+    return any(job.is_alive(now, STALE_AFTER) for job in runner.unfinished("leases.ondemand", req))
 
 
 def start(req_pk: int) -> OnDemandRequest | None:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.firstboot import services as firstboot
 from apps.inventory.models import Folder
 from apps.jobs import runner
-from apps.jobs.models import Job
 from apps.pools import nudge, placement, templates
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.services import (
@@ -31,36 +28,11 @@ from apps.vsphere.session import Endpoint, connect
 from apps.vsphere.types import OWNER_KEY, CloneSpec
 
 log = logging.getLogger(__name__)
-HEARTBEAT_EVERY = 15.0
 BOOT_POLL = 0.5  # seconds between looks at booting guests when there is nothing to clone
 
 
 def marker_for(vm: VM) -> str:
     return f"{settings.VMPORTAL_INSTANCE_ID}:{vm.pk}"
-
-
-class _Heartbeat:
-    """Touches the Job row while the job lives, so reconcile can tell a dead one."""
-
-    def __init__(self, job: Job):
-        self.job_id, self.stop = job.pk, threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        try:
-            while not self.stop.is_set():
-                Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
-                self.stop.wait(HEARTBEAT_EVERY)
-        finally:
-            connection.close()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
 
 
 @runner.handler("pools.fill", queue="clone")
@@ -79,7 +51,7 @@ def fill(job: runner.JobContext, *, pool_id: int) -> None:
     booting: dict[str, VM] = {}  # by moid
     counts = {"ready": 0, "failed": 0}
     claiming = True
-    with _Heartbeat(job.job), ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:
+    with job.heartbeat(), ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:
         while claiming or booting:
             batch = claim_slots(pool_id, width) if claiming else []
             if batch:

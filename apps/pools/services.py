@@ -86,21 +86,10 @@ DESTROY_RETRY_AFTER = timedelta(minutes=2)
 PURGE_EVERY = timedelta(minutes=5)
 
 
-def _job_pending(kind: str, obj) -> bool:
-    return Job.objects.filter(
-        kind=kind, object_type=obj._meta.label_lower, object_id=str(obj.pk),
-        status__in=(Job.Status.QUEUED, Job.Status.RUNNING),
-    ).exists()
-
-
 def _fill_job_alive(pool: Pool) -> bool:
     now = timezone.now()
-    for job in Job.objects.filter(
-        kind="pools.fill", object_type="pools.pool", object_id=str(pool.pk),
-        status__in=(Job.Status.QUEUED, Job.Status.RUNNING),
-    ):
-        last = job.heartbeat_at or job.started_at or job.created_at
-        if job.status == Job.Status.QUEUED or now - last < FILL_HEARTBEAT_TIMEOUT:
+    for job in runner.unfinished("pools.fill", pool):
+        if job.is_alive(now, FILL_HEARTBEAT_TIMEOUT):
             return True
         # Its worker died: give the slot accounting back and let a new job take over.
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
@@ -147,7 +136,7 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
     for vm in vms.filter(state=VMState.FAILED):
         _destroy(vm, vm.state_reason or "failed", report)
     for vm in vms.filter(state=VMState.DESTROYING, state_changed_at__lt=now - DESTROY_RETRY_AFTER):
-        if not _job_pending("pools.destroy", vm):
+        if not runner.unfinished("pools.destroy", vm).exists():
             VM.objects.filter(pk=vm.pk).update(state_changed_at=now)  # next retry after another interval
             runner.enqueue("pools.destroy", target=vm, vm_id=vm.pk)
 
