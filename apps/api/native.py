@@ -224,16 +224,25 @@ def list_leases(request, all: bool = False):  # noqa: A002 - the query parameter
     return [_lease_out(lease) for lease in qs[:1000]]
 
 
-@api.post("/leases", response={201: list[LeaseOut], **ERRORS}, tags=["leases"])
-def checkout(request, payload: CheckoutIn):
-    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=payload.pools)}
-    unknown = sorted(set(payload.pools) - set(pools))
+def _pools_for(names: list[str]) -> list[Pool]:
+    """One pool per entry of ``names`` (a name may repeat); 404 naming any unknown ones."""
+    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=names)}
+    unknown = sorted(set(names) - set(pools))
     if unknown:
         raise NotFound(f"No such pool: {', '.join(unknown)}.")
+    return [pools[n] for n in names]
+
+
+def _lifetime(hours: float | None) -> timedelta | None:
+    return timedelta(hours=hours) if hours else None
+
+
+@api.post("/leases", response={201: list[LeaseOut], **ERRORS}, tags=["leases"])
+def checkout(request, payload: CheckoutIn):
+    pools = _pools_for(payload.pools)
     tags = lease_tags.validate_tags(payload.tags)
-    lifetime = timedelta(hours=payload.lifetime_hours) if payload.lifetime_hours else None
     with CHECKOUT_SECONDS.time():
-        leased = leases.checkout(user=request.user, pools=[pools[n] for n in payload.pools], lifetime=lifetime,
+        leased = leases.checkout(user=request.user, pools=pools, lifetime=_lifetime(payload.lifetime_hours),
                                  note=payload.note, tags=tags)
     return Status(201, [_lease_out(lease) for lease in leased])
 
@@ -307,14 +316,10 @@ def _ondemand_out(req: OnDemandRequest) -> dict:
 @api.post("/ondemand", response={201: OnDemandOut, **ERRORS}, tags=["on-demand"])
 def create_ondemand(request, payload: OnDemandIn):
     """Clone VMs for you (when pools have none ready); poll the request until it is ready."""
-    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=payload.pools)}
-    unknown = sorted(set(payload.pools) - set(pools))
-    if unknown:
-        raise NotFound(f"No such pool: {', '.join(unknown)}.")
+    pools = _pools_for(payload.pools)
     tags = lease_tags.validate_tags(payload.tags)
-    lifetime = timedelta(hours=payload.lifetime_hours) if payload.lifetime_hours else None
-    req = ondemand.request_vms(user=request.user, pools=[pools[n] for n in payload.pools],
-                               request_id=payload.request_id, lifetime=lifetime, note=payload.note, tags=tags)
+    req = ondemand.request_vms(user=request.user, pools=pools, request_id=payload.request_id,
+                               lifetime=_lifetime(payload.lifetime_hours), note=payload.note, tags=tags)
     return Status(201, _ondemand_out(req))
 
 

@@ -18,17 +18,17 @@ from apps.pools.models import VM, Pool, Template, VMState
 from apps.pools.services import discard_vm
 
 
-def _reconfigure(pool_id: int, action: str, **changes) -> bool:
-    """Through the one pool-reconfigure service (lock, validation, audit, nudge); True
-    when something changed."""
-    pool = Pool.objects.select_for_update().get(pk=pool_id)
+def _reconfigure(pool_id: int, action: str, **changes) -> Pool | None:
+    """Through the one pool-reconfigure service (lock, validation, audit, nudge); the pool
+    as it was before, or None when nothing changed."""
+    pool = Pool.objects.select_for_update(of=("self",)).select_related("template").get(pk=pool_id)
     if all(getattr(pool, name) == value for name, value in changes.items()):
-        return False
+        return None
     try:
         pool_services.update_pool(pool_id=pool_id, changes=changes, action=action)
     except ValidationError as exc:
         raise VmPortalError(" ".join(exc.messages)) from None
-    return True
+    return pool
 
 
 @transaction.atomic
@@ -36,11 +36,11 @@ def set_pool_size(*, pool_id: int, size: int) -> bool:
     """Set a pool's size; True when it changed. Callers check that the user is an admin."""
     if size < 0 or size > settings.VMPORTAL_API_MAX_POOL_SIZE:
         raise VmPortalError(f"A pool size must be between 0 and {settings.VMPORTAL_API_MAX_POOL_SIZE}.")
-    pool = Pool.objects.select_for_update().get(pk=pool_id)
-    changed = _reconfigure(pool_id, "pool.resize", size=size)
-    if changed:
-        PoolOverride.objects.get_or_create(pool=pool, field=PoolOverride.Field.SIZE, defaults={"original": pool.size})
-    return changed
+    before = _reconfigure(pool_id, "pool.resize", size=size)
+    if before is not None:
+        PoolOverride.objects.get_or_create(pool=before, field=PoolOverride.Field.SIZE,
+                                           defaults={"original": before.size})
+    return before is not None
 
 
 @transaction.atomic
@@ -50,7 +50,7 @@ def set_pool_target(*, pool_id: int, template_name: str | None = None, cluster_n
     The template must be ready in the target cluster; ready VMs of the old template stay
     until the pool manager drains them, leased ones until they are returned.
     """
-    pool = Pool.objects.select_related("cluster", "template").get(pk=pool_id)
+    pool = Pool.objects.select_related("cluster").get(pk=pool_id)
     vcenter_id = pool.cluster.vcenter_id
     changes: dict = {}
     if template_name is not None:
@@ -61,11 +61,11 @@ def set_pool_target(*, pool_id: int, template_name: str | None = None, cluster_n
         changes["cluster"] = Cluster.objects.filter(vcenter_id=vcenter_id, name=cluster_name).first()
         if changes["cluster"] is None:
             raise NotFound(f"No cluster {cluster_name[:80]!r} on the pool's vCenter.")
-    before = pool.template.name if "template" in changes else None
-    changed = _reconfigure(pool_id, "pool.retarget", **changes)
-    if changed and before is not None and changes["template"].name != before:
-        PoolOverride.objects.get_or_create(pool=pool, field=PoolOverride.Field.TEMPLATE, defaults={"original": before})
-    return changed
+    before = _reconfigure(pool_id, "pool.retarget", **changes)
+    if before is not None and "template" in changes and changes["template"].pk != before.template_id:
+        PoolOverride.objects.get_or_create(pool=before, field=PoolOverride.Field.TEMPLATE,
+                                           defaults={"original": before.template.name})
+    return before is not None
 
 
 @transaction.atomic

@@ -47,21 +47,41 @@ def _count(value: object, what: str) -> int:
     return n
 
 
+def _pools_named(wanted: Counter) -> dict[str, Pool]:
+    """The pools ``wanted`` names, by name; 404 naming any that do not exist."""
+    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=wanted)}
+    unknown = sorted(set(wanted) - set(pools))
+    if unknown:
+        raise ApiError(f"No such pool: {', '.join(unknown)}.", 404)
+    return pools
+
+
+def _api_lifetime() -> timedelta | None:
+    hours = settings.VMPORTAL_API_DEFAULT_LIFETIME_HOURS
+    return timedelta(hours=hours) if hours else None
+
+
+def _wanted_in(body: dict) -> Counter:
+    """vmpooler's {"pool": "count", …} body as a Counter (counts checked to be whole numbers)."""
+    return Counter({str(k): _count(v, str(k)[:64]) for k, v in body.items()})
+
+
+def _names_in(path: str) -> list[str]:
+    """vmpooler's "poolA+poolB+poolA" path segment: one name per VM."""
+    return [p for p in path.split("+") if p]
+
+
 def _checkout(request: HttpRequest, wanted: Counter) -> HttpResponse:
     total = sum(wanted.values())
     limit = settings.VMPORTAL_API_MAX_VMS_PER_REQUEST
     if not wanted or total < 1 or total > limit or min(wanted.values()) < 1:
         raise ApiError(f"Ask for between 1 and {limit} VMs, at least one from each pool named.")
-    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=wanted)}
-    unknown = sorted(set(wanted) - set(pools))
-    if unknown:
-        raise ApiError(f"No such pool: {', '.join(unknown)}.", 404)
-    lifetime = timedelta(hours=settings.VMPORTAL_API_DEFAULT_LIFETIME_HOURS) \
-        if settings.VMPORTAL_API_DEFAULT_LIFETIME_HOURS else None
+    pools = _pools_named(wanted)
     requested = [pools[name] for name, n in wanted.items() for _ in range(n)]
     try:
         with CHECKOUT_SECONDS.time():
-            leased = leases.checkout(user=request.user, pools=requested, lifetime=lifetime, note="vmpooler API")
+            leased = leases.checkout(user=request.user, pools=requested, lifetime=_api_lifetime(),
+                                     note="vmpooler API")
     except leases.PoolEmpty as exc:
         # vmpooler's all-or-nothing answer: nothing was leased, 503.
         raise ApiError(str(exc), 503) from None
@@ -81,14 +101,14 @@ def _checkout_body(request: HttpRequest) -> HttpResponse:
     body = json_body(request)
     if not isinstance(body, dict) or not body:
         raise ApiError('Send an object of pool: count, e.g. {"debian-12": "2"}.')
-    return _checkout(request, Counter({str(k): _count(v, str(k)[:64]) for k, v in body.items()}))
+    return _checkout(request, _wanted_in(body))
 
 
 vm_collection = api_view()({"GET": _list_pools, "POST": _checkout_body})
 
 
 def _checkout_path(request: HttpRequest, pools: str) -> HttpResponse:
-    names = [p for p in pools.split("+") if p]
+    names = _names_in(pools)
     if len(names) > settings.VMPORTAL_API_MAX_VMS_PER_REQUEST:
         raise ApiError(f"Ask for at most {settings.VMPORTAL_API_MAX_VMS_PER_REQUEST} VMs.")
     return _checkout(request, Counter(names))
@@ -221,14 +241,9 @@ def _ondemand(request: HttpRequest, wanted: Counter, request_id: str = "") -> Ht
         raise ApiError("Ask for at least one VM from each pool named.")
     if total > settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST:
         raise ApiError(f"Ask for at most {settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST} VMs on demand.", 403)
-    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=wanted)}
-    unknown = sorted(set(wanted) - set(pools))
-    if unknown:
-        raise ApiError(f"No such pool: {', '.join(unknown)}.", 404)
-    lifetime = timedelta(hours=settings.VMPORTAL_API_DEFAULT_LIFETIME_HOURS) \
-        if settings.VMPORTAL_API_DEFAULT_LIFETIME_HOURS else None
+    pools = _pools_named(wanted)
     req = ondemand.request_vms(user=request.user, pools=[pools[n] for n, k in wanted.items() for _ in range(k)],
-                               request_id=request_id, lifetime=lifetime, note="vmpooler API (on demand)")
+                               request_id=request_id, lifetime=_api_lifetime(), note="vmpooler API (on demand)")
     return ok({"request_id": req.request_id}, status=201)
 
 
@@ -239,14 +254,11 @@ def _ondemand_body(request: HttpRequest) -> HttpResponse:
     request_id = body.pop("request_id", "")
     if not isinstance(request_id, str):
         raise ApiError("request_id must be a string.")
-    return _ondemand(request, Counter({str(k): _count(v, str(k)[:64]) for k, v in body.items()}), request_id)
+    return _ondemand(request, _wanted_in(body), request_id)
 
 
 def _ondemand_path(request: HttpRequest, pools: str) -> HttpResponse:
-    names = [p for p in pools.split("+") if p]
-    if len(names) > settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST:
-        raise ApiError(f"Ask for at most {settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST} VMs on demand.", 403)
-    return _ondemand(request, Counter(names))
+    return _ondemand(request, Counter(_names_in(pools)))
 
 
 def _ondemand_status(request: HttpRequest, request_id: str) -> HttpResponse:
