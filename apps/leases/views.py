@@ -110,15 +110,21 @@ def ondemand_status(request: HttpRequest, request_id: str) -> HttpResponse:
     return render(request, "leases/partials/_ondemand_status.html", ondemand.describe(req), status=status)
 
 
+def _refused(request: HttpRequest, exc: VmPortalError, back: HttpResponse) -> HttpResponse:
+    """An action that was refused: "no such thing" as a 404 page, anything else as a
+    message on the page the person came from (``back``)."""
+    if exc.http_status == 404:
+        return render(request, "error.html", {"message": str(exc)}, status=404)
+    messages.error(request, str(exc))
+    return back
+
+
 @require_POST
 def ondemand_cancel(request: HttpRequest, request_id: str) -> HttpResponse:
     try:
         req = ondemand.cancel(user=request.user, request_id=request_id)
     except VmPortalError as exc:
-        if exc.http_status == 404:
-            return render(request, "error.html", {"message": str(exc)}, status=404)
-        messages.error(request, str(exc))
-        return redirect("ondemand-detail", request_id=request_id)
+        return _refused(request, exc, redirect("ondemand-detail", request_id=request_id))
     messages.success(request, "Request cancelled; anything made for it will be destroyed.")
     return redirect("ondemand-detail", request_id=req.request_id)
 
@@ -128,10 +134,7 @@ def ondemand_retry(request: HttpRequest, request_id: str) -> HttpResponse:
     try:
         req = ondemand.retry(user=request.user, request_id=request_id)
     except VmPortalError as exc:
-        if exc.http_status == 404:
-            return render(request, "error.html", {"message": str(exc)}, status=404)
-        messages.error(request, str(exc))
-        return redirect("ondemand-detail", request_id=request_id)
+        return _refused(request, exc, redirect("ondemand-detail", request_id=request_id))
     messages.info(request, "Trying again.")
     return redirect("ondemand-detail", request_id=req.request_id)
 
@@ -157,16 +160,15 @@ def lease_detail(request: HttpRequest, lease_id: int) -> HttpResponse:
 @require_POST
 def extend(request: HttpRequest, lease_id: int) -> HttpResponse:
     by = EXTEND_CHOICES.get(request.POST.get("hours", ""))
+    back = redirect("lease-detail", lease_id=lease_id)
     try:
         if by is None:
             raise VmPortalError("Choose how long to extend by: 1, 4 or 24 hours.")
         lease = services.extend(user=request.user, lease_id=lease_id, by=by)
-        messages.success(request, f"Extended until {lease.expires_at:%Y-%m-%d %H:%M} UTC.")
     except VmPortalError as exc:
-        if exc.http_status == 404:
-            return render(request, "error.html", {"message": str(exc)}, status=404)
-        messages.error(request, str(exc))
-    return redirect("lease-detail", lease_id=lease_id)
+        return _refused(request, exc, back)
+    messages.success(request, f"Extended until {lease.expires_at:%Y-%m-%d %H:%M} UTC.")
+    return back
 
 
 @require_POST
@@ -174,9 +176,6 @@ def return_lease(request: HttpRequest, lease_id: int) -> HttpResponse:
     try:
         lease = services.return_lease(user=request.user, lease_id=lease_id)
     except VmPortalError as exc:
-        if exc.http_status == 404:
-            return render(request, "error.html", {"message": str(exc)}, status=404)
-        messages.error(request, str(exc))
-        return redirect("lease-detail", lease_id=lease_id)
+        return _refused(request, exc, redirect("lease-detail", lease_id=lease_id))
     messages.success(request, f"{lease.vm.name} returned; it will be destroyed and the pool refilled.")
     return redirect("my-leases")
