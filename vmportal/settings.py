@@ -158,6 +158,9 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns about a missi
 WHITENOISE_USE_FINDERS = True
 
 # --- pools and leases ------------------------------------------------------------------
+# A running job whose heartbeat is older than this many seconds lost its worker: the pool
+# manager fails it and retries or compensates its work (workers beat three times as often).
+VMPORTAL_JOB_STALE_AFTER = env_int("VMPORTAL_JOB_STALE_AFTER", 45, minimum=3)
 # Most clone tasks in flight across all vCenters (each vCenter also has its own limit).
 VMPORTAL_CLONE_LIMIT = env_int("VMPORTAL_CLONE_LIMIT", 20, minimum=1)
 # Active leases one engineer may hold at once (0: no limit; admins are exempt).

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from django.utils import timezone
+
 from apps.firstboot import services
+from apps.firstboot.models import KeyDelivery
 from apps.jobs import runner
+from apps.jobs.models import Job
 
 
-@runner.handler("firstboot.add_keys", queue="default")
+def keys_not_added(job: Job, reason: str) -> None:
+    """``firstboot.add_keys``'s hook when its worker died or it raised: say so on the lease."""
+    KeyDelivery.objects.filter(lease_id=job.args["lease_id"], state=KeyDelivery.State.PENDING).update(
+        state=KeyDelivery.State.FAILED, detail=f"Stopped before your keys were added: {reason}",
+        updated_at=timezone.now())
+
+
+@runner.handler("firstboot.add_keys", queue="default", on_lost=keys_not_added, on_failure=keys_not_added)
 def add_keys(job: runner.JobContext, *, lease_id: int) -> None:
     services.deliver_keys(lease_id, say=job.log)

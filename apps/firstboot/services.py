@@ -122,10 +122,15 @@ def allocate_addresses(pool: Pool, vms: list[VM]) -> list[VM]:
     return kept
 
 
-def release(vm: VM) -> None:
-    """A destroyed VM gives back its address and forgets its password."""
-    IPAllocation.objects.filter(vm=vm).delete()
-    VMSecret.objects.filter(vm=vm).delete()
+def release(vm: VM) -> int:
+    """A destroyed VM gives back its address and forgets its password; how many addresses.
+
+    Call in the transaction that makes the row destroyed: only a destroyed VM's address
+    goes, and a second call (a destroy run twice) finds nothing left to release.
+    """
+    released, _ = IPAllocation.objects.filter(vm=vm, vm__state=VMState.DESTROYED).delete()
+    VMSecret.objects.filter(vm=vm, vm__state=VMState.DESTROYED).delete()
+    return released
 
 
 # ---------------------------------------------------------------- clone plans

@@ -25,7 +25,7 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Long jobs touch this while alive; a stale one means its worker died.
+    # The runner touches this while the job runs; a stale one means its worker died.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     log = models.TextField(blank=True)

@@ -4,6 +4,13 @@ Services call ``enqueue`` inside their transaction; the RQ job is pushed only wh
 transaction commits, so a worker never sees a job for a row that was rolled back. When
 Redis is down the row stays ``queued`` and ``requeue_lost`` pushes it again later: the
 database, not Redis, is the record of what must happen.
+
+Liveness is one rule for every kind: ``run`` beats a heartbeat on the Job row while the
+handler runs, and ``reap_lost`` (called by the pool manager's cycle) fails a running Job
+whose heartbeat is older than VMPORTAL_JOB_STALE_AFTER seconds, then calls its kind's
+``on_lost`` hook to retry or compensate. ``on_failure`` is the same kind of hook for a
+handler that raised. Hooks touch only the database (no vSphere) and must be safe to run
+twice.
 """
 
 from __future__ import annotations
@@ -13,21 +20,24 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import django_rq
+from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import F, Value
-from django.db.models.functions import Concat
+from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from apps.audit.context import SYSTEM, acting_as
+from apps.audit.context import SYSTEM, Actor, acting_as
 from apps.jobs.models import Job
 
 log = logging.getLogger(__name__)
-HEARTBEAT_EVERY = 15.0  # seconds
+
+# ``hook(job, reason)``: retry or compensate what a Job that did not finish left behind.
+Hook = Callable[[Job, str], None]
 
 
 @dataclass(frozen=True)
@@ -38,16 +48,41 @@ class Handler:
 
 
 _handlers: dict[str, Handler] = {}
+_on_lost: dict[str, Hook] = {}
+_on_failure: dict[str, Hook] = {}
 
 
-def handler(kind: str, *, queue: str = "default"):
-    """Register ``func(job: JobContext, **args)`` as the body of jobs of ``kind``."""
+def handler(kind: str, *, queue: str = "default", on_lost: Hook | None = None, on_failure: Hook | None = None):
+    """Register ``func(job: JobContext, **args)`` as the body of jobs of ``kind``.
+
+    ``on_lost`` runs when the job's worker died (heartbeat stale); ``on_failure`` when the
+    handler raised. Without them the Job is only marked failed.
+    """
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         _handlers[kind] = Handler(kind=kind, queue=queue, func=func)
+        compensate(kind, on_lost=on_lost, on_failure=on_failure)
         return func
 
     return register
+
+
+def compensate(*kinds: str, on_lost: Hook | None = None, on_failure: Hook | None = None) -> None:
+    """Set the hooks of ``kinds`` where they are defined apart from the handler."""
+    for kind in kinds:
+        if on_lost is not None:
+            _on_lost[kind] = on_lost
+        if on_failure is not None:
+            _on_failure[kind] = on_failure
+
+
+def stale_after() -> timedelta:
+    return timedelta(seconds=settings.VMPORTAL_JOB_STALE_AFTER)
+
+
+def heartbeat_every() -> float:
+    # Three beats fit in the stale bound, so one slow UPDATE never makes a live job look dead.
+    return settings.VMPORTAL_JOB_STALE_AFTER / 3
 
 
 class JobContext:
@@ -60,13 +95,9 @@ class JobContext:
         line = f"{timezone.now():%H:%M:%S} {message}\n"
         Job.objects.filter(pk=self.job.pk).update(log=Concat(F("log"), Value(line)))
 
-    def heartbeat(self) -> Heartbeat:
-        """``with job.heartbeat():`` around long work, so a dead worker can be told apart."""
-        return Heartbeat(self.job)
-
 
 class Heartbeat:
-    """Touches the Job row every HEARTBEAT_EVERY seconds while the job lives (Job.is_alive)."""
+    """Touches the Job row every ``heartbeat_every()`` seconds while ``run`` runs the handler."""
 
     def __init__(self, job: Job):
         self.job_id, self.stop = job.pk, threading.Event()
@@ -76,7 +107,7 @@ class Heartbeat:
         try:
             while not self.stop.is_set():
                 Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
-                self.stop.wait(HEARTBEAT_EVERY)
+                self.stop.wait(heartbeat_every())
         finally:
             connection.close()
 
@@ -130,27 +161,76 @@ def push(job: Job) -> bool:
 
 def run(job_id: int) -> str:
     """The RQ entry point. Runs a Job at most once, even if RQ delivers it twice."""
+    now = timezone.now()
     claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
-        status=Job.Status.RUNNING, started_at=timezone.now()
+        status=Job.Status.RUNNING, started_at=now, heartbeat_at=now
     )
     if not claimed:
         return "already taken"
     job = Job.objects.get(pk=job_id)
     ctx = JobContext(job)
+    # Only a still-running row is finished here: a job the reaper already declared lost
+    # (and compensated) keeps that verdict, whatever its slow worker says afterwards.
+    running = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING)
     try:
-        with acting_as(SYSTEM):
+        with Heartbeat(job), acting_as(Actor(user_id=None, name=SYSTEM.name, job_id=job.pk)):
             _handlers[job.kind].func(ctx, **job.args)
     except Exception as exc:
         log.exception("Job %s (%s) failed", job.pk, job.kind)
-        Job.objects.filter(pk=job.pk).update(
+        reason = f"{type(exc).__name__}: {exc}"[:4000]
+        failed = running.update(
             status=Job.Status.FAILED,
             finished_at=timezone.now(),
-            error=f"{type(exc).__name__}: {exc}"[:4000],
+            error=reason,
             log=Concat(F("log"), Value(traceback.format_exc(limit=5)[-4000:])),
         )
+        if failed and (hook := _on_failure.get(job.kind)):
+            _call_hook(hook, job, reason)
         return "failed"
-    Job.objects.filter(pk=job.pk).update(status=Job.Status.SUCCEEDED, finished_at=timezone.now())
+    if not running.update(status=Job.Status.SUCCEEDED, finished_at=timezone.now()):
+        return "lost"
     return "succeeded"
+
+
+def _call_hook(hook: Hook, job: Job, reason: str) -> None:
+    try:
+        with transaction.atomic(), acting_as(SYSTEM):
+            hook(job, reason)
+    except Exception:
+        log.exception("Compensation of job %s (%s) failed", job.pk, job.kind)
+
+
+def reap_lost(*, now: datetime | None = None) -> int:
+    """Fail running Jobs whose heartbeat stopped (their worker died) and compensate each.
+
+    The conditional UPDATE and the kind's ``on_lost`` hook share one transaction: one
+    reaper wins each Job, and a hook that fails leaves the Job running for the next cycle.
+    """
+    now = now or timezone.now()
+    bound = stale_after()
+    lost = Job.objects.filter(status=Job.Status.RUNNING).annotate(
+        last_beat=Coalesce("heartbeat_at", "started_at", "created_at")
+    ).filter(last_beat__lt=now - bound)
+    reaped = 0
+    for job in lost.order_by("pk")[:500]:
+        last = job.heartbeat_at or job.started_at or job.created_at
+        silent, limit = int((now - last).total_seconds()), int(bound.total_seconds())
+        reason = (f"The worker running {job.kind} #{job.pk} stopped before it finished "
+                  f"(no heartbeat for {silent} s; the bound is {limit} s).")
+        try:
+            with transaction.atomic(), acting_as(SYSTEM):
+                if not Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, heartbeat_at=job.heartbeat_at).update(
+                        status=Job.Status.FAILED, finished_at=now, error=reason):
+                    continue  # it finished, or beat, meanwhile
+                job.status, job.error = Job.Status.FAILED, reason
+                if hook := _on_lost.get(job.kind):
+                    hook(job, reason)
+        except Exception:
+            log.exception("Compensation of lost job %s (%s) failed; retried next cycle", job.pk, job.kind)
+            continue
+        log.warning("%s", reason)
+        reaped += 1
+    return reaped
 
 
 def requeue_lost(older_than: timedelta = timedelta(seconds=30)) -> int:

@@ -10,12 +10,13 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.jobs import runner
+from apps.jobs.models import Job
 from apps.leases import ondemand, vmtasks
 from apps.leases.models import OnDemandRequest, VMTask
 from apps.pools import nudge
 from apps.pools.jobs import check_boots, clone_batch
 from apps.pools.models import VM, Pool, VMState
-from apps.pools.services import claim_slots
+from apps.pools.services import claim_slots, fail_orphaned_clones
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Endpoint, connect
@@ -25,18 +26,24 @@ POLL = 0.5  # seconds between looks while guests boot or clone slots are taken
 SLOT_WAIT = timedelta(minutes=10)
 
 
-@runner.handler("leases.ondemand", queue="default")  # a person waits: not behind pool fills
+def request_ended(job: Job, reason: str) -> None:
+    """``leases.ondemand``'s hook when its worker died or it raised: the request fails with
+    the reason, and the clones it left "cloning" fail too (freeing their slots)."""
+    req = OnDemandRequest.objects.filter(pk=job.args["request_pk"]).first()
+    if req is None:
+        return
+    ondemand.fail(req, f"Stopped before the VMs were ready: {reason.rstrip('.')}. Retry the request.")
+    fail_orphaned_clones(req.vms.all(), f"Its on-demand job ended before the clone was recorded: {reason}")
+
+
+@runner.handler("leases.ondemand", queue="default",  # a person waits: not behind pool fills
+                on_lost=request_ended, on_failure=request_ended)
 def provision(job: runner.JobContext, *, request_pk: int) -> None:
     req = ondemand.start(request_pk)
     if req is None:
         job.log("the request was withdrawn before it started")
         return
-    with job.heartbeat():
-        try:
-            reason = _provision(job, req)
-        except Exception as exc:
-            ondemand.fail(req, f"Unexpected error: {exc}")
-            raise
+    reason = _provision(job, req)
     if reason:
         job.log(f"failed: {reason}")
         ondemand.fail(req, reason)
@@ -121,7 +128,15 @@ def _retry_or_reason(pool: Pool, failed: list[VM], need: dict[str, int], failure
     return ""
 
 
-@runner.handler("leases.vm_task", queue="default")
+def vm_task_ended(job: Job, reason: str) -> None:
+    """``leases.vm_task``'s hook when its worker died or it raised: the task fails with the
+    reason (a disk or snapshot vCenter made anyway is the lessee's to see; we do not guess)."""
+    task = VMTask.objects.filter(pk=job.args["task_id"]).first()
+    if task is not None:
+        vmtasks.finish(task, f"Stopped before it was done: {reason.rstrip('.')}. Try again.")
+
+
+@runner.handler("leases.vm_task", queue="default", on_lost=vm_task_ended, on_failure=vm_task_ended)
 def vm_task(job: runner.JobContext, *, task_id: int) -> None:
     task = VMTask.objects.select_related("lease__vm__vcenter").get(pk=task_id)
     vm = task.lease.vm

@@ -59,10 +59,11 @@ def revert(*, user: AbstractBaseUser, lease_id: int, snapshot_id: str) -> VMTask
     return _queue(lease, kind=VMTask.Kind.REVERT, snapshot=snapshot_id)
 
 
-def finish(task: VMTask, error: str = "") -> None:
-    VMTask.objects.filter(pk=task.pk).update(
+def finish(task: VMTask, error: str = "") -> bool:
+    """Record a queued task's outcome; False if it already has one (a job run twice, or lost)."""
+    return bool(VMTask.objects.filter(pk=task.pk, status=VMTask.Status.QUEUED).update(
         status=VMTask.Status.FAILED if error else VMTask.Status.DONE, error=error, finished_at=timezone.now()
-    )
+    ))
 
 
 def disks_of(lease: Lease) -> list[str]:

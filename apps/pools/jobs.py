@@ -7,16 +7,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from apps.audit import services as audit
+from apps.core.states import TransitionError
 from apps.firstboot import services as firstboot
 from apps.inventory.models import Folder
 from apps.jobs import runner
+from apps.jobs.models import Job
 from apps.pools import nudge, placement, templates
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.services import (
     claim_slots,
+    fail_orphaned_clones,
     find_strays,
     mark_degraded,
     record_clone_failure,
@@ -35,7 +39,20 @@ def marker_for(vm: VM) -> str:
     return f"{settings.VMPORTAL_INSTANCE_ID}:{vm.pk}"
 
 
-@runner.handler("pools.fill", queue="clone")
+def release_fill_slots(job: Job, reason: str) -> None:
+    """``pools.fill``'s hook when its worker died or it raised: the slots it claimed and
+    left "cloning" fail now (freeing them), and reconcile cleans them up."""
+    pool_id = job.args["pool_id"]
+    others = Job.objects.filter(kind=job.kind, object_type=job.object_type, object_id=job.object_id,
+                                status=Job.Status.RUNNING).exclude(pk=job.pk)
+    if others.exists():
+        return  # at most one fill runs per pool; should another, its rows are not ours to fail
+    fail_orphaned_clones(VM.objects.filter(pool_id=pool_id, on_demand=False),
+                         f"Its clone job ended before the clone was recorded: {reason}")
+    nudge.nudge(pool_id)
+
+
+@runner.handler("pools.fill", queue="clone", on_lost=release_fill_slots, on_failure=release_fill_slots)
 def fill(job: runner.JobContext, *, pool_id: int) -> None:
     """Clone until the pool is full, ``task_limit`` clone tasks in flight at a time.
 
@@ -51,7 +68,7 @@ def fill(job: runner.JobContext, *, pool_id: int) -> None:
     booting: dict[str, VM] = {}  # by moid
     counts = {"ready": 0, "failed": 0}
     claiming = True
-    with job.heartbeat(), ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:
+    with ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:
         while claiming or booting:
             batch = claim_slots(pool_id, width) if claiming else []
             if batch:
@@ -164,8 +181,16 @@ def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: run
     return ready, failed
 
 
-@runner.handler("pools.destroy", queue="purge")
+def destroy_again(job: Job, reason: str) -> None:
+    """``pools.destroy``'s hook when its worker died: destroy is idempotent, so run it again."""
+    vm = VM.objects.filter(pk=job.args["vm_id"], state=VMState.DESTROYING).first()
+    if vm is not None and not runner.unfinished("pools.destroy", vm).exists():
+        runner.enqueue("pools.destroy", target=vm, vm_id=vm.pk)
+
+
+@runner.handler("pools.destroy", queue="purge", on_lost=destroy_again)
 def destroy(job: runner.JobContext, *, vm_id: int) -> None:
+    """Destroy a VM's clone and record it; safe to run twice (a VM already gone is destroyed)."""
     vm = VM.objects.select_related("vcenter", "pool__folder").get(pk=vm_id)
     if vm.state != VMState.DESTROYING:
         job.log(f"{vm.name} is {vm.state}; nothing to do")
@@ -181,12 +206,19 @@ def destroy(job: runner.JobContext, *, vm_id: int) -> None:
         if moid:
             ops.destroy_vm(conn, moid, expected_owner=marker_for(vm))
         firstboot.discard_seeds(conn, [vm])  # a seed ISO a failed clone or a crash left
-    vm.move_to(VMState.DESTROYED, destroyed_at=timezone.now())
-    firstboot.release(vm)
+    # The row, its address and its audit event change together: a worker killed in between
+    # leaves the VM destroying (retried), never destroyed with its address still held.
+    with transaction.atomic():
+        try:
+            vm.move_to(VMState.DESTROYED, destroyed_at=timezone.now())
+        except TransitionError:
+            job.log(f"{vm.name}: another job recorded its end first")
+            return
+        firstboot.release(vm)
+        audit.record("vm.destroyed", target=vm, pool=vm.pool_id)
+        if vm.pool_id:
+            nudge.nudge(vm.pool_id)
     job.log(f"{vm.name} destroyed")
-    audit.record("vm.destroyed", target=vm, pool=vm.pool_id)
-    if vm.pool_id:
-        nudge.nudge(vm.pool_id)
 
 
 @runner.handler("pools.prepare_template", queue="deploy")

@@ -24,11 +24,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.audit import services as audit
+from apps.core.states import TransitionError
 from apps.firstboot import services as firstboot
 from apps.inventory.models import Folder, VCenter
 from apps.jobs import runner
@@ -39,11 +40,6 @@ from apps.pools.models import VM, Pool, TemplateStatus, VMState
 
 log = logging.getLogger(__name__)
 
-# A fill job that has not claimed or finished a slot for this long is presumed dead
-# (its worker was killed); reconcile then starts another one.
-FILL_HEARTBEAT_TIMEOUT = timedelta(seconds=90)
-# A VM stuck in "cloning" this long has lost its job; its slot is cleaned up and retried.
-CLONE_TIMEOUT = timedelta(minutes=15)
 _GLOBAL_LOCK_ID = 0x766D706F  # "vmpo": serialises slot accounting across vCenters
 
 
@@ -87,15 +83,24 @@ PURGE_EVERY = timedelta(minutes=5)
 
 
 def _fill_job_alive(pool: Pool) -> bool:
-    now = timezone.now()
-    for job in runner.unfinished("pools.fill", pool):
-        if job.is_alive(now, FILL_HEARTBEAT_TIMEOUT):
-            return True
-        # Its worker died: give the slot accounting back and let a new job take over.
-        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
-            status=Job.Status.FAILED, finished_at=now, error="The worker running this job stopped responding."
-        )
-    return False
+    # A dead worker's job does not stay unfinished: the runner's reaper fails it.
+    return runner.unfinished("pools.fill", pool).exists()
+
+
+def fail_orphaned_clones(vms: QuerySet[VM], reason: str) -> list[int]:
+    """Fail the "cloning" VMs of ``vms`` whose job is gone, freeing their clone slots.
+
+    Reconcile then destroys them: a clone vCenter finished anyway is found by its name and
+    ownership marker, and the address is released when the row becomes destroyed.
+    """
+    failed = []
+    for vm in vms.filter(state=VMState.CLONING):
+        try:
+            vm.move_to(VMState.FAILED, state_reason=reason)
+        except TransitionError:
+            continue  # its job moved it after all
+        failed.append(vm.pk)
+    return failed
 
 
 def _destroy(vm: VM, reason: str, report: ReconcileReport | None = None) -> None:
@@ -130,9 +135,6 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
     for vm in vms.filter(state=VMState.BOOTING, state_changed_at__lt=now - pool.boot_timeout):
         vm.move_to(VMState.FAILED, state_reason=f"The guest did not become usable within {pool.boot_timeout}.")
         report.timed_out.append(vm.pk)
-    for vm in vms.filter(state=VMState.CLONING, state_changed_at__lt=now - CLONE_TIMEOUT):
-        if not _fill_job_alive(pool):
-            vm.move_to(VMState.FAILED, state_reason="The clone job was lost (worker stopped).")
     for vm in vms.filter(state=VMState.FAILED):
         _destroy(vm, vm.state_reason or "failed", report)
     for vm in vms.filter(state=VMState.DESTROYING, state_changed_at__lt=now - DESTROY_RETRY_AFTER):
@@ -188,10 +190,11 @@ def reconcile_all() -> list[ReconcileReport]:
     from apps.leases import ondemand  # noqa: PLC0415 - leases builds on pools
 
     ondemand.recover_stale()
-    templates.recover_stale()
     templates.sweep_uploads()
     runner.requeue_lost()
     return reports
+    # Lost jobs first: their compensation frees slots and rows this cycle then acts on.
+    runner.reap_lost()
 
 
 def schedule_purges(*, every: timedelta = PURGE_EVERY) -> int:

@@ -11,7 +11,6 @@ import re
 import time
 import urllib.parse
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -595,44 +594,35 @@ def forget_failed_template(*, template_id: int) -> str:
 TEMPLATE_JOB_KINDS = ("templates.deploy_ovf", "templates.build_vm", "templates.capture_build",
                       "templates.capture_vm", "templates.copy_to_cluster", "templates.discard_build",
                       "pools.prepare_template")
-STALE_AFTER_TIMEOUT = timedelta(minutes=2)  # margin beyond RQ_JOB_TIMEOUT
 
 
-def recover_stale(*, now=None) -> int:
-    """Fail template jobs whose worker died, and the templates/builds they left in flight.
+def job_lost(job: Job, reason: str) -> None:
+    """The ``on_lost`` hook of every template job: fail the templates and builds it left in flight.
 
-    RQ stops a job at RQ_JOB_TIMEOUT and the handler then records the failure itself; a
-    Job row still running well past that had its worker killed (SIGKILL, host lost), so
-    nothing else will ever finish it. Without this its template would say "deploying"
-    forever and keep its name reserved.
+    The runner's reaper calls it (in its transaction) once the job's heartbeat stopped, so
+    its worker was killed (SIGKILL, host lost) and nothing else will ever finish it. Without
+    this its template would say "deploying" forever and keep its name reserved.
     """
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.RQ_JOB_TIMEOUT) - STALE_AFTER_TIMEOUT
-    failed = 0
-    for job in Job.objects.filter(kind__in=TEMPLATE_JOB_KINDS, status=Job.Status.RUNNING, started_at__lt=cutoff):
-        reason = f"The worker running {job.kind} #{job.pk} stopped before it finished; try again."
-        with transaction.atomic():
-            if not Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
-                    status=Job.Status.FAILED, finished_at=now, error=reason):
-                continue  # it finished meanwhile
-            build = (TemplateBuild.objects.filter(pk=job.args.get("build_id")).first()
-                     if job.args.get("build_id") else None)
-            copy_id = job.args.get("copy_id")
-            template_id = job.args.get("template_id") or (build.template_id if build else None)
-            if template_id is None and copy_id:
-                template_id = TemplateCopy.objects.filter(pk=copy_id).values_list("template_id", flat=True).first()
-            if build is not None and build.status != TemplateBuild.Status.DISCARDING:
-                TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.FAILED,
-                                                                 status_reason=reason)
-            if copy_id:
-                TemplateCopy.objects.filter(pk=copy_id).exclude(status=TemplateStatus.READY).update(
-                    status=TemplateStatus.FAILED, status_reason=reason, status_changed_at=now)
-            stuck = Template.objects.filter(pk=template_id).exclude(status=TemplateStatus.READY)
-            if template_id and stuck.update(status=TemplateStatus.FAILED, status_reason=reason,
-                                            status_changed_at=now):
-                audit.record("template.failed", target=Template.objects.get(pk=template_id), message=reason)
-        failed += 1
-    return failed
+    now = timezone.now()
+    build = (TemplateBuild.objects.filter(pk=job.args.get("build_id")).first()
+             if job.args.get("build_id") else None)
+    copy_id = job.args.get("copy_id")
+    template_id = job.args.get("template_id") or (build.template_id if build else None)
+    if template_id is None and copy_id:
+        template_id = TemplateCopy.objects.filter(pk=copy_id).values_list("template_id", flat=True).first()
+    if build is not None and build.status != TemplateBuild.Status.DISCARDING:
+        TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.FAILED,
+                                                         status_reason=reason)
+    if copy_id:
+        TemplateCopy.objects.filter(pk=copy_id).exclude(status=TemplateStatus.READY).update(
+            status=TemplateStatus.FAILED, status_reason=reason, status_changed_at=now)
+    stuck = Template.objects.filter(pk=template_id).exclude(status=TemplateStatus.READY)
+    if template_id and stuck.update(status=TemplateStatus.FAILED, status_reason=reason,
+                                    status_changed_at=now):
+        audit.record("template.failed", target=Template.objects.get(pk=template_id), message=reason)
+
+
+runner.compensate(*TEMPLATE_JOB_KINDS, on_lost=job_lost)
 
 
 # ---------------------------------------------------------------- uploads nobody will read
@@ -645,7 +635,7 @@ def sweep_uploads(*, now: float | None = None) -> list[Path]:
 
     A deploy job deletes its file when it is done; the file stays when the request died
     between storing the upload and committing its job, or the job's worker died (see
-    recover_stale). Only files named the way the upload handler names them are touched;
+    job_lost). Only files named the way the upload handler names them are touched;
     a file is matched to a job by its name, so web and worker hosts may mount the shared
     upload directory at different paths.
     """

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases import services as leases
 from apps.pools import services
@@ -101,9 +102,9 @@ def test_killed_worker_mid_clone_leaves_no_leaked_vm(vcsim_factory, redis_conn):
     orphan = pool.vms.get()
     assert (orphan.state, orphan.moid) == (VMState.CLONING, "")
 
-    # Later: the fill job's heartbeat is stale and the clone has been "cloning" too long.
+    # Later: the fill job's heartbeat is stale; the reaper fails it and its clone slot.
     Job.objects.filter(kind="pools.fill").update(heartbeat_at=timezone.now() - timedelta(hours=1))
-    VM.objects.filter(pk=orphan.pk).update(state_changed_at=timezone.now() - timedelta(hours=1))
+    assert runner.reap_lost() == 1
     settle(pool)
     orphan.refresh_from_db()
     assert orphan.state == VMState.DESTROYED

@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases import services as leases
 from apps.leases.models import Lease
@@ -158,5 +159,6 @@ def test_dead_fill_job_is_replaced():
     Job.objects.filter(kind="pools.fill").update(
         status=Job.Status.RUNNING, heartbeat_at=timezone.now() - timedelta(minutes=5)
     )
+    assert runner.reap_lost() == 1
     assert services.reconcile_pool(pool.pk).fill_started
     assert Job.objects.get(kind="pools.fill", status=Job.Status.FAILED).error.startswith("The worker")
