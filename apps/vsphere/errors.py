@@ -2,7 +2,10 @@
 
 Every error names the operation, the object and what vCenter said, and carries a
 ``permanent`` flag: the retry loop in ``session.call`` and the job runner both use it,
-so the decision "try again or give up" lives in exactly one place (the class).
+so the decision "try again or give up" lives in exactly one place (the class). A second
+flag, ``outage``, marks the transient errors that say nothing about the request, only
+that vCenter could not be reached, did not answer in time or lost the session: those
+never count toward a pool's ``max_tries`` (unreachable is not failure).
 
 ``translate`` branches on the fault *class*, never on its message: the simulator's
 messages are Go type names (``*types.InvalidPowerState``) and real vCenters localise them.
@@ -24,6 +27,7 @@ class VSphereError(VmPortalError):
 
     http_status = 502
     permanent = True
+    outage = False
     summary = "vCenter reported an error"
 
     def __init__(
@@ -35,6 +39,7 @@ class VSphereError(VmPortalError):
         fault: str = "",
         permanent: bool | None = None,
         from_vcenter: bool = True,
+        outage: bool | None = None,
     ) -> None:
         self.detail = detail or self.summary
         self.operation = operation
@@ -45,6 +50,12 @@ class VSphereError(VmPortalError):
         self.from_vcenter = from_vcenter
         if permanent is not None:
             self.permanent = permanent
+        if outage is not None:
+            self.outage = outage
+        elif not from_vcenter and not self.permanent:
+            # A transport error that is worth retrying (refused, reset, no answer) is
+            # about the way to vCenter, never about the object the call was for.
+            self.outage = True
         super().__init__(self.message)
 
     @property
@@ -74,12 +85,14 @@ class SessionExpired(VSphereError):
     """The session was logged out or timed out; a fresh login fixes it."""
 
     permanent = False
+    outage = True
     summary = "the vCenter session expired"
 
 
 class Unreachable(VSphereError, Unavailable):
     # A vCenter that is down for patching comes back; the job layer retries later.
     permanent = False
+    outage = True
     http_status = 503
     summary = "vCenter is unreachable; check the host name, port and firewall"
 
@@ -127,6 +140,7 @@ class TransientFault(VSphereError, Unavailable):
 class OperationTimeout(VSphereError, Unavailable):
     # Not permanent: the work may still finish on the vCenter; a later attempt sees it.
     permanent = False
+    outage = True
     http_status = 504
     summary = "timed out"
 
