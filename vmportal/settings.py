@@ -244,3 +244,20 @@ for _net in VMPORTAL_METRICS_ALLOW_IPS:
         raise ImproperlyConfigured(f"VMPORTAL_METRICS_ALLOW_IPS: {_net!r} is not an address or CIDR.") from None
 # Rate limits and body limits run before any view, so they go after the other middleware.
 MIDDLEWARE.append("apps.api.guard.ApiGuardMiddleware")
+
+# --- directory sign-in (apps.accounts; README "Signing in with the company directory") ---
+# LDAP when VMPORTAL_LDAP_SERVER_URI is set, OpenID Connect when VMPORTAL_OIDC_CLIENT_ID is:
+# both off by default. Local accounts (ModelBackend) are tried first, so a local superuser
+# signs in without a directory round trip, and still can when the directory is down.
+from vmportal import auth_settings as _auth  # noqa: E402
+
+INSTALLED_APPS.append("apps.accounts")
+VMPORTAL_DIRECTORY_GROUPS = _auth.directory_groups()
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+for _name, _value in {**_auth.ldap_settings(), **_auth.oidc_settings()}.items():
+    globals()[_name] = _value
+if globals().get("AUTH_LDAP_SERVER_URI"):
+    AUTHENTICATION_BACKENDS.append(_auth.LDAP_BACKEND)
+if globals().get("OIDC_RP_CLIENT_ID"):
+    AUTHENTICATION_BACKENDS.append(_auth.OIDC_BACKEND)
+# --- end of directory sign-in ------------------------------------------------------------
