@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 .PHONY: test demo venv vcsim services lint bench clean
 
 $(STAMP): pyproject.toml
+	@bash tools/ensure-system.sh ldap-dev
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
@@ -18,7 +19,7 @@ vcsim:
 	@bash tools/vcsim/build.sh
 
 services:
-	@bash tools/ensure-system.sh postgres redis chromium
+	@bash tools/ensure-system.sh postgres redis chromium slapd oidc-provider
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -38,4 +39,4 @@ bench: venv services vcsim
 	@test ! -f bench/checkout.py || $(PY) bench/checkout.py
 
 clean:
-	rm -rf $(VENV) var tools/vcsim/bin
+	rm -rf $(VENV) var tools/vcsim/bin tools/oidc-provider/node_modules

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (Debian) and starts what vmportal needs from the machine, only when missing.
-# Never prompts. Usage: tools/ensure-system.sh [postgres] [redis] [chromium]
+# Never prompts. Usage: tools/ensure-system.sh [postgres] [redis] [chromium] [ldap-dev] [slapd] [oidc-provider]
 set -euo pipefail
 
 SUDO=""
@@ -46,11 +46,39 @@ ensure_chromium() {
     [ -x /usr/bin/chromium ] || apt_install chromium chromium-driver
 }
 
+# Headers python-ldap (django-auth-ldap) compiles against: needed before the venv is made.
+ensure_ldap_dev() {
+    [ -f /usr/include/ldap.h ] && [ -f /usr/include/sasl/sasl.h ] || apt_install libldap-dev libsasl2-dev
+}
+
+# OpenLDAP's server for tests/auth, which start their own throw-away slapd on a free port;
+# the package's own database and service are not set up.
+ensure_slapd() {
+    if [ ! -x /usr/sbin/slapd ] || ! command -v ldapsearch >/dev/null; then
+        echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
+        apt_install slapd ldap-utils
+    fi
+}
+
+# The OpenID Connect provider tests/auth run (node's oidc-provider, pinned by the lockfile).
+ensure_oidc_provider() {
+    command -v npm >/dev/null || apt_install nodejs npm
+    local dir
+    dir="$(dirname "$0")/oidc-provider"
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        echo "ensure-system: installing the test OIDC provider (npm ci)"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+}
+
 for want in "$@"; do
     case "$want" in
         postgres) ensure_postgres ;;
         redis) ensure_redis ;;
         chromium) ensure_chromium ;;
+        ldap-dev) ensure_ldap_dev ;;
+        slapd) ensure_slapd ;;
+        oidc-provider) ensure_oidc_provider ;;
         *) echo "ensure-system: unknown component $want" >&2; exit 2 ;;
     esac
 done
