@@ -7,6 +7,15 @@ from django.contrib.auth.models import Group, User
 from tests import vcsim as vcsim_launcher
 
 
+@pytest.fixture(autouse=True)
+def _fresh_instance_id():
+    """Transactional tests flush the table that stores the installation's id; a process-wide
+    cache of it would outlive the flush, while worker processes read the new one."""
+    from apps.pools import instance  # noqa: PLC0415 - Django is set up only once tests run
+
+    instance.forget()
+
+
 @pytest.fixture(scope="session")
 def vcsim():
     """One simulator for the whole run (default inventory: 2 clusters, 2 templates)."""

@@ -167,8 +167,9 @@ VMPORTAL_CLONE_LIMIT = env_int("VMPORTAL_CLONE_LIMIT", 20, minimum=1)
 VMPORTAL_MAX_LEASES_PER_USER = env_int("VMPORTAL_MAX_LEASES_PER_USER", 10, minimum=0)
 # VMs one on-demand request may ask for (vmpooler's max_ondemand_instances_per_request).
 VMPORTAL_ONDEMAND_MAX_PER_REQUEST = env_int("VMPORTAL_ONDEMAND_MAX_PER_REQUEST", 10, minimum=1)
-# Written into every clone's extraConfig; identifies VMs this installation made.
-VMPORTAL_INSTANCE_ID = env_str("VMPORTAL_INSTANCE_ID", "vmportal")
+# Written into every clone's extraConfig; identifies VMs this installation made. Unset:
+# the id generated once and stored in the database (apps.pools.instance).
+VMPORTAL_INSTANCE_ID = env_str("VMPORTAL_INSTANCE_ID", "")
 
 # --- vSphere --------------------------------------------------------------------------
 VSPHERE_CALL_TIMEOUT = env_int("VSPHERE_CALL_TIMEOUT", 60, minimum=1)

@@ -16,19 +16,21 @@ from apps.firstboot import services as firstboot
 from apps.inventory.models import Folder
 from apps.jobs import runner
 from apps.jobs.models import Job
-from apps.pools import nudge, placement, templates
+from apps.pools import instance, nudge, placement, templates
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.services import (
+    Stray,
     claim_slots,
     fail_orphaned_clones,
     find_strays,
     mark_degraded,
     record_clone_failure,
     record_clone_success,
+    still_stray,
 )
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import Unreachable, VSphereError
-from apps.vsphere.session import Endpoint, connect
+from apps.vsphere.session import Connection, Endpoint, connect
 from apps.vsphere.types import OWNER_KEY, CloneSpec
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ BOOT_POLL = 0.5  # seconds between looks at booting guests when there is nothing
 
 
 def marker_for(vm: VM) -> str:
-    return f"{settings.VMPORTAL_INSTANCE_ID}:{vm.pk}"
+    return instance.marker(vm)
 
 
 def release_fill_slots(job: Job, reason: str) -> None:
@@ -230,23 +232,38 @@ def prepare_template(job: runner.JobContext, *, copy_id: int) -> None:
 @runner.handler("pools.purge", queue="purge")
 def purge(job: runner.JobContext, *, folder_id: int) -> None:
     """Destroy leaked clones of ours; report unknown VMs, destroying them only when the
-    folder allows it and they are not on its allowlist. Never a folder, never outside it."""
+    folder allows it and they are not on its allowlist. Never a folder, never outside it,
+    never a VM that changed since the scan (see ``ops.destroy_if_owned``)."""
     folder = Folder.objects.select_related("vcenter").get(pk=folder_id)
     with connect(Endpoint.from_vcenter(folder.vcenter)) as conn:
         if swept := firstboot.sweep_seeds(conn, vcenter_id=folder.vcenter_id):  # ISOs crashed workers left
             job.log(f"deleted {swept} stale seed ISOs")
         strays = find_strays(folder, ops.list_folder_vms(conn, folder.moid))
         for stray in strays:
-            allowed = stray.ours or (folder.purge_unknown and stray.name not in (folder.purge_allowlist or []))
-            if not allowed:
-                job.log(f"{stray.kind} {stray.name} ({stray.moid}) left alone: purge is off for {folder.path}")
+            if not stray.destroy:
+                job.log(f"{stray.kind} {stray.name} ({stray.moid}) left alone: {stray.reason}")
                 continue
-            try:
-                ops.destroy_vm(conn, stray.moid)
-            except VSphereError as exc:
-                job.log(f"{stray.kind} {stray.name}: could not destroy: {exc}")
-                continue
-            job.log(f"destroyed {stray.kind} {stray.name} ({stray.moid})")
-            audit.record("purge.destroy", message=f"{stray.kind} {stray.name} in {folder.path}",
-                         after={"moid": stray.moid, "name": stray.name, "folder": folder.path})
+            _purge_one(job, conn, folder, stray)
     job.log(f"{len(strays)} stray VMs in {folder.path}")
+
+
+def _purge_one(job: runner.JobContext, conn: Connection, folder: Folder, stray: Stray) -> None:
+    what = f"{stray.kind} {stray.name} ({stray.moid})"
+    if not still_stray(folder, stray):
+        job.log(f"{what} left alone: a VM row claimed it since the scan")
+        return
+    try:
+        outcome = ops.destroy_if_owned(conn, stray.moid, expected_owner=stray.owner, folder_moid=folder.moid)
+    except VSphereError as exc:
+        job.log(f"{what}: could not destroy: {exc}")
+        return
+    if outcome.gone:
+        job.log(f"{what} was already gone")
+    elif outcome.skipped:
+        job.log(f"{what} left alone: it changed since the scan: {outcome.skipped}")
+        audit.record("purge.skip", message=f"{what} in {folder.path} changed since the scan: {outcome.skipped}",
+                     after={"moid": stray.moid, "name": stray.name, "folder": folder.path})
+    else:
+        job.log(f"destroyed {what}")
+        audit.record("purge.destroy", message=f"{stray.kind} {stray.name} in {folder.path}",
+                     after={"moid": stray.moid, "name": stray.name, "folder": folder.path})

@@ -282,3 +282,21 @@ class TemplateBuild(models.Model):
     @property
     def active(self) -> bool:
         return self.status in (self.Status.CLONING, self.Status.READY, self.Status.CAPTURING, self.Status.DISCARDING)
+
+
+class Installation(models.Model):
+    """This installation's identity: one row, read through ``apps.pools.instance``.
+
+    Its id is written into every clone's ownership marker, and purge destroys only VMs
+    carrying it. It lives in the database, not in a file, so every web and worker host of
+    one installation agrees on it, and two installations sharing a vCenter folder differ.
+    """
+
+    instance_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(pk=1), name="pools_installation_is_a_singleton")]
+
+    def __str__(self) -> str:
+        return self.instance_id

@@ -36,6 +36,7 @@ from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases.models import Lease
 from apps.pools import templates
+from apps.pools.instance import instance_id
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
 
 log = logging.getLogger(__name__)
@@ -214,36 +215,67 @@ def schedule_purges(*, every: timedelta = PURGE_EVERY) -> int:
 
 @dataclass(frozen=True)
 class Stray:
-    """A VM found in a pool folder that no live VM row accounts for."""
+    """A VM found in a pool folder that no live VM row accounts for, and what purge does with it."""
 
     moid: str
     name: str
-    ours: bool  # carries this installation's ownership marker: a leaked clone
+    owner: str | None  # its ownership marker as the scan read it
+    kind: str  # LEAKED_CLONE, FOREIGN_CLONE or UNKNOWN_VM
+    destroy: bool
+    reason: str = ""  # why it is left alone
 
-    @property
-    def kind(self) -> str:
-        return "leaked clone" if self.ours else "unknown VM"
+
+LEAKED_CLONE = "leaked clone"
+FOREIGN_CLONE = "clone of another installation"
+UNKNOWN_VM = "unknown VM"
+
+
+def _our_row_id(owner: str | None) -> int | None:
+    """The VM row id in one of our markers; None for any other marker, or none."""
+    rest = (owner or "").removeprefix(f"{instance_id()}:")
+    return int(rest) if rest != (owner or "") and rest.isdigit() else None
+
+
+def _claimed(vcenter_id: int, vms: list[tuple[str, str | None]]) -> set[str]:
+    """The moids of ``vms`` (moid, marker) that a VM row accounts for: by the moid it
+    recorded, or, for a clone whose row is mid-clone and has no moid yet, by our marker."""
+    rows = VM.objects.filter(vcenter=vcenter_id)
+    claimed = set(rows.exclude(state=VMState.DESTROYED).filter(moid__in=[moid for moid, _ in vms])
+                  .values_list("moid", flat=True))
+    by_row = {row_id: moid for moid, owner in vms if (row_id := _our_row_id(owner)) is not None}
+    claimed.update(by_row[pk] for pk in rows.live().filter(pk__in=by_row).values_list("pk", flat=True))
+    return claimed
 
 
 def find_strays(folder: Folder, vms: list) -> list[Stray]:
-    """Which of ``vms`` (apps.vsphere VMInfo of one folder) no pool knows."""
-    prefix = f"{settings.VMPORTAL_INSTANCE_ID}:"
-    live_ids = set(VM.objects.filter(vcenter=folder.vcenter_id).live().values_list("pk", flat=True))
-    live_moids = set(VM.objects.filter(vcenter=folder.vcenter_id).exclude(state=VMState.DESTROYED)
-                     .exclude(moid="").values_list("moid", flat=True))
+    """Which of ``vms`` (apps.vsphere VMInfo of one folder) no pool knows, and which of those
+    purge destroys: our leaked clones, and unknown VMs when the folder allows it. Never a
+    template, a name on the folder's allowlist, or a VM carrying another installation's marker
+    (two installations may share a folder; each purges only its own)."""
+    vms = [vm for vm in vms if not vm.is_template]
+    claimed = _claimed(folder.vcenter_id, [(vm.moid, vm.owner) for vm in vms])
+    allowlist = set(folder.purge_allowlist or [])
     strays = []
     for vm in vms:
-        if vm.is_template or vm.moid in live_moids:
+        if vm.moid in claimed:
             continue
-        owner = vm.owner or ""
-        if owner.startswith(prefix):
-            vm_id = owner.removeprefix(prefix)
-            if vm_id.isdigit() and int(vm_id) in live_ids:
-                continue  # its row is mid-clone and has not recorded the moid yet
-            strays.append(Stray(vm.moid, vm.name, ours=True))
+        owner = vm.owner or None
+        if _our_row_id(owner) is not None:
+            kind, destroy, reason = LEAKED_CLONE, True, ""
+        elif owner:
+            kind, destroy, reason = FOREIGN_CLONE, False, f"it carries another installation's marker {owner!r}"
         else:
-            strays.append(Stray(vm.moid, vm.name, ours=False))
+            kind, destroy = UNKNOWN_VM, folder.purge_unknown
+            reason = "" if destroy else f"purge of unknown VMs is off for {folder.path}"
+        if vm.name in allowlist:
+            destroy, reason = False, f"{vm.name} is on the allowlist of {folder.path}"
+        strays.append(Stray(vm.moid, vm.name, owner, kind, destroy, reason))
     return strays
+
+
+def still_stray(folder: Folder, stray: Stray) -> bool:
+    """Whether no VM row has claimed ``stray`` since the scan (asked right before destroying it)."""
+    return not _claimed(folder.vcenter_id, [(stray.moid, stray.owner)])
 
 
 # ----------------------------------------------------------------------- fill slots

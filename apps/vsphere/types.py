@@ -189,3 +189,12 @@ class DiskInfo:
     capacity_gb: float
     file_name: str
     unit_number: int | None
+
+
+@dataclass(frozen=True)
+class OwnedDestroy:
+    """What ``destroy_if_owned`` did: destroyed, already gone, or left alone and why."""
+
+    destroyed: bool
+    gone: bool = False
+    skipped: str = ""  # why the VM was left alone

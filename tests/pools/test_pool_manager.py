@@ -14,6 +14,7 @@ from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases import services as leases
 from apps.pools import services
+from apps.pools.instance import instance_id
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.templates import register_template
 from apps.vsphere.session import close_all
@@ -32,7 +33,7 @@ def test_fill_from_empty_then_shrink(vcsim_factory, redis_conn):
     assert all(vm.ip_address.startswith("10.30.") and vm.moid for vm in ready)
     in_vcenter = vms_in_folder(vc)
     assert sorted(v.name for v in in_vcenter) == sorted(vm.name for vm in ready)
-    assert all(v.owner == f"vmportal:{VM.objects.get(name=v.name).pk}" for v in in_vcenter)
+    assert all(v.owner == f"{instance_id()}:{VM.objects.get(name=v.name).pk}" for v in in_vcenter)
 
     Pool.objects.filter(pk=pool.pk).update(size=1)
     settle(pool)
