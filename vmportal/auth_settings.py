@@ -121,6 +121,8 @@ def ldap_settings() -> dict:
         "AUTH_LDAP_START_TLS": start_tls,
         "AUTH_LDAP_CONNECTION_OPTIONS": options,
         "AUTH_LDAP_BIND_DN": env_str("VMPORTAL_LDAP_BIND_DN"),
+        # Without a service account the directory is read as the person signing in.
+        "AUTH_LDAP_BIND_AS_AUTHENTICATING_USER": not env_str("VMPORTAL_LDAP_BIND_DN"),
         "AUTH_LDAP_BIND_PASSWORD": env_secret("VMPORTAL_LDAP_BIND_PASSWORD") or "",
         "AUTH_LDAP_USER_ATTR_MAP": attr_map,
         "AUTH_LDAP_ALWAYS_UPDATE_USER": True,

@@ -12,9 +12,11 @@ import binascii
 
 from django.contrib.auth import authenticate as django_authenticate
 from django.contrib.auth.models import AbstractBaseUser
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
 
+from apps.accounts.backends import UNREACHABLE
 from apps.api import tokens
+from apps.api.http import error, unauthorized
 from apps.api.models import ApiToken
 from apps.audit.context import Actor, _current, current_actor
 
@@ -50,6 +52,13 @@ def basic_user(request: HttpRequest) -> AbstractBaseUser | None:
     if user is not None:
         bind(request, user, None)
     return user
+
+
+def basic_refusal(request: HttpRequest) -> JsonResponse:
+    """The answer when Basic credentials signed nobody in: 503 if the directory did not answer."""
+    if getattr(request, "directory_unreachable", False):
+        return error(UNREACHABLE, 503, headers={"Retry-After": "60"})
+    return unauthorized("Send your username and password with HTTP Basic auth.", 'Basic realm="vmportal"')
 
 
 def bind(request: HttpRequest, user: AbstractBaseUser, token: ApiToken | None) -> None:

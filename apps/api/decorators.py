@@ -38,8 +38,7 @@ def api_view(*, auth_by: str = "token", admin: bool = False) -> Callable:
                 if auth.token_user(request) is None:
                     return unauthorized()
             elif auth_by == "basic" and auth.basic_user(request) is None:
-                return unauthorized("Send your username and password with HTTP Basic auth.",
-                                    'Basic realm="vmportal"')
+                return auth.basic_refusal(request)
             if admin and not is_admin(request.user):
                 return error("This needs an admin's token.", 403)
             try:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from apps.api import auth, tokens
 from apps.api import services as api_services
 from apps.api.decorators import api_view
-from apps.api.http import ApiError, json_body, ok, unauthorized
+from apps.api.http import ApiError, json_body, ok
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken, PoolOverride
 from apps.leases import ondemand, vmtasks
@@ -341,7 +341,7 @@ def _token_status(request: HttpRequest, raw: str) -> HttpResponse:
 
 def _token_delete(request: HttpRequest, raw: str) -> HttpResponse:
     if auth.basic_user(request) is None:
-        return unauthorized("Send your username and password with HTTP Basic auth.", 'Basic realm="vmportal"')
+        return auth.basic_refusal(request)
     tokens.revoke_token(user=request.user, token=tokens.find_token(raw))
     return ok()
 
