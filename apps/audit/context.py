@@ -1,40 +1,5 @@
-"""Who is acting, for audit events written deep inside services.
+"""Who is acting, for audit events written deep inside services (see apps.core.context)."""
 
-Set per request by AuditContextMiddleware and per job by the job runner; contextvars
-keep concurrent requests (threads or async tasks) apart.
-"""
+from apps.core.context import SYSTEM, Actor, _current, acting_as, current_actor, new_request_id
 
-from __future__ import annotations
-
-import uuid
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Actor:
-    user_id: int | None
-    name: str
-    request_id: str = ""
-
-
-SYSTEM = Actor(user_id=None, name="system")
-_current: ContextVar[Actor] = ContextVar("vmportal_actor", default=SYSTEM)
-
-
-def current_actor() -> Actor:
-    return _current.get()
-
-
-@contextmanager
-def acting_as(actor: Actor):
-    token = _current.set(actor)
-    try:
-        yield actor
-    finally:
-        _current.reset(token)
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex[:16]
+__all__ = ["SYSTEM", "Actor", "_current", "acting_as", "current_actor", "new_request_id"]
