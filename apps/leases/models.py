@@ -5,6 +5,7 @@ from django.contrib.auth.models import Group
 from django.db import models
 from django.utils import timezone
 
+from apps.core.states import transition
 from apps.pools.models import VM, Pool
 
 
@@ -74,6 +75,19 @@ class OnDemandRequest(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
+    # Every request ends ready, failed or cancelled; cancelling a ready one ends its leases.
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        Status.QUEUED: frozenset({Status.PROVISIONING, Status.FAILED, Status.CANCELLED}),
+        Status.PROVISIONING: frozenset({Status.READY, Status.FAILED, Status.CANCELLED}),
+        Status.READY: frozenset(),
+        Status.FAILED: frozenset(),
+        Status.CANCELLED: frozenset(),
+    }
+    BADGE: dict[str, str] = {
+        Status.QUEUED: "warn", Status.PROVISIONING: "warn", Status.READY: "ok", Status.FAILED: "bad",
+        Status.CANCELLED: "",
+    }
+
     # Public id, as vmpooler's request_id: clients may choose it; a duplicate is refused.
     request_id = models.CharField(max_length=64, unique=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ondemand_requests")
@@ -104,6 +118,13 @@ class OnDemandRequest(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.status in (self.Status.QUEUED, self.Status.PROVISIONING)
+
+    @property
+    def badge(self) -> str:
+        return self.BADGE[self.status]
+
+    def move_to(self, new: str, **changes) -> None:
+        transition(self, new, allowed=self.TRANSITIONS, field="status", **changes)
 
 
 class VMTask(models.Model):

@@ -126,8 +126,7 @@ def retry(*, user: AbstractBaseUser, request_id: str) -> OnDemandRequest:
 
 
 def _finish(req: OnDemandRequest, status: str, reason: str = "") -> None:
-    req.status, req.status_reason, req.finished_at = status, reason, timezone.now()
-    req.save(update_fields=["status", "status_reason", "finished_at"])
+    req.move_to(status, status_reason=reason, finished_at=timezone.now())
 
 
 def _discard_unleased(req: OnDemandRequest, reason: str) -> None:
@@ -148,8 +147,7 @@ def start(req_pk: int) -> OnDemandRequest | None:
         req = OnDemandRequest.objects.select_for_update().get(pk=req_pk)
         if req.status != Status.QUEUED:
             return None
-        req.status = Status.PROVISIONING
-        req.save(update_fields=["status"])
+        req.move_to(Status.PROVISIONING)
         return req
 
 

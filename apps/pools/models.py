@@ -32,6 +32,11 @@ TEMPLATE_TRANSITIONS: dict[str, frozenset[str]] = {
     TemplateStatus.READY: frozenset({TemplateStatus.PREPARING, TemplateStatus.FAILED}),
     TemplateStatus.FAILED: frozenset({TemplateStatus.PENDING, TemplateStatus.DEPLOYING, TemplateStatus.PREPARING}),
 }
+# CSS class of each status's badge (templates and their copies).
+TEMPLATE_BADGE: dict[str, str] = {
+    TemplateStatus.PENDING: "warn", TemplateStatus.DEPLOYING: "warn", TemplateStatus.PREPARING: "warn",
+    TemplateStatus.READY: "ok", TemplateStatus.FAILED: "bad",
+}
 
 
 class Template(models.Model):
@@ -69,6 +74,10 @@ class Template(models.Model):
     def move_to(self, new: str, **changes) -> None:
         transition(self, new, allowed=TEMPLATE_TRANSITIONS, field="status", **changes)
 
+    @property
+    def badge(self) -> str:
+        return TEMPLATE_BADGE[self.status]
+
 
 class TemplateCopy(models.Model):
     """A template's copy in one cluster, prepared for linked clones.
@@ -96,6 +105,10 @@ class TemplateCopy(models.Model):
 
     def move_to(self, new: str, **changes) -> None:
         transition(self, new, allowed=TEMPLATE_TRANSITIONS, field="status", **changes)
+
+    @property
+    def badge(self) -> str:
+        return TEMPLATE_BADGE[self.status]
 
 
 class Pool(models.Model):
@@ -168,6 +181,10 @@ VM_TRANSITIONS: dict[str, frozenset[str]] = {
     VMState.FAILED: frozenset({VMState.DESTROYING, VMState.DESTROYED}),
     VMState.DESTROYED: frozenset(),
 }
+VM_BADGE: dict[str, str] = {
+    VMState.CLONING: "warn", VMState.BOOTING: "warn", VMState.READY: "ok", VMState.LEASED: "ok",
+    VMState.DESTROYING: "", VMState.DESTROYED: "", VMState.FAILED: "bad",
+}
 
 LIVE_STATES = (VMState.CLONING, VMState.BOOTING, VMState.READY, VMState.LEASED)
 
@@ -232,6 +249,10 @@ class VM(models.Model):
     def move_to(self, new: str, **changes) -> None:
         transition(self, new, allowed=VM_TRANSITIONS, **changes)
 
+    @property
+    def badge(self) -> str:
+        return VM_BADGE[self.state]
+
 
 class TemplateBuild(models.Model):
     """A VM an admin turns into a new template: a build VM cloned from a template (derive),
@@ -253,6 +274,22 @@ class TemplateBuild(models.Model):
         FAILED = "failed", "Failed"
         DISCARDING = "discarding", "Discarding"
         DISCARDED = "discarded", "Discarded"
+
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        Status.CLONING: frozenset({Status.READY, Status.FAILED}),
+        Status.READY: frozenset({Status.CAPTURING, Status.DISCARDING, Status.FAILED}),
+        # A capture builds the template; a failed one may be captured again or discarded.
+        Status.CAPTURING: frozenset({Status.CAPTURED, Status.FAILED}),
+        Status.FAILED: frozenset({Status.CAPTURING, Status.DISCARDING}),
+        # A discard whose worker died fails, so the admin can discard it again.
+        Status.DISCARDING: frozenset({Status.DISCARDED, Status.FAILED}),
+        Status.CAPTURED: frozenset(),
+        Status.DISCARDED: frozenset(),
+    }
+    BADGE: dict[str, str] = {
+        Status.CLONING: "warn", Status.READY: "ok", Status.CAPTURING: "warn", Status.CAPTURED: "ok",
+        Status.FAILED: "bad", Status.DISCARDING: "warn", Status.DISCARDED: "",
+    }
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     vcenter = models.ForeignKey(VCenter, on_delete=models.PROTECT, related_name="+")
@@ -282,6 +319,13 @@ class TemplateBuild(models.Model):
     @property
     def active(self) -> bool:
         return self.status in (self.Status.CLONING, self.Status.READY, self.Status.CAPTURING, self.Status.DISCARDING)
+
+    @property
+    def badge(self) -> str:
+        return self.BADGE[self.status]
+
+    def move_to(self, new: str, **changes) -> None:
+        transition(self, new, allowed=self.TRANSITIONS, field="status", **changes)
 
 
 class Installation(models.Model):
