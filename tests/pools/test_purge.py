@@ -118,7 +118,7 @@ def test_a_vm_that_changes_between_the_scan_and_the_destroy_is_left_alone(lab, m
 
     def scan_then_someone_claims_them(*args, **kwargs):
         strays = scan(*args, **kwargs)
-        assert {s.name for s in strays if s.destroy} == {"leaked", "stranger"}
+        assert {s.name for s in strays} == {"leaked", "stranger"}
         with connect(Endpoint.from_vcenter(vc)) as conn:  # another installation adopts both meanwhile
             ops.set_extra_config(conn, leaked, {OWNER_KEY: "vmportal-0123456789ab:1"})
             ops.set_extra_config(conn, stranger, {OWNER_KEY: "vmportal-0123456789ab:2"})
@@ -211,3 +211,24 @@ def test_upgrading_an_installation_that_has_vms_keeps_the_old_shared_id():
     Installation.objects.all().delete()
     migration.store_instance_id(django_apps, None)
     assert Installation.objects.get().instance_id == instance.LEGACY_INSTANCE_ID == "vmportal"
+
+
+def test_destroy_if_owned_leaves_templates_vms_elsewhere_and_other_markers_and_counts_gone_as_gone(lab):
+    vc, folder = lab
+    ours = f"{instance.instance_id()}:987654"
+    moid = put_vm(vc, folder, "ours", ours)
+    with connect(Endpoint.from_vcenter(vc)) as conn:
+        template = ops.find_vm(conn, path="DC0/vm/Templates/debian-12")
+        elsewhere = ops.create_folder(conn, "DC0/vm", "elsewhere")
+
+        kept = ops.destroy_if_owned(conn, template.moid, expected_owner=None, folder_moid=template.folder_moid)
+        assert not kept.destroyed and "is a template" in kept.skipped
+        kept = ops.destroy_if_owned(conn, moid, expected_owner=ours, folder_moid=elsewhere.moid)
+        assert not kept.destroyed and "no longer in the folder" in kept.skipped
+        kept = ops.destroy_if_owned(conn, moid, expected_owner=None, folder_moid=folder.moid)
+        assert not kept.destroyed and "is marked" in kept.skipped
+
+        assert ops.destroy_if_owned(conn, moid, expected_owner=ours, folder_moid=folder.moid).destroyed
+        again = ops.destroy_if_owned(conn, moid, expected_owner=ours, folder_moid=folder.moid)
+        assert (again.destroyed, again.gone) == (False, True)
+        assert ops.find_vm(conn, path="DC0/vm/Templates/debian-12") is not None
