@@ -24,7 +24,7 @@ from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
 from apps.jobs import runner
 from apps.leases.models import Lease, OnDemandRequest
-from apps.leases.services import _check_limits, is_admin
+from apps.leases.services import LeaseLimitReached, check_lease_limits, is_admin
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
 from apps.pools.services import discard_vm, end_lease
 
@@ -40,12 +40,6 @@ class OverLimit(VmPortalError):
 
 def max_per_request() -> int:
     return settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST
-
-
-def pending_vm_count(user: AbstractBaseUser) -> int:
-    """VMs the user has asked for on demand and not yet received."""
-    pending = OnDemandRequest.objects.filter(user=user, status__in=(Status.QUEUED, Status.PROVISIONING))
-    return sum(r.total for r in pending.only("wanted"))
 
 
 @transaction.atomic
@@ -70,8 +64,8 @@ def request_vms(*, user: AbstractBaseUser, pools: list[Pool], request_id: str = 
         raise VmPortalError("request_id: use 1-64 letters, digits, '.', '_' or '-'.")
     if OnDemandRequest.objects.filter(request_id=request_id).exists():
         raise Conflict(f"A request with id {request_id} exists already.")
-    # VMs still coming count against the lease limits as if they were leased already.
-    _check_limits(user, len(pools) + pending_vm_count(user))
+    # Until delivered, this request's VMs count against the limits as if leased already.
+    check_lease_limits(user, len(pools))
     wanted = dict(sorted(Counter(p.name for p in pools).items()))
     req = OnDemandRequest.objects.create(
         request_id=request_id, user=user, wanted=wanted, lifetime=lifetime, note=note, tags=tags or {},
@@ -94,9 +88,9 @@ def cancel(*, user: AbstractBaseUser, request_id: str) -> OnDemandRequest:
     """Withdraw a request. Pending: its job stops and destroys what it made. Ready: its
     leases end (the VMs are destroyed), as vmpooler's DELETE /ondemandvm does."""
     req = get_request_for(user, request_id)
-    req = OnDemandRequest.objects.select_for_update().get(pk=req.pk)
+    req = OnDemandRequest.objects.select_for_update(no_key=True).get(pk=req.pk)
     if req.status == Status.READY:
-        for lease in Lease.objects.active().filter(vm__in=req.vms.all()).select_related("vm"):
+        for lease in Lease.objects.active().filter(vm__in=req.vms.all()).select_related("vm").order_by("vm_id"):
             end_lease(lease, reason=Lease.EndReason.RETURNED)
     elif req.is_pending:
         _finish(req, Status.CANCELLED, "Cancelled by the requester." if req.user_id == user.pk
@@ -130,7 +124,8 @@ def _finish(req: OnDemandRequest, status: str, reason: str = "") -> None:
 
 
 def _discard_unleased(req: OnDemandRequest, reason: str) -> None:
-    for vm in req.vms.select_for_update().filter(state__in=(VMState.BOOTING, VMState.READY, VMState.FAILED)):
+    vms = req.vms.filter(state__in=(VMState.BOOTING, VMState.READY, VMState.FAILED))
+    for vm in vms.select_for_update(of=("self",), no_key=True).order_by("pk"):
         discard_vm(vm, reason)
     # VMs still "cloning" have no vSphere VM we know of yet; reconcile times them out
     # (they carry our marker, so a clone that did finish is found and destroyed).
@@ -144,7 +139,7 @@ def _job_alive(req: OnDemandRequest) -> bool:
 def start(req_pk: int) -> OnDemandRequest | None:
     """The job takes its request: queued → provisioning. None if it was withdrawn."""
     with transaction.atomic():
-        req = OnDemandRequest.objects.select_for_update().get(pk=req_pk)
+        req = OnDemandRequest.objects.select_for_update(no_key=True).get(pk=req_pk)
         if req.status != Status.QUEUED:
             return None
         req.move_to(Status.PROVISIONING)
@@ -168,12 +163,20 @@ def set_progress(req: OnDemandRequest, vm: VM, percent: int) -> None:
 def deliver(req: OnDemandRequest, ready: list[VM]) -> bool:
     """Lease every ready VM to the requester at once. False if the request was cancelled
     meanwhile (its VMs are then destroyed instead)."""
-    req = OnDemandRequest.objects.select_for_update().get(pk=req.pk)
+    req = OnDemandRequest.objects.select_for_update(no_key=True).get(pk=req.pk)
     if req.status != Status.PROVISIONING:
         _discard_unleased(req, f"The on-demand request was {req.status}.")
         return False
+    try:
+        # The request's VMs already count (pending), and become leases in this transaction:
+        # nothing is added. Over only if the limit was lowered or a limited group joined since.
+        check_lease_limits(req.user, 0)
+    except LeaseLimitReached as exc:
+        fail(req, f"Not delivered: {exc}")
+        return False
     now = timezone.now()
-    for vm in VM.objects.select_for_update(of=("self",)).filter(pk__in=[v.pk for v in ready]).select_related("pool"):
+    for vm in (VM.objects.select_for_update(of=("self",), no_key=True).filter(pk__in=[v.pk for v in ready])
+               .select_related("pool").order_by("pk")):
         pool = vm.pool
         duration = min(req.lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
         vm.move_to(VMState.LEASED)
@@ -188,7 +191,7 @@ def deliver(req: OnDemandRequest, ready: list[VM]) -> bool:
 
 @transaction.atomic
 def fail(req: OnDemandRequest, reason: str) -> None:
-    req = OnDemandRequest.objects.select_for_update().get(pk=req.pk)
+    req = OnDemandRequest.objects.select_for_update(no_key=True).get(pk=req.pk)
     if req.is_pending:
         _finish(req, Status.FAILED, reason)
         audit.record("ondemand.failed", target=req, message=reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import timedelta
 from functools import cache
@@ -13,7 +14,8 @@ from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
-from apps.leases.models import GroupLeaseLimit, Lease
+from apps.core.states import history_params, history_sql, record_history
+from apps.leases.models import GroupLeaseLimit, Lease, OnDemandRequest
 from apps.pools import nudge
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.services import end_lease
@@ -40,6 +42,12 @@ def is_admin(user: AbstractBaseUser) -> bool:
     return user.is_superuser or user.groups.filter(name=settings.VMPORTAL_ADMIN_GROUP).exists()
 
 
+def _history_in_statement() -> bool:
+    # PostgreSQL writes the VMs' StateChange rows in the statement that moves them (INSERT
+    # inside WITH); SQLite (the demo) cannot, and checkout writes them right after.
+    return connection.vendor == "postgresql"
+
+
 @cache
 def _checkout_sql() -> dict[str, str]:
     """The checkout's hot statements, as SQL: each costs a fraction of its ORM form in Python."""
@@ -49,8 +57,13 @@ def _checkout_sql() -> dict[str, str]:
     features = connection.features
     # SQLite (the demo) has no row locks; its IMMEDIATE transactions serialize writers.
     lock_user = " FOR NO KEY UPDATE OF u" if features.has_select_for_no_key_update else ""
-    lock_vms = " FOR UPDATE SKIP LOCKED" if features.has_select_for_update_skip_locked else ""
+    # NO KEY: a VM row is a parent (leases, addresses, jobs refer to it) and only its state changes.
+    lock_vms = " FOR NO KEY UPDATE SKIP LOCKED" if features.has_select_for_no_key_update else ""
     vm_columns = ", ".join(f.column for f in VM._meta.concrete_fields)
+    move = f"""UPDATE {VM._meta.db_table} SET state = %s, state_changed_at = %s
+                WHERE id IN (SELECT id FROM picked) AND state = %s RETURNING {vm_columns}"""  # noqa: S608
+    move_and_log = f""", moved AS ({move}), logged AS ({history_sql(connection, object_id="id")} FROM moved)
+            SELECT {vm_columns} FROM moved"""  # noqa: S608
     # Only table and column names from the models are formatted in; values are parameters.
     return {
         "groups": f"""SELECT g.name, gl.id FROM {user_model._meta.db_table} u
@@ -58,7 +71,11 @@ def _checkout_sql() -> dict[str, str]:
             LEFT JOIN {group_table} g ON g.id = ug.group_id
             LEFT JOIN {GroupLeaseLimit._meta.db_table} gl ON gl.group_id = g.id
             WHERE u.id = %s{lock_user}""",  # noqa: S608
-        "active": f"SELECT count(*) FROM {Lease._meta.db_table} WHERE user_id = %s AND ended_at IS NULL",  # noqa: S608
+        # Active leases, and how many on-demand requests are still coming (their VMs are
+        # counted, from "pending", only when there are any).
+        "active": f"""SELECT (SELECT count(*) FROM {Lease._meta.db_table} WHERE user_id = %s AND ended_at IS NULL),
+            (SELECT count(*) FROM {OnDemandRequest._meta.db_table} WHERE user_id = %s AND status IN (%s, %s))""",  # noqa: S608
+        "pending": f"SELECT wanted FROM {OnDemandRequest._meta.db_table} WHERE user_id = %s AND status IN (%s, %s)",  # noqa: S608
         # Lock and move in one statement: a conditional UPDATE (state still ready), as
         # transition() does, of the oldest ready VMs nobody else has locked. MATERIALIZED
         # runs the LIMIT once: as a plain IN (subquery) the planner may re-run it for each
@@ -66,56 +83,76 @@ def _checkout_sql() -> dict[str, str]:
         "take": f"""WITH picked AS MATERIALIZED (
                 SELECT id FROM {VM._meta.db_table} WHERE pool_id = %s AND state = %s AND NOT on_demand
                 ORDER BY ready_at, id LIMIT %s{lock_vms})
-            UPDATE {VM._meta.db_table} SET state = %s, state_changed_at = %s
-            WHERE id IN (SELECT id FROM picked) AND state = %s
-            RETURNING {vm_columns}""",  # noqa: S608
+            {move_and_log if _history_in_statement() else move}""",  # noqa: S608
     }
 
 
-def _check_limits(user: AbstractBaseUser, adding: int) -> None:
-    """Refuse a checkout that would take the user, or any of their groups, over its limit.
+PENDING = (OnDemandRequest.Status.QUEUED, OnDemandRequest.Status.PROVISIONING)
 
-    Runs inside checkout's transaction, on every checkout, so the common case (no group
-    limits) costs two plain SQL statements: the user's groups (which also answer
-    "admin?"), read while locking the user's row, and a count. The lock makes concurrent
-    checkouts by one person queue up instead of both slipping under the per-user cap
-    (FOR NO KEY UPDATE: the leases' foreign keys only take KEY SHARE on that row).
-    Group limit rows are likewise locked (in id order, so two members cannot deadlock)
-    before counting.
+
+def _vms_in(wanted_rows) -> int:
+    # A raw cursor returns JSON as text; the ORM (and some drivers) as a dict.
+    return sum(sum((json.loads(w) if isinstance(w, str) else w).values()) for w in wanted_rows)
+
+
+def _held(active: int, pending: int) -> str:
+    held = f"{active} active lease{'s' if active != 1 else ''}"
+    if pending:
+        held += f" and {pending} VM{'s' if pending != 1 else ''} coming on demand"
+    return held
+
+
+def check_lease_limits(user: AbstractBaseUser, adding: int) -> None:
+    """Refuse ``adding`` more VMs that would take the user, or any of their groups, over a limit.
+
+    The one limit check, for browser and API checkouts, on-demand requests and their
+    delivery; call it inside the transaction that creates the leases or the request. What
+    counts: active leases plus the VMs of pending (queued or provisioning) on-demand
+    requests, which are leased on delivery in the transaction that ends the request, so
+    no VM counts twice or not at all.
+
+    The user's row is locked first (FOR NO KEY UPDATE: leases and requests refer to it and
+    their foreign keys only take KEY SHARE), and everything is counted after, in
+    statements of their own, so concurrent checkouts and requests by one person queue up
+    and each sees what the previous one committed. Group limit rows are locked likewise,
+    in id order, so two members cannot deadlock. The common case (no group limits, nothing
+    pending) costs two plain SQL statements.
     """
     if user.is_superuser:
         return
+    sql = _checkout_sql()
     with connection.cursor() as cursor:
-        cursor.execute(_checkout_sql()["groups"], [user.pk])
+        cursor.execute(sql["groups"], [user.pk])
         groups = cursor.fetchall()
         if any(name == settings.VMPORTAL_ADMIN_GROUP for name, _ in groups):
             return
         user_limit = settings.VMPORTAL_MAX_LEASES_PER_USER
         if user_limit:
-            # Counted after the user's row is locked (by the query above), in a statement
-            # of its own so that it sees a concurrent checkout by the same user that
-            # committed while this one waited.
-            cursor.execute(_checkout_sql()["active"], [user.pk])
-            [[active]] = cursor.fetchall()
-        else:
-            active = 0
-    if user_limit and active + adding > user_limit:
+            cursor.execute(sql["active"], [user.pk, user.pk, *PENDING])
+            [[active, requests]] = cursor.fetchall()
+            pending = 0
+            if requests:
+                cursor.execute(sql["pending"], [user.pk, *PENDING])
+                pending = _vms_in(w for [w] in cursor.fetchall())
+    if user_limit and active + pending + adding > user_limit:
         raise LeaseLimitReached(
-            f"You have {active} active lease{'s' if active != 1 else ''}; the limit is {user_limit}. "
-            "Return a VM before checking out another."
+            f"You have {_held(active, pending)}; the limit is {user_limit}. "
+            "Return a VM (or cancel an on-demand request) before asking for another."
         )
     limit_ids = sorted({limit_id for _, limit_id in groups if limit_id is not None})
     if not limit_ids:
         return
     group_limits = (
         GroupLeaseLimit.objects.filter(pk__in=limit_ids).select_related("group").order_by("pk")
-        .select_for_update(of=("self",))
+        .select_for_update(of=("self",), no_key=True)
     )
     for limit in group_limits:
         active = Lease.objects.active().filter(user__groups=limit.group_id).count()
-        if active + adding > limit.max_active_leases:
+        pending = _vms_in(OnDemandRequest.objects.filter(user__groups=limit.group_id, status__in=PENDING)
+                          .values_list("wanted", flat=True))
+        if active + pending + adding > limit.max_active_leases:
             raise LeaseLimitReached(
-                f"Your group {limit.group.name} has {active} active lease{'s' if active != 1 else ''}; "
+                f"Your group {limit.group.name} has {_held(active, pending)}; "
                 f"its limit is {limit.max_active_leases}. "
                 "Ask a colleague in the group to return a VM, or an admin to raise the limit."
             )
@@ -131,7 +168,7 @@ def checkout(*, user: AbstractBaseUser, pools: list[Pool], lifetime: timedelta |
     """
     if not pools:
         raise VmPortalError("Ask for at least one VM.")
-    _check_limits(user, len(pools))
+    check_lease_limits(user, len(pools))
     now = timezone.now()
     leases: list[Lease] = []
     for pool_id, wanted in sorted(Counter(p.pk for p in pools).items()):
@@ -141,11 +178,16 @@ def checkout(*, user: AbstractBaseUser, pools: list[Pool], lifetime: timedelta |
         # On-demand VMs are ready for their requester only, for the moment before their
         # request's job leases them. Taken VMs are already LEASED; a short pool rolls the
         # whole checkout back.
+        history = dict(model_label=VM._meta.label_lower, field="state", old=VMState.READY, new=VMState.LEASED)
+        params = [pool_id, VMState.READY, wanted, VMState.LEASED, now, VMState.READY]
+        if _history_in_statement():
+            params += history_params(**history)
         vms = sorted(
-            VM.objects.raw(_checkout_sql()["take"], [pool_id, VMState.READY, wanted, VMState.LEASED, now,
-                                                   VMState.READY]),
+            VM.objects.raw(_checkout_sql()["take"], params),
             key=lambda vm: (vm.ready_at is None, vm.ready_at, vm.pk),  # the ORM's order, NULLs last
         )
+        if not _history_in_statement():
+            record_history(VM, [vm.pk for vm in vms], **history)
         if len(vms) < wanted:
             raise PoolEmpty(pool, wanted, len(vms))
         duration = min(lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
@@ -174,7 +216,7 @@ def get_lease_for(user: AbstractBaseUser, lease_id: int) -> Lease:
 @transaction.atomic
 def extend(*, user: AbstractBaseUser, lease_id: int, by: timedelta) -> Lease:
     lease = get_lease_for(user, lease_id)
-    lease = Lease.objects.select_for_update(of=("self",)).select_related("pool").get(pk=lease.pk)
+    lease = Lease.objects.select_for_update(of=("self",), no_key=True).select_related("pool").get(pk=lease.pk)
     if not lease.is_active:
         raise Conflict("This lease has ended.")
     if by <= timedelta(0):
@@ -194,7 +236,9 @@ def extend(*, user: AbstractBaseUser, lease_id: int, by: timedelta) -> Lease:
 @transaction.atomic
 def return_lease(*, user: AbstractBaseUser, lease_id: int) -> Lease:
     lease = get_lease_for(user, lease_id)
-    lease = Lease.objects.select_for_update().select_related("vm").get(pk=lease.pk)
+    # The lease row only (not its VM by the join): end_lease then moves the VM, in the
+    # order reconcile ends expired leases (lease, then VM), and neither locks the pool.
+    lease = Lease.objects.select_for_update(of=("self",), no_key=True).select_related("vm").get(pk=lease.pk)
     if not lease.is_active:
         raise Conflict("This lease has already ended.")
     end_lease(lease, reason=Lease.EndReason.RETURNED)

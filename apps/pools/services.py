@@ -121,15 +121,19 @@ def discard_vm(vm: VM, reason: str) -> None:
 @transaction.atomic
 def reconcile_pool(pool_id: int) -> ReconcileReport:
     """Bring one pool towards its desired state. Safe to run from many processes at once."""
-    pool = Pool.objects.select_for_update().select_related("template").get(pk=pool_id)
+    # Lock order, as everywhere: the pool row, then VM rows in id order. FOR NO KEY UPDATE
+    # serialises reconciles and reconfigures of the pool, yet lets a checkout or return
+    # commit: their foreign-key checks take KEY SHARE on this row, which FOR UPDATE would
+    # block while this transaction waits for the VM rows they hold (a deadlock).
+    pool = Pool.objects.select_for_update(no_key=True, of=("self",)).select_related("template").get(pk=pool_id)
     report = ReconcileReport(pool=pool.name)
     now = timezone.now()
-    vms = pool.vms.select_for_update()
+    vms = pool.vms.select_for_update(no_key=True).order_by("pk")
     # The pool's own VMs: those cloned for an on-demand request are neither counted nor
     # drained here (their request's job owns them until they are leased or failed).
     own = vms.filter(on_demand=False)
 
-    for lease in Lease.objects.active().filter(pool=pool, expires_at__lte=now).select_related("vm"):
+    for lease in Lease.objects.active().filter(pool=pool, expires_at__lte=now).select_related("vm").order_by("vm_id"):
         end_lease(lease, reason=Lease.EndReason.EXPIRED)
         report.expired_leases.append(lease.pk)
 
@@ -160,11 +164,18 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
         for vm in own.filter(state=VMState.READY, ready_at__lt=now - pool.ready_ttl):
             _destroy(vm, f"Ready for longer than {pool.ready_ttl}; recycled.", report)
     target = pool.size if pool.enabled else 0
-    current = list(own.filter(state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING)).order_by("ready_at"))
+    # Counted without locks: holding every ready VM until commit would leave concurrent
+    # checkouts (SKIP LOCKED) none to take. A fill recounts under its own lock anyway.
+    current = list(
+        pool.vms.filter(on_demand=False, state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING))
+        .order_by("ready_at", "pk")
+    )
     # Shrink: destroy ready VMs, oldest first; clones in flight finish and are trimmed
-    # on a later cycle, so no vSphere task is pulled out from under a worker.
+    # on a later cycle, so no vSphere task is pulled out from under a worker. A VM a
+    # checkout holds is being leased: skipped, and no longer ready when this one commits.
     excess = len(current) - target
-    for vm in [v for v in current if v.state == VMState.READY][: max(0, excess)]:
+    oldest = [v.pk for v in current if v.state == VMState.READY][: max(0, excess)]
+    for vm in own.filter(pk__in=oldest, state=VMState.READY).select_for_update(no_key=True, skip_locked=True):
         _destroy(vm, "The pool shrank.", report)
 
     report.deficit = max(0, target - len(current))
