@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import django_rq
 import pytest
 from django.db import transaction
+from django.utils import timezone
 from rq import SimpleWorker
 
 from apps.audit.models import AuditEvent
 from apps.audit.services import record
+from apps.firstboot.models import KeyDelivery
 from apps.jobs import runner
 from apps.jobs.models import Job
+from apps.leases.models import Lease, VMTask
+from apps.pools.models import VMState
+from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,3 +92,96 @@ def test_jobs_survive_a_dead_redis_and_are_pushed_again(redis_conn, settings):
     work_off()
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
+
+
+# ------------------------------------------------------------------ liveness: one rule for every kind
+
+lost_calls: list[tuple[int, str]] = []
+failure_calls: list[tuple[int, str]] = []
+
+
+def remember_lost(job: Job, reason: str) -> None:
+    lost_calls.append((job.pk, reason))
+
+
+def remember_failure(job: Job, reason: str) -> None:
+    failure_calls.append((job.pk, reason))
+
+
+@runner.handler("test.beats", queue="default")
+def beats(job: runner.JobContext, *, seconds: float) -> None:
+    first = Job.objects.get(pk=job.job.pk).heartbeat_at
+    time.sleep(seconds)
+    later = Job.objects.get(pk=job.job.pk).heartbeat_at
+    job.log(f"beat {first.isoformat()} then {later.isoformat()}")
+    assert later > first, "no heartbeat while the handler ran"
+
+
+@runner.handler("test.hooked", queue="default", on_lost=remember_lost, on_failure=remember_failure)
+def hooked(job: runner.JobContext, *, fail: bool = False, lost: bool = False) -> None:
+    if lost:  # what the reaper does while a slow worker still runs
+        Job.objects.filter(pk=job.job.pk).update(status=Job.Status.FAILED, error="lost")
+    if fail:
+        raise RuntimeError("vCenter said no")
+
+
+def running(kind: str, *, silent_for: timedelta, **args) -> Job:
+    beat = timezone.now() - silent_for
+    return Job.objects.create(kind=kind, args=args, status=Job.Status.RUNNING, started_at=beat, heartbeat_at=beat)
+
+
+def test_every_job_beats_a_heartbeat_without_asking_for_one(redis_conn, settings):
+    settings.VMPORTAL_JOB_STALE_AFTER = 3  # a beat every second
+    job = runner.enqueue("test.beats", seconds=2.5)
+    work_off()
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+
+
+def test_a_silent_running_job_is_failed_once_and_its_kind_compensates(settings):
+    settings.VMPORTAL_JOB_STALE_AFTER = 45
+    lost_calls.clear()
+    dead = running("test.hooked", silent_for=timedelta(seconds=50))
+    alive = running("test.hooked", silent_for=timedelta(seconds=20))
+    mute = running("test.echo", silent_for=timedelta(minutes=5), word="x")  # no hook: only failed
+    assert runner.reap_lost() == 2
+    assert runner.reap_lost() == 0  # one verdict, one compensation
+    dead.refresh_from_db()
+    alive.refresh_from_db()
+    mute.refresh_from_db()
+    assert (dead.status, alive.status, mute.status) == (Job.Status.FAILED, Job.Status.RUNNING, Job.Status.FAILED)
+    assert dead.error.startswith(f"The worker running test.hooked #{dead.pk} stopped before it finished")
+    assert "the bound is 45 s" in dead.error
+    assert lost_calls == [(dead.pk, dead.error)]
+
+
+def test_a_handler_that_raises_runs_its_kinds_failure_hook(redis_conn):
+    failure_calls.clear()
+    job = runner.enqueue("test.hooked", fail=True)
+    work_off()
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert failure_calls == [(job.pk, "RuntimeError: vCenter said no")]
+
+
+def test_a_job_declared_lost_keeps_that_verdict_when_its_slow_worker_finishes(redis_conn):
+    job = runner.enqueue("test.hooked", lost=True)
+    work_off()
+    job.refresh_from_db()
+    assert (job.status, job.error) == (Job.Status.FAILED, "lost")
+
+
+def test_lost_vm_tasks_and_key_deliveries_fail_with_a_reason(engineer):
+    pool = factories.pool()
+    vm = factories.vm(pool, state=VMState.LEASED, moid="vm-42")
+    now = timezone.now()
+    lease = Lease.objects.create(vm=vm, pool=pool, user=engineer, started_at=now, expires_at=now + timedelta(hours=1))
+    task = VMTask.objects.create(lease=lease, kind=VMTask.Kind.SNAPSHOT, snapshot="s1")
+    delivery = KeyDelivery.objects.get_or_create(lease=lease)[0]
+    running("leases.vm_task", silent_for=timedelta(hours=1), task_id=task.pk)
+    running("firstboot.add_keys", silent_for=timedelta(hours=1), lease_id=lease.pk)
+    assert runner.reap_lost() == 2
+    task.refresh_from_db()
+    delivery.refresh_from_db()
+    assert task.status == VMTask.Status.FAILED and "stopped before it finished" in task.error
+    assert delivery.state == KeyDelivery.State.FAILED and "stopped before it finished" in delivery.detail

@@ -23,14 +23,15 @@ from apps.pools.services import (
     claim_slots,
     fail_orphaned_clones,
     find_strays,
-    mark_degraded,
     record_clone_failure,
     record_clone_success,
+    record_reachable,
+    record_unreachable,
     still_stray,
 )
 from apps.vsphere import operations as ops
-from apps.vsphere.errors import Unreachable, VSphereError
-from apps.vsphere.session import Connection, Endpoint, connect
+from apps.vsphere.errors import VSphereError
+from apps.vsphere.session import Connection, Endpoint, connect, probe
 from apps.vsphere.types import OWNER_KEY, CloneSpec
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def fill(job: runner.JobContext, *, pool_id: int) -> None:
     counts = {"ready": 0, "failed": 0}
     claiming = True
     with ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:
+        if pool.unreachable_since is not None and not vcenter_answers(pool, endpoint, job):
+            return
         while claiming or booting:
             batch = claim_slots(pool_id, width) if claiming else []
             if batch:
@@ -144,14 +147,29 @@ def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters, job: 
     for vm, host, result in zip(batch, hosts, results, strict=True):
         if isinstance(result, VSphereError):
             job.log(f"{vm.name}: {result}")
-            record_clone_failure(vm, str(result), permanent=result.permanent)
-            if isinstance(result, Unreachable):
-                mark_degraded(pool, f"vCenter unreachable: {result}")
+            record_clone_failure(vm, str(result), permanent=result.permanent, outage=result.outage)
             continue
         vm.move_to(VMState.BOOTING, moid=result.moid, instance_uuid=result.instance_uuid,
                    host_id=host.pk if host else None)
         booting.append(vm)
     return booting
+
+
+def vcenter_answers(pool: Pool, endpoint: Endpoint, job: runner.JobContext) -> bool:
+    """After an outage, one cheap call (CurrentTime, after a login if needed) before any slot is
+    claimed: while vCenter is still away no VM rows churn, and once it answers the pool
+    returns to OK now rather than after its next successful clone."""
+    try:
+        probe(endpoint)
+    except VSphereError as exc:
+        if not exc.outage:
+            return True  # vCenter answered with a real fault: the clone path records it
+        job.log(f"vCenter still unreachable: {exc}")
+        record_unreachable(pool.pk, str(exc))
+        return False
+    recovered = record_reachable(vcenter_id=pool.template.vcenter_id)
+    job.log(f"vCenter answers again; {recovered} pools back to OK")
+    return True
 
 
 def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: runner.JobContext) -> tuple[int, int]:
@@ -162,6 +180,11 @@ def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: run
             seen = firstboot.finish_usable(conn, booting, seen)  # ejects seed ISOs, scrubs user-data
     except VSphereError as exc:
         seen = dict.fromkeys(booting, str(exc))
+        if exc.outage:
+            record_unreachable(pool.pk, str(exc))
+        outage = exc.outage
+    else:
+        outage = False
     ready = failed = 0
     now = timezone.now()
     for moid, outcome in seen.items():
@@ -174,8 +197,9 @@ def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: run
             reason = f"The guest did not become usable within {pool.boot_timeout}: {outcome}."
             job.log(f"{vm.name}: {reason}")
             # Boot failures count like clone failures: a template that never boots must
-            # back the pool off, not churn clones forever.
-            record_clone_failure(vm, reason, permanent=False)
+            # back the pool off, not churn clones forever. Not so when vCenter could not
+            # be asked: that says nothing about the guest.
+            record_clone_failure(vm, reason, permanent=False, outage=outage)
             failed += 1
         else:
             continue

@@ -140,6 +140,9 @@ class Pool(models.Model):
     health_reason = models.TextField(blank=True)
     consecutive_failures = models.PositiveSmallIntegerField(default=0)
     retry_at = models.DateTimeField(null=True, blank=True, help_text="No clones before this (backoff).")
+    # Set while the pool is degraded only because its vCenter does not answer: such a pool
+    # is not failing, retries soon and returns to OK by itself once vCenter answers.
+    unreachable_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -180,7 +180,9 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
 
     report.deficit = max(0, target - len(current))
     can_clone = (
-        report.deficit > 0
+        # A pool its vCenter's outage degraded gets a fill even when full: the fill's first
+        # look is what tells that vCenter answers again and returns the pool to OK.
+        (report.deficit > 0 or pool.unreachable_since is not None)
         and pool.health != Pool.Health.FAILING
         and (pool.retry_at is None or pool.retry_at <= now)
         and pool.template.status == TemplateStatus.READY
@@ -342,13 +344,32 @@ def claim_slot(pool_id: int) -> VM | None:
     return claimed[0] if claimed else None
 
 
-def record_clone_failure(vm: VM, reason: str, *, permanent: bool) -> None:
-    """A clone failed: fail the VM, and back the pool off (or stop it for good)."""
+# An outage is retried soon, so the pool notices vCenter's return within one reconcile
+# of the retry time, and backs off (to the cap) so a long one does not churn clone slots.
+UNREACHABLE_RETRY_MIN = timedelta(seconds=5)
+UNREACHABLE_RETRY_MAX = timedelta(seconds=30)
+
+
+def record_clone_failure(vm: VM, reason: str, *, permanent: bool, outage: bool = False) -> None:
+    """A clone failed: fail the VM, and back the pool off (or stop it for good).
+
+    ``outage``: vCenter did not answer (unreachable, timeout, session lost). That says
+    nothing about the pool, so it never counts toward ``max_tries``; every slot of a batch
+    failing for one outage is one event (see ``_mark_unreachable``).
+    """
     with transaction.atomic():
-        pool = Pool.objects.select_for_update().get(pk=vm.pool_id)
+        # FOR NO KEY UPDATE: only non-key columns change, and a checkout's foreign-key
+        # check (KEY SHARE) on this pool row must not wait for it.
+        pool = Pool.objects.select_for_update(no_key=True).get(pk=vm.pool_id)
         vm.move_to(VMState.FAILED, state_reason=reason)
+        if outage:
+            _mark_unreachable(pool, vm.vcenter_id, reason)
+            return
         pool.consecutive_failures += 1
-        if permanent or pool.consecutive_failures >= pool.max_tries:
+        pool.unreachable_since = None  # the health below describes a real fault now
+        if pool.health == Pool.Health.FAILING:
+            pass  # the other slots of the batch that failed it: the first reason stands, one event
+        elif permanent or pool.consecutive_failures >= pool.max_tries:
             why = reason if permanent else f"{pool.consecutive_failures} clones in a row failed; last: {reason}"
             pool.health, pool.health_reason, pool.retry_at = Pool.Health.FAILING, why, None
             audit.record("pool.failing", target=pool, pool=pool, message=why)
@@ -357,21 +378,67 @@ def record_clone_failure(vm: VM, reason: str, *, permanent: bool) -> None:
             pool.health = Pool.Health.DEGRADED
             pool.health_reason = f"Clone failed ({reason}); retrying in {backoff}s."
             pool.retry_at = timezone.now() + timedelta(seconds=backoff)
-        pool.save(update_fields=["consecutive_failures", "health", "health_reason", "retry_at"])
+        pool.save(update_fields=["consecutive_failures", "health", "health_reason", "retry_at", "unreachable_since"])
 
 
 def record_clone_success(vm: VM) -> None:
-    Pool.objects.filter(pk=vm.pool_id).filter(~Q(consecutive_failures=0) | ~Q(health=Pool.Health.OK)).exclude(
-        health=Pool.Health.FAILING
-    ).update(consecutive_failures=0, health=Pool.Health.OK, health_reason="", retry_at=None)
-
-
-def mark_degraded(pool: Pool, reason: str) -> None:
-    """vCenter is unreachable: say so, and let the next cycle try again (no job storm)."""
-    Pool.objects.filter(pk=pool.pk).exclude(health=Pool.Health.FAILING).update(
-        health=Pool.Health.DEGRADED, health_reason=reason,
-        retry_at=timezone.now() + timedelta(seconds=10),
+    Pool.objects.filter(pk=vm.pool_id).filter(
+        ~Q(consecutive_failures=0) | ~Q(health=Pool.Health.OK) | Q(unreachable_since__isnull=False)
+    ).exclude(health=Pool.Health.FAILING).update(
+        consecutive_failures=0, health=Pool.Health.OK, health_reason="", retry_at=None, unreachable_since=None
     )
+    # vCenter answered: other pools it left degraded need not wait for their own retry.
+    record_reachable(vcenter_id=vm.vcenter_id)
+
+
+def record_unreachable(pool_id: int, reason: str) -> None:
+    """vCenter did not answer a pool's job: degrade the pool (never to failing) and retry soon."""
+    with transaction.atomic():
+        pool = Pool.objects.select_for_update(no_key=True).select_related("template").get(pk=pool_id)
+        _mark_unreachable(pool, pool.template.vcenter_id, reason)
+
+
+def _mark_unreachable(pool: Pool, vcenter_id: int, reason: str) -> None:
+    if pool.health == Pool.Health.FAILING:
+        return  # a real fault was recorded first; it stays until an admin resets the pool
+    now = timezone.now()
+    first = pool.unreachable_since is None
+    since = pool.unreachable_since or now
+    # Each retry waits about as long as the outage has lasted so far, within the bounds.
+    delay = min(max(now - since, UNREACHABLE_RETRY_MIN), UNREACHABLE_RETRY_MAX)
+    name = VCenter.objects.filter(pk=vcenter_id).values_list("name", flat=True).first() or "?"
+    pool.health = Pool.Health.DEGRADED
+    pool.health_reason = f"vCenter {name} unreachable: {reason}; retrying"
+    pool.retry_at = now + delay
+    pool.unreachable_since = since
+    pool.save(update_fields=["health", "health_reason", "retry_at", "unreachable_since"])
+    if first:  # one outage, one event, however many slots and retries it fails
+        audit.record("pool.unreachable", target=pool, pool=pool, message=pool.health_reason)
+
+
+def record_reachable(*, vcenter_id: int) -> int:
+    """vCenter answers again: every pool degraded only by its outage returns to OK now.
+
+    Returns how many pools recovered."""
+    recovered = 0
+    now = timezone.now()
+    for pool_id in Pool.objects.filter(template__vcenter_id=vcenter_id, unreachable_since__isnull=False) \
+            .values_list("pk", flat=True):
+        with transaction.atomic():
+            pool = Pool.objects.select_for_update(no_key=True).filter(
+                pk=pool_id, unreachable_since__isnull=False).first()
+            if pool is None:
+                continue  # another process saw vCenter answer first
+            lasted = int((now - pool.unreachable_since).total_seconds())
+            if pool.health == Pool.Health.DEGRADED:
+                # consecutive_failures is kept: real faults before the outage still count.
+                pool.health, pool.health_reason, pool.retry_at = Pool.Health.OK, "", None
+            pool.unreachable_since = None
+            pool.save(update_fields=["health", "health_reason", "retry_at", "unreachable_since"])
+            audit.record("pool.reachable", target=pool, pool=pool,
+                         message=f"vCenter answers again after about {lasted}s; the pool resumes.")
+            recovered += 1
+    return recovered
 
 
 # ----------------------------------------------------------------------- leases
