@@ -15,10 +15,10 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.core.errors import Conflict, VmPortalError
+from apps.core.states import StaleState
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
@@ -68,6 +68,10 @@ def register_template(*, vcenter: VCenter, name: str, inventory_path: str, os_na
         copy, _ = TemplateCopy.objects.get_or_create(
             template=template, cluster=cluster, defaults={"moid": info.moid, "status": TemplateStatus.PREPARING}
         )
+        # Registering a failed one again is how an admin retries its preparation.
+        for obj in (template, copy):
+            if obj.status == TemplateStatus.FAILED:
+                obj.move_to(TemplateStatus.PREPARING, status_reason="")
         if not prepare_now and copy.status != TemplateStatus.READY:
             runner.enqueue("pools.prepare_template", target=template, copy_id=copy.pk)
     if prepare_now and copy.status != TemplateStatus.READY:
@@ -78,24 +82,23 @@ def register_template(*, vcenter: VCenter, name: str, inventory_path: str, os_na
 
 def prepare_copy(copy_id: int) -> TemplateCopy:
     """Give a template copy its linked-clone base snapshot and mark it as a template."""
-    copy = TemplateCopy.objects.select_related("template__vcenter").get(pk=copy_id)
+    copy = TemplateCopy.objects.select_related("template__vcenter", "cluster").get(pk=copy_id)
     template = copy.template
+    if copy.status != TemplateStatus.PREPARING:
+        return copy  # prepared (or failed) by another run of this job meanwhile
     try:
         with connect(Endpoint.from_vcenter(template.vcenter)) as conn:
             info = ops.prepare_template(conn, copy.moid)
     except VmPortalError as exc:
-        with transaction.atomic():
-            TemplateCopy.objects.filter(pk=copy.pk).update(status=TemplateStatus.FAILED, status_reason=str(exc))
-            Template.objects.filter(pk=template.pk).update(status=TemplateStatus.FAILED, status_reason=str(exc))
-            audit.record("template.failed", target=template, message=str(exc))
+        _fail_template(template.pk, str(exc), copy_id=copy.pk)
         raise
+    # Losing to a racing writer (StaleState, a 409 when inline) leaves nothing behind: the
+    # template was the admin's in vSphere before, and preparing it again is harmless.
     with transaction.atomic():
-        TemplateCopy.objects.filter(pk=copy.pk).update(
-            snapshot_moid=info.snapshot_moid or "", status=TemplateStatus.READY, status_reason="", progress=100
-        )
-        Template.objects.filter(pk=template.pk).update(status=TemplateStatus.READY, status_reason="")
+        copy.move_to(TemplateStatus.READY, snapshot_moid=info.snapshot_moid or "", status_reason="", progress=100)
+        if template.status != TemplateStatus.READY:
+            template.move_to(TemplateStatus.READY, status_reason="")
         audit.record("template.ready", target=template, after={"cluster": str(copy.cluster)})
-    copy.refresh_from_db()
     return copy
 
 
@@ -196,17 +199,51 @@ def _ovf_source(url: str, upload_path: str, download: PackageDownload):
         yield stream
 
 
-def _fail_template(template_id: int, reason: str, *, copy_id: int | None = None, build_id: int | None = None) -> None:
+# States in which a template, copy or build is no longer some job's work in flight: failing
+# what a job left behind never touches them (a racing job or reaper settled them first).
+_SETTLED: dict[type, tuple[str, ...]] = {
+    Template: (TemplateStatus.READY, TemplateStatus.FAILED),
+    TemplateCopy: (TemplateStatus.READY, TemplateStatus.FAILED),
+    TemplateBuild: (TemplateBuild.Status.READY, TemplateBuild.Status.CAPTURED, TemplateBuild.Status.FAILED,
+                    TemplateBuild.Status.DISCARDED),
+}
+
+
+def _fail_unsettled(obj: Template | TemplateCopy | TemplateBuild, reason: str) -> bool:
+    """Fail ``obj`` unless it has settled; True if this call failed it."""
+    for _ in range(5):
+        if obj.status in _SETTLED[type(obj)]:
+            return False
+        try:
+            obj.move_to(TemplateStatus.FAILED, status_reason=reason)
+            return True
+        except StaleState as exc:
+            if exc.current is None:
+                return False  # deleted meanwhile (a discarded build's template)
+            obj.status = exc.current  # moved meanwhile: look again at where it is now
+    return False
+
+
+def _fail_template(template_id: int | None, reason: str, *, copy_id: int | None = None,
+                   build_id: int | None = None) -> bool:
+    """Fail what a job left in flight (its build, copy and template), and audit it once.
+
+    Called by the job on its own failure and by the reaper for a job whose worker died:
+    whichever comes second finds them settled and changes nothing. A build that had
+    settled (say, ready for the admin's work) keeps its template as it is.
+    """
     with transaction.atomic():
-        Template.objects.filter(pk=template_id).update(
-            status=TemplateStatus.FAILED, status_reason=reason, status_changed_at=timezone.now())
-        if copy_id:
-            TemplateCopy.objects.filter(pk=copy_id).update(
-                status=TemplateStatus.FAILED, status_reason=reason, status_changed_at=timezone.now())
-        if build_id:
-            TemplateBuild.objects.filter(pk=build_id).update(status=TemplateBuild.Status.FAILED, status_reason=reason)
-        template = Template.objects.filter(pk=template_id).first()
+        build = TemplateBuild.objects.select_for_update(no_key=True).filter(pk=build_id).first() if build_id else None
+        if build is not None and not _fail_unsettled(build, reason):
+            return False
+        copy = TemplateCopy.objects.filter(pk=copy_id).first() if copy_id else None
+        if copy is not None:
+            _fail_unsettled(copy, reason)
+        template = Template.objects.filter(pk=template_id).first() if template_id else None
+        if template is None or not _fail_unsettled(template, reason):
+            return False
         audit.record("template.failed", target=template, message=reason)
+        return True
 
 
 def _reason(exc: BaseException) -> str:
@@ -214,15 +251,26 @@ def _reason(exc: BaseException) -> str:
 
 
 def _mark_ready(template: Template, copy: TemplateCopy, info, *, action: str = "template.ready") -> None:
+    """Ready the template and its copy from the states this job left them in; StaleState
+    (nothing written) if someone else moved either first."""
     with transaction.atomic():
-        TemplateCopy.objects.filter(pk=copy.pk).update(
-            moid=info.moid, snapshot_moid=info.snapshot_moid or "", status=TemplateStatus.READY,
-            status_reason="", progress=100, status_changed_at=timezone.now())
-        Template.objects.filter(pk=template.pk).update(
-            status=TemplateStatus.READY, status_reason="", progress=100, inventory_path=info.path,
-            status_changed_at=timezone.now())
+        for obj in (copy, template):
+            if obj.status == TemplateStatus.DEPLOYING:  # an upload whose progress never said 100
+                obj.move_to(TemplateStatus.PREPARING, progress=100)
+        copy.move_to(TemplateStatus.READY, moid=info.moid, snapshot_moid=info.snapshot_moid or "",
+                     status_reason="", progress=100)
+        template.move_to(TemplateStatus.READY, status_reason="", progress=100, inventory_path=info.path)
         audit.record(action, target=template,
                      after={"cluster": str(copy.cluster), "moid": info.moid, "path": info.path})
+
+
+def _lost_to(job: runner.JobContext, lost: StaleState, conn_vcenter: VCenter, made_moid: str) -> None:
+    """This job's work was done, but a racing writer (the reaper, believing its worker dead)
+    failed its rows first. Their verdict stands; what the job made in vSphere has no row
+    that will ever use it, and a failed template must leave nothing there, so it goes."""
+    job.log(f"{lost} Stopping; removing what this job made ({made_moid}).")
+    with connect(Endpoint.from_vcenter(conn_vcenter)) as conn:
+        ops.destroy_vm(conn, made_moid, allow_template=True)
 
 
 @runner.handler("templates.deploy_ovf", queue="deploy")
@@ -231,16 +279,23 @@ def deploy_ovf_job(job: runner.JobContext, *, template_id: int, copy_id: int, ur
     """ImportVApp + NFC upload with progress on the rows, then the linked-clone snapshot."""
     template = Template.objects.select_related("vcenter").get(pk=template_id)
     copy = TemplateCopy.objects.select_related("cluster").get(pk=copy_id)
+    if template.status != TemplateStatus.DEPLOYING:
+        job.log(f"{template} is {template.status}; nothing to do")
+        if upload_path:
+            Path(upload_path).unlink(missing_ok=True)
+        return
     started = time.monotonic()
     logged = [-1]
 
     def progress(percent: int) -> None:
         if percent >= 100:
-            # The upload is done; deploy_ovf goes on to snapshot and mark as template.
-            Template.objects.filter(pk=template_id, status=TemplateStatus.DEPLOYING).update(
-                status=TemplateStatus.PREPARING, progress=100, status_changed_at=timezone.now())
-            TemplateCopy.objects.filter(pk=copy_id, status=TemplateStatus.DEPLOYING).update(
-                status=TemplateStatus.PREPARING, progress=100, status_changed_at=timezone.now())
+            # The upload is done; deploy_ovf goes on to snapshot and mark as template. A
+            # racing writer that failed the rows meanwhile wins at _mark_ready, not here in
+            # the middle of vSphere's upload.
+            with contextlib.suppress(StaleState), transaction.atomic():
+                for obj in (template, copy):
+                    if obj.status == TemplateStatus.DEPLOYING:
+                        obj.move_to(TemplateStatus.PREPARING, progress=100)
         else:
             Template.objects.filter(pk=template_id, status=TemplateStatus.DEPLOYING).update(progress=percent)
             TemplateCopy.objects.filter(pk=copy_id, status=TemplateStatus.DEPLOYING).update(progress=percent)
@@ -264,7 +319,11 @@ def deploy_ovf_job(job: runner.JobContext, *, template_id: int, copy_id: int, ur
     finally:
         if upload_path:
             Path(upload_path).unlink(missing_ok=True)
-    _mark_ready(template, copy, info)
+    try:
+        _mark_ready(template, copy, info)
+    except StaleState as lost:
+        _lost_to(job, lost, template.vcenter, info.moid)
+        return
     job.log(f"{template.name} ready as {info.path} in {time.monotonic() - started:.1f}s")
 
 
@@ -373,28 +432,31 @@ def build_vm_job(job: runner.JobContext, *, build_id: int) -> None:
     except Exception as exc:
         _fail_template(build.template_id, _reason(exc), build_id=build.pk)
         raise
-    with transaction.atomic():
-        TemplateBuild.objects.filter(pk=build.pk, status=TemplateBuild.Status.CLONING).update(
-            status=TemplateBuild.Status.READY, ip_address=ip, hostname=hostname, status_reason=note)
-        Template.objects.filter(pk=build.template_id).update(
-            status_reason=f"Build VM {build.vm_name} is on{f' at {ip}' if ip else ''}; "
-                          "capture it when your changes are done.")
-        audit.record("template.build_ready", target=build, message=f"{build.vm_name} {ip or 'has no IP yet'}")
+    try:
+        with transaction.atomic():
+            build.move_to(TemplateBuild.Status.READY, ip_address=ip, hostname=hostname, status_reason=note)
+            Template.objects.filter(pk=build.template_id, status=TemplateStatus.PENDING).update(
+                status_reason=f"Build VM {build.vm_name} is on{f' at {ip}' if ip else ''}; "
+                              "capture it when your changes are done.")
+            audit.record("template.build_ready", target=build, message=f"{build.vm_name} {ip or 'has no IP yet'}")
+    except StaleState as lost:
+        # Failed by the reaper meanwhile: the build VM stays (its moid is recorded), so the
+        # admin still discards it from the failed build as usual.
+        job.log(f"{lost} Stopping.")
+        return
     job.log(f"{build.vm_name} is up{f' at {ip}' if ip else ''}")
 
 
 @transaction.atomic
 def request_capture(*, build_id: int) -> TemplateBuild:
     """Turn a derive's build VM into the new template (shut down, snapshot, mark)."""
-    build = TemplateBuild.objects.select_for_update().get(pk=build_id)
+    build = TemplateBuild.objects.select_for_update(no_key=True).get(pk=build_id)
     if build.kind != TemplateBuild.Kind.DERIVE:
         raise Conflict("Only a derive's build VM can be captured again.")
     if build.status not in (TemplateBuild.Status.READY, TemplateBuild.Status.FAILED) or not build.moid:
         raise Conflict(f"The build VM is {build.get_status_display().lower()}; it can be captured once it is ready.")
-    TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.CAPTURING, status_reason="")
-    Template.objects.filter(pk=build.template_id).update(
-        status=TemplateStatus.PREPARING, status_reason=f"Capturing build VM {build.vm_name}.",
-        status_changed_at=timezone.now())
+    build.move_to(TemplateBuild.Status.CAPTURING, status_reason="")
+    build.template.move_to(TemplateStatus.PREPARING, status_reason=f"Capturing build VM {build.vm_name}.")
     audit.record("template.capture", target=build.template, message=f"Capture {build.vm_name} as {build.template_name}")
     runner.enqueue("templates.capture_build", target=build, build_id=build.pk)
     build.refresh_from_db()
@@ -402,11 +464,13 @@ def request_capture(*, build_id: int) -> TemplateBuild:
 
 
 def _captured(build: TemplateBuild, info) -> None:
+    """The build, its template and the template's copy in the build's cluster, all at once;
+    StaleState (nothing written) if a racing writer moved any of them first."""
     with transaction.atomic():
-        copy, _ = TemplateCopy.objects.get_or_create(template_id=build.template_id, cluster=build.cluster)
-        TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.CAPTURED, moid=info.moid,
-                                                         status_reason="")
-    _mark_ready(build.template, copy, info, action="template.captured")
+        copy, _ = TemplateCopy.objects.get_or_create(template_id=build.template_id, cluster=build.cluster,
+                                                     defaults={"status": TemplateStatus.PREPARING})
+        build.move_to(TemplateBuild.Status.CAPTURED, moid=info.moid, status_reason="")
+        _mark_ready(build.template, copy, info, action="template.captured")
 
 
 @runner.handler("templates.capture_build", queue="deploy")
@@ -422,14 +486,21 @@ def capture_build_job(job: runner.JobContext, *, build_id: int) -> None:
     except Exception as exc:
         _fail_template(build.template_id, _reason(exc), build_id=build.pk)
         raise
-    _captured(build, info)
+    try:
+        _captured(build, info)
+    except StaleState as lost:
+        # The build VM is now a vSphere template, but it is the admin's work: it stays,
+        # recorded on the failed build, to be captured again or discarded.
+        job.log(f"{lost} Stopping.")
+        return
     job.log(f"{build.vm_name} captured as template {info.path}")
 
 
 @transaction.atomic
 def start_vm_capture(*, vm: VM, name: str, os_name: str = "", user=None) -> TemplateBuild:
     """Copy a pool VM (leased or ready) into a new template; its lease carries on untouched."""
-    vm = VM.objects.select_for_update(of=("self",)).select_related("template", "pool", "vcenter").get(pk=vm.pk)
+    vm = (VM.objects.select_for_update(of=("self",), no_key=True).select_related("template", "pool", "vcenter")
+          .get(pk=vm.pk))
     if vm.state not in (VMState.LEASED, VMState.READY) or not vm.moid:
         raise Conflict(f"{vm} is {vm.get_state_display().lower()}; only a ready or leased VM can be captured.")
     cluster = vm.cluster or (vm.host.cluster if vm.host_id and vm.host.cluster_id else None) or (
@@ -477,17 +548,21 @@ def capture_vm_job(job: runner.JobContext, *, build_id: int) -> None:
     except Exception as exc:
         _fail_template(build.template_id, _reason(exc), build_id=build.pk)
         raise
-    _captured(build, made.template)
+    try:
+        _captured(build, made.template)
+    except StaleState as lost:
+        _lost_to(job, lost, build.vcenter, made.template.moid)
+        return
     job.log(f"{vm.name} captured as template {made.template.path}")
 
 
 @transaction.atomic
 def discard_build(*, build_id: int) -> TemplateBuild:
     """Destroy a build VM that will not become a template, and free the template's name."""
-    build = TemplateBuild.objects.select_for_update().get(pk=build_id)
+    build = TemplateBuild.objects.select_for_update(no_key=True).get(pk=build_id)
     if build.status not in (TemplateBuild.Status.READY, TemplateBuild.Status.FAILED):
         raise Conflict(f"The build is {build.get_status_display().lower()}; only a ready or failed one is discarded.")
-    TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.DISCARDING)
+    build.move_to(TemplateBuild.Status.DISCARDING)
     audit.record("template.build_discard", target=build, message=f"Discard {build.vm_name}")
     runner.enqueue("templates.discard_build", target=build, build_id=build.pk)
     build.refresh_from_db()
@@ -503,7 +578,7 @@ def discard_build_job(job: runner.JobContext, *, build_id: int) -> None:
         with connect(Endpoint.from_vcenter(build.vcenter)) as conn:
             ops.destroy_vm(conn, build.moid, allow_template=False)
     with transaction.atomic():
-        TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.DISCARDED)
+        build.move_to(TemplateBuild.Status.DISCARDED)
         template = build.template
         if template is not None and template.status != TemplateStatus.READY and not template.pools.exists():
             TemplateBuild.objects.filter(template=template).update(template=None)
@@ -530,7 +605,8 @@ def start_copy_to_cluster(*, template: Template, cluster: Cluster) -> TemplateCo
     if not created and copy.status != TemplateStatus.FAILED:
         return copy
     if not created:
-        TemplateCopy.objects.filter(pk=copy.pk).update(status=TemplateStatus.PREPARING, status_reason="")
+        # Two admins retrying at once: one moves it, the other gets a 409 (StaleState).
+        copy.move_to(TemplateStatus.PREPARING, status_reason="")
     audit.record("template.copy", target=template, message=f"Copy {template} to cluster {cluster}",
                  after={"cluster": str(cluster), "from": str(source.cluster)})
     runner.enqueue("templates.copy_to_cluster", target=template, copy_id=copy.pk)
@@ -542,6 +618,9 @@ def start_copy_to_cluster(*, template: Template, cluster: Cluster) -> TemplateCo
 def copy_to_cluster_job(job: runner.JobContext, *, copy_id: int) -> None:
     copy = TemplateCopy.objects.select_related("template__vcenter", "cluster").get(pk=copy_id)
     template = copy.template
+    if copy.status != TemplateStatus.PREPARING:
+        job.log(f"{copy} is {copy.status}; nothing to do")
+        return
     try:
         source = _copy_to_clone(template, copy.cluster)
         with connect(Endpoint.from_vcenter(template.vcenter)) as conn:
@@ -553,16 +632,18 @@ def copy_to_cluster_job(job: runner.JobContext, *, copy_id: int) -> None:
     except Exception as exc:
         reason = _reason(exc)
         with transaction.atomic():
-            TemplateCopy.objects.filter(pk=copy.pk).update(status=TemplateStatus.FAILED, status_reason=reason,
-                                                           status_changed_at=timezone.now())
-            audit.record("template.copy_failed", target=template, message=f"{copy.cluster}: {reason}")
+            if _fail_unsettled(copy, reason):
+                audit.record("template.copy_failed", target=template, message=f"{copy.cluster}: {reason}")
         raise
     info = made.template
-    with transaction.atomic():
-        TemplateCopy.objects.filter(pk=copy.pk).update(
-            moid=info.moid, snapshot_moid=info.snapshot_moid or "", status=TemplateStatus.READY, status_reason="",
-            progress=100, status_changed_at=timezone.now())
-        audit.record("template.copied", target=template, after={"cluster": str(copy.cluster), "path": info.path})
+    try:
+        with transaction.atomic():
+            copy.move_to(TemplateStatus.READY, moid=info.moid, snapshot_moid=info.snapshot_moid or "",
+                         status_reason="", progress=100)
+            audit.record("template.copied", target=template, after={"cluster": str(copy.cluster), "path": info.path})
+    except StaleState as lost:
+        _lost_to(job, lost, template.vcenter, info.moid)
+        return
     job.log(f"{template} ready in {copy.cluster} as {info.path}")
 
 
@@ -603,24 +684,13 @@ def job_lost(job: Job, reason: str) -> None:
     its worker was killed (SIGKILL, host lost) and nothing else will ever finish it. Without
     this its template would say "deploying" forever and keep its name reserved.
     """
-    now = timezone.now()
-    build = (TemplateBuild.objects.filter(pk=job.args.get("build_id")).first()
-             if job.args.get("build_id") else None)
-    copy_id = job.args.get("copy_id")
-    template_id = job.args.get("template_id") or (build.template_id if build else None)
+    build_id, copy_id = job.args.get("build_id"), job.args.get("copy_id")
+    template_id = job.args.get("template_id")
+    if template_id is None and build_id:
+        template_id = TemplateBuild.objects.filter(pk=build_id).values_list("template_id", flat=True).first()
     if template_id is None and copy_id:
         template_id = TemplateCopy.objects.filter(pk=copy_id).values_list("template_id", flat=True).first()
-    if build is not None and build.status != TemplateBuild.Status.DISCARDING:
-        TemplateBuild.objects.filter(pk=build.pk).update(status=TemplateBuild.Status.FAILED,
-                                                         status_reason=reason)
-    if copy_id:
-        TemplateCopy.objects.filter(pk=copy_id).exclude(status=TemplateStatus.READY).update(
-            status=TemplateStatus.FAILED, status_reason=reason, status_changed_at=now)
-    stuck = Template.objects.filter(pk=template_id).exclude(status=TemplateStatus.READY)
-    if template_id and stuck.update(status=TemplateStatus.FAILED, status_reason=reason,
-                                    status_changed_at=now):
-        audit.record("template.failed", target=Template.objects.get(pk=template_id), message=reason)
-
+    _fail_template(template_id, reason, copy_id=copy_id, build_id=build_id)
 
 runner.compensate(*TEMPLATE_JOB_KINDS, on_lost=job_lost)
 
