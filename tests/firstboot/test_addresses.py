@@ -66,7 +66,10 @@ def test_allocation_takes_the_lowest_free_addresses_and_release_returns_them():
     with transaction.atomic():
         vms = services.allocate_addresses(pool, new_vms(pool, 3))
     assert [vm.ip_allocation.address for vm in vms] == ["10.50.0.10", "10.50.0.11", "10.50.0.12"]
-    services.release(vms[1])
+    assert services.release(vms[1]) == 0  # a live VM keeps its address
+    VM.objects.filter(pk=vms[1].pk).update(state=VMState.DESTROYED)
+    assert services.release(vms[1]) == 1
+    assert services.release(vms[1]) == 0  # a destroy run twice releases once
     with transaction.atomic():
         [again] = services.allocate_addresses(pool, new_vms(pool, 1))
     assert again.ip_allocation.address == "10.50.0.11"
