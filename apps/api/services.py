@@ -21,7 +21,7 @@ from apps.pools.services import discard_vm
 def _reconfigure(pool_id: int, action: str, **changes) -> Pool | None:
     """Through the one pool-reconfigure service (lock, validation, audit, nudge); the pool
     as it was before, or None when nothing changed."""
-    pool = Pool.objects.select_for_update(of=("self",)).select_related("template").get(pk=pool_id)
+    pool = Pool.objects.select_for_update(of=("self",), no_key=True).select_related("template").get(pk=pool_id)
     if all(getattr(pool, name) == value for name, value in changes.items()):
         return None
     try:
@@ -75,7 +75,7 @@ def undo_override(*, pool_id: int, field: str) -> tuple[object, object]:
     Returns (value before the overrides, value just before this reset), vmpooler's
     ``pool_size_before_overrides`` / ``pool_size_before_reset``.
     """
-    pool = Pool.objects.select_for_update().select_related("template").get(pk=pool_id)
+    pool = Pool.objects.select_for_update(of=("self",), no_key=True).select_related("template").get(pk=pool_id)
     current = pool.size if field == PoolOverride.Field.SIZE else pool.template.name
     override = PoolOverride.objects.filter(pool=pool, field=field).first()
     if override is None:
@@ -96,6 +96,7 @@ def reset_pool(*, pool_id: int) -> None:
     """vmpooler's poolreset: clear the pool's failures and rebuild its ready VMs (leased
     ones stay with their lessees)."""
     pool_services.reset(pool_id=pool_id)
-    for vm in VM.objects.select_for_update().filter(pool_id=pool_id, on_demand=False,
-                                                    state__in=(VMState.READY, VMState.BOOTING)):
+    # After the pool row (locked by reset), VM rows in id order: the one lock order.
+    ready = VM.objects.filter(pool_id=pool_id, on_demand=False, state__in=(VMState.READY, VMState.BOOTING))
+    for vm in ready.select_for_update(no_key=True).order_by("pk"):
         discard_vm(vm, "The pool was reset through the API.")

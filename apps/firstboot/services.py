@@ -99,7 +99,7 @@ def allocate_addresses(pool: Pool, vms: list[VM]) -> list[VM]:
         return vms
     # The range row lock serialises allocation across pools, workers and machines; the
     # unique constraint would refuse a second holder of an address anyway.
-    rng = AddressRange.objects.select_for_update().get(pk=cfg.address_range_id)
+    rng = AddressRange.objects.select_for_update(no_key=True).get(pk=cfg.address_range_id)
     addresses = _take_addresses(rng, len(vms))
     kept, surplus = vms[: len(addresses)], vms[len(addresses) :]
     IPAllocation.objects.bulk_create(

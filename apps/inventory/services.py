@@ -155,7 +155,7 @@ def _lock(vcenter: VCenter) -> None:
     Held for the write only (never while vSphere is called); without it two writers'
     bulk upserts could interleave and deadlock, or a delete race an insert.
     """
-    VCenter.objects.select_for_update().filter(pk=vcenter.pk).values_list("pk", flat=True).first()
+    VCenter.objects.select_for_update(no_key=True).filter(pk=vcenter.pk).values_list("pk", flat=True).first()
 
 
 def mark_unreachable(vcenter: VCenter, reason: str) -> None:

@@ -42,7 +42,7 @@ def tag_lease(*, user: AbstractBaseUser, lease_id: int, tags: dict) -> Lease:
     """Merge ``tags`` into the lease's tags (the vmpooler semantics of PUT /vm/<h> tags)."""
     tags = validate_tags(tags)
     lease = get_lease_for(user, lease_id)
-    lease = Lease.objects.select_for_update(of=("self",)).get(pk=lease.pk)
+    lease = Lease.objects.select_for_update(of=("self",), no_key=True).get(pk=lease.pk)
     if not lease.is_active:
         raise Conflict("This lease has ended.")
     before = dict(lease.tags)

@@ -1,6 +1,6 @@
 """Pool administration: create, reconfigure at runtime, drain and reset.
 
-Every write locks the pool row first (select_for_update), so two admins, or an admin and
+Every write locks the pool row first (FOR NO KEY UPDATE), so two admins, or an admin and
 the pool manager's reconcile, never interleave on one pool. The pool manager acts on the
 new settings after the commit (nudge); nothing here calls vSphere.
 """
@@ -199,7 +199,9 @@ def changed_only(before: dict, after: dict) -> tuple[dict, dict]:
 
 def _locked(pool_id: int) -> Pool:
     try:
-        return Pool.objects.select_for_update().get(pk=pool_id)
+        # FOR NO KEY UPDATE: checkouts' and returns' foreign-key checks (KEY SHARE) on the
+        # pool row must not wait for an admin's change of its settings.
+        return Pool.objects.select_for_update(no_key=True).get(pk=pool_id)
     except Pool.DoesNotExist:
         raise NotFound(f"Pool {pool_id} does not exist.") from None
 

@@ -304,7 +304,7 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
     """
     with transaction.atomic():
         pool = Pool.objects.select_related("template").get(pk=pool_id)
-        vcenter = VCenter.objects.select_for_update().get(pk=pool.template.vcenter_id)
+        vcenter = VCenter.objects.select_for_update(no_key=True).get(pk=pool.template.vcenter_id)
         _lock_global()
         pool.refresh_from_db()
         now = timezone.now()
