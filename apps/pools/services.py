@@ -394,7 +394,7 @@ def record_clone_success(vm: VM) -> None:
 def record_unreachable(pool_id: int, reason: str) -> None:
     """vCenter did not answer a pool's job: degrade the pool (never to failing) and retry soon."""
     with transaction.atomic():
-        pool = Pool.objects.select_for_update(no_key=True).select_related("template").get(pk=pool_id)
+        pool = Pool.objects.select_for_update(no_key=True, of=("self",)).select_related("template").get(pk=pool_id)
         _mark_unreachable(pool, pool.template.vcenter_id, reason)
 
 
