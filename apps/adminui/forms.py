@@ -21,7 +21,7 @@ class PoolForm(forms.ModelForm):
         fields = [
             "name", "description", "template", "cluster", "folder", "datastore", "network", "size",
             "linked_clones", "cpus", "memory_mb", "ready_ttl", "lease_lifetime", "lease_max_lifetime",
-            "boot_timeout", "max_tries", "enabled",
+            "boot_timeout", "max_tries", "enabled", "domain", "aliases", "alias_weight",
         ]
         help_texts = {
             "ready_ttl": "e.g. 12:00:00 for 12 hours; empty: never recycle.",

@@ -8,6 +8,7 @@ inventory. Whatever has no vmportal equivalent is reported, never silently dropp
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -23,9 +24,10 @@ from apps.pools.models import Pool, Template, TemplateStatus
 PROVIDER_KEYS_USED = {"server", "username", "password", "insecure", "datacenter", "provider_class", "task_limit"}
 # Global :config: keys we map, and the ones that are vmpooler internals with no meaning here.
 CONFIG_KEYS_USED = {"task_limit", "timeout", "ready_ttl", "vm_lifetime", "max_lifetime_upper_limit",
-                    "max_tries", "clone_target", "create_linked_clones", "datacenter"}
+                    "max_tries", "clone_target", "create_linked_clones", "datacenter", "domain", "backend_weight"}
 POOL_KEYS_USED = {"name", "template", "folder", "datastore", "size", "timeout", "ready_ttl", "provider",
-                  "clone_target", "create_linked_clone", "network", "datacenter", "vm_lifetime", "max_tries"}
+                  "clone_target", "create_linked_clone", "network", "datacenter", "vm_lifetime", "max_tries",
+                  "alias", "domain", "dns_plugin"}
 
 
 def _get(mapping: dict, key: str, default: Any = None) -> Any:
@@ -76,7 +78,7 @@ def import_config(data: dict) -> ImportReport:
     if not isinstance(data, dict):
         raise ValueError("The file does not hold a vmpooler configuration (expected a mapping at the top).")
     for section in _keys(data):
-        if section not in ("providers", "config", "pools"):
+        if section not in ("providers", "config", "pools", "dns_configs"):
             report.unmapped.append(f":{section}: (whole section; vmportal has its own settings for this)")
 
     config = _get(data, "config", {}) or {}
@@ -85,8 +87,9 @@ def import_config(data: dict) -> ImportReport:
             report.unmapped.append(f":config: {key}")
 
     vcenters = _import_providers(_get(data, "providers", {}) or {}, config, report)
+    dns_configs = _get(data, "dns_configs", {}) or {}
     for entry in _get(data, "pools", []) or []:
-        _import_pool(entry, config, vcenters, report)
+        _import_pool(entry, config, vcenters, report, dns_configs)
     return report
 
 
@@ -125,7 +128,8 @@ def _import_providers(providers: dict, config: dict, report: ImportReport) -> di
     return vcenters
 
 
-def _import_pool(entry: dict, config: dict, vcenters: dict[str, tuple[VCenter, str]], report: ImportReport) -> None:
+def _import_pool(entry: dict, config: dict, vcenters: dict[str, tuple[VCenter, str]], report: ImportReport,
+                 dns_configs: dict | None = None) -> None:
     name = slugify(str(_get(entry, "name", "")))[:64]
     if not name:
         report.skipped.append(f"a pool without a name: {entry!r}"[:200])
@@ -191,6 +195,7 @@ def _import_pool(entry: dict, config: dict, vcenters: dict[str, tuple[VCenter, s
     tries = _get(entry, "max_tries", _get(config, "max_tries"))
     if tries:
         pool.max_tries = max(1, int(tries))
+    _import_api_names(pool, entry, config, dns_configs or {}, str(cluster_name))
     try:
         pool.full_clean()
     except ValidationError as exc:
@@ -200,6 +205,22 @@ def _import_pool(entry: dict, config: dict, vcenters: dict[str, tuple[VCenter, s
     audit.record("pool.import", target=pool, pool=pool, after={"size": pool.size, "template": template.name,
                                                                 "cluster": cluster.name})
     report.created.append(f"pool {name} (size {pool.size}, template {template_name}, cluster {cluster.name})")
+
+
+def _import_api_names(pool: Pool, entry: dict, config: dict, dns_configs: dict, cluster_name: str) -> None:
+    """vmpooler's alias (a name or a list), its per-pool domain (the pool's, its dns_plugin's,
+    or the global one) and backend_weight (keyed by clone target) for checkouts by alias."""
+    alias = _get(entry, "alias")
+    if alias:
+        pool.aliases = ",".join(str(a) for a in (alias if isinstance(alias, list) else [alias]))
+    plugin = _get(dns_configs, str(_get(entry, "dns_plugin", "") or ""), {}) or {}
+    domain = _get(entry, "domain") or _get(plugin, "domain") or _get(config, "domain")
+    if domain:
+        pool.domain = str(domain)
+    weights = _get(config, "backend_weight", {}) or {}
+    if isinstance(weights, dict) and cluster_name in weights:
+        with contextlib.suppress(TypeError, ValueError):  # not a number: the default weight stays
+            pool.alias_weight = max(1, int(weights[cluster_name]))
 
 
 def _lookup(pool: Pool, attr: str, value: Any, report: ImportReport, find) -> None:

@@ -6,15 +6,20 @@ leaves a row to reconcile rather than an unknown VM (no leaks).
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
 from apps.core.states import transition
 from apps.inventory.models import Cluster, Datastore, Folder, Host, Network, VCenter
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DOMAIN_RE = rf"^(?=.{{1,200}}$){_LABEL}(\.{_LABEL})*$"
+ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class TemplateStatus(models.TextChoices):
@@ -143,6 +148,20 @@ class Pool(models.Model):
     # Set while the pool is degraded only because its vCenter does not answer: such a pool
     # is not failing, retries soon and returns to OK by itself once vCenter answers.
     unreachable_since = models.DateTimeField(null=True, blank=True)
+    # vmpooler's per-pool domain: the API gives hostnames as <name>.<domain>.
+    domain = models.CharField(
+        max_length=200, blank=True, validators=[RegexValidator(DOMAIN_RE, "Not a DNS domain, e.g. vm.example.com.")],
+        help_text="DNS domain of this pool's VMs in API answers (empty: VMPORTAL_API_DOMAIN).",
+    )
+    # vmpooler's alias: more names this pool answers to in the API. A name several pools
+    # share is served by one of them, picked at random in proportion to alias_weight.
+    aliases = models.CharField(
+        max_length=255, blank=True, help_text="Comma-separated names, e.g. debian,debian-latest."
+    )
+    alias_weight = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)],
+        help_text="Share of checkouts by alias this pool gets among the pools with the same alias.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -152,12 +171,21 @@ class Pool(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def alias_list(self) -> list[str]:
+        return [a for a in (part.strip() for part in self.aliases.split(",")) if a]
+
     def clean(self) -> None:
         errors = {}
         if self.lease_lifetime and self.lease_max_lifetime and self.lease_lifetime > self.lease_max_lifetime:
             errors["lease_max_lifetime"] = "The maximum lifetime must be at least the default lifetime."
         if self.cluster_id and self.template_id and self.cluster.vcenter_id != self.template.vcenter_id:
             errors["cluster"] = "The cluster and the template must be on the same vCenter."
+        bad = [a for a in self.alias_list if not ALIAS_RE.match(a) or a == self.name]
+        taken = Pool.objects.filter(name__in=self.alias_list).exclude(pk=self.pk).values_list("name", flat=True)
+        if bad or taken:
+            errors["aliases"] = (f"Not usable as an alias: {', '.join(sorted({*bad, *taken}))} "
+                                 "(letters, digits, '.', '_', '-'; not this or another pool's name).")
         if self.datastore_id and self.cluster_id and not self.datastore.hosts.filter(cluster=self.cluster_id).exists():
             errors["datastore"] = f"No host of cluster {self.cluster} mounts datastore {self.datastore}."
         if errors:

@@ -24,7 +24,7 @@ from apps.pools.models import VM, Pool, Template, TemplateCopy, TemplateStatus, 
 AUDITED_FIELDS = (
     "name", "description", "template", "cluster", "folder", "datastore", "network", "size", "linked_clones",
     "cpus", "memory_mb", "ready_ttl", "lease_lifetime", "lease_max_lifetime", "boot_timeout", "max_tries",
-    "enabled", "health", "health_reason", "consecutive_failures", "retry_at",
+    "enabled", "health", "health_reason", "consecutive_failures", "retry_at", "domain", "aliases", "alias_weight",
 )
 
 
