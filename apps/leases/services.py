@@ -234,6 +234,28 @@ def extend(*, user: AbstractBaseUser, lease_id: int, by: timedelta) -> Lease:
 
 
 @transaction.atomic
+def set_lifetime(*, user: AbstractBaseUser, lease_id: int, lifetime: timedelta) -> Lease:
+    """End the lease ``lifetime`` after it started, sooner or later than now set, up to its
+    pool's maximum lifetime and never in the past (vmpooler's absolute lifetime)."""
+    lease = get_lease_for(user, lease_id)
+    lease = Lease.objects.select_for_update(of=("self",), no_key=True).select_related("pool").get(pk=lease.pk)
+    if not lease.is_active:
+        raise Conflict("This lease has ended.")
+    cap = lease.pool.lease_max_lifetime if lease.pool else lease.expires_at - lease.started_at
+    if lifetime > cap:
+        raise VmPortalError(f"A lifetime of at most {cap.total_seconds() / 3600:g} hours is allowed here.")
+    new_expiry = lease.started_at + lifetime
+    if new_expiry <= timezone.now():
+        raise VmPortalError("The lease has run longer than that already; give a longer lifetime, or return it.")
+    before = lease.expires_at
+    lease.expires_at = new_expiry
+    lease.save(update_fields=["expires_at"])
+    audit.record("lease.extend" if new_expiry > before else "lease.shorten", target=lease, pool=lease.pool_id,
+                 before={"expires_at": before.isoformat()}, after={"expires_at": new_expiry.isoformat()})
+    return lease
+
+
+@transaction.atomic
 def return_lease(*, user: AbstractBaseUser, lease_id: int) -> Lease:
     lease = get_lease_for(user, lease_id)
     # The lease row only (not its VM by the join): end_lease then moves the VM, in the
