@@ -42,6 +42,11 @@ def _note_disabled(request: HttpRequest | None) -> None:
 
 
 class DirectoryLDAPBackend(LDAPBackend):
+    def get_user(self, user_id):
+        # Like ModelBackend: deactivating someone ends the sessions they already have.
+        user = super().get_user(user_id)
+        return user if user is not None and user.is_active else None
+
     def authenticate(self, request, username=None, password=None, **kwargs):
         user = super().authenticate(request, username=username, password=password, **kwargs)
         # django-auth-ldap signs in users a vmportal admin deactivated; they stay out.
@@ -76,6 +81,10 @@ class DirectoryOIDCBackend(OIDCAuthenticationBackend):
             _note_disabled(request)
             return None
         return user
+
+    def get_user(self, user_id):
+        user = super().get_user(user_id)
+        return user if user is not None and user.is_active else None
 
     def _username(self, claims: dict) -> str:
         value = claims.get(settings.VMPORTAL_OIDC_USERNAME_CLAIM)

@@ -110,8 +110,8 @@ def test_members_of_the_deny_group_and_accounts_disabled_in_vmportal_are_refused
     response = _sign_in(client, "dave", "dave-pw")
     assert response.status_code == 200 and b"did not match" in response.content
     assert _sign_in(client, "erin", "erin-pw").status_code == 302
-    client.post(reverse("logout"))
     User.objects.filter(username="erin").update(is_active=False)
+    assert client.get(reverse("home")).status_code == 302  # her open session ends too
     response = _sign_in(client, "erin", "erin-pw")
     assert response.status_code == 200
     assert DISABLED in response.content.decode()
