@@ -20,6 +20,7 @@ from apps.vsphere.errors import (
     ObjectNotFound,
     OperationTimeout,
 )
+from apps.vsphere.operations import ovf
 from apps.vsphere.session import connect
 from apps.vsphere.types import BASE_SNAPSHOT, CloneSpec, TemplateInfo
 from tests.vsphere import POOL_FOLDER, TEMPLATE, Inventory, endpoint_for, http_server, inventory, unique
@@ -167,7 +168,7 @@ def test_prepare_refuses_a_running_vm_and_leaves_it_alone(conn, inv, folder):
 
 
 def test_deploy_ova_upload_reports_progress_and_gives_a_prepared_template(conn, inv, folder, monkeypatch):
-    monkeypatch.setattr(ops, "UPLOAD_CHUNK", 4096)  # many chunks, so progress has steps
+    monkeypatch.setattr(ovf, "UPLOAD_CHUNK", 4096)  # many chunks, so progress has steps
     seen: list[int] = []
     info = ops.deploy_ovf(conn, source=io.BytesIO(ova_bytes()), progress=seen.append, **deploy_kwargs(inv, folder))
     assert info.ready_for_linked_clones
