@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pyVmomi import vim
 
 from apps.vsphere.errors import DuplicateName, ObjectNotFound, TransientFault, VSphereError, translate
-from apps.vsphere.session import Connection, https_connection
+from apps.vsphere.session import Connection
+from apps.vsphere.tls import https_connection
 
 MAX_GUEST_FILE = 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""Logged-in vSphere sessions: TLS, login, a per-process pool, and the retry loop.
+"""Logged-in vSphere sessions: login (over ``tls``), a per-process pool, and the retry loop.
 
 A vSphere login costs several round trips and a session slot on the vCenter, so a
 worker keeps a small pool of logged-in ServiceInstances per endpoint and hands one out
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import http.client
 import logging
 import os
 import random
 import re
-import ssl
 import threading
 import time
 from collections import Counter
@@ -38,13 +35,13 @@ from pyVmomi.VmomiSupport import GetServiceVersions, versionIdMap
 
 from apps.vsphere.errors import (
     OperationTimeout,
-    PinMismatch,
     SessionExpired,
     TLSError,
     Unreachable,
     VSphereError,
     translate,
 )
+from apps.vsphere.tls import PinnedHTTPSConnection, https_connection, ssl_context
 
 if TYPE_CHECKING:
     from apps.inventory.models import VCenter
@@ -118,99 +115,6 @@ def _split_host(host: str) -> tuple[str, int]:
         name, port = host.split(":")
         return name, int(port)
     return host, DEFAULT_PORT
-
-
-# ---------------------------------------------------------------- TLS
-
-_warned_insecure: set[str] = set()
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """An HTTPS connection that accepts exactly one server certificate.
-
-    pyVmomi's own ``thumbprint`` only kicks in after CA verification has failed, so a
-    CA-valid but different certificate would pass; this checks every handshake.
-    """
-
-    def __init__(self, *args: Any, pin: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pin = pin
-
-    def connect(self) -> None:
-        super().connect()
-        der = self.sock.getpeercert(binary_form=True) or b""
-        # SHA-1 pins only come from vCenter itself (an ESXi host's NFC thumbprint).
-        actual = (hashlib.sha1(der, usedforsecurity=False) if len(self._pin) == 40 else hashlib.sha256(der)).hexdigest()
-        if actual != self._pin:
-            self.close()
-            raise PinMismatch(self._pin, actual)
-
-
-def ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
-    """The TLS context for an endpoint: verified by default, pinned, or (visibly) insecure."""
-    if endpoint.insecure:
-        if endpoint.host not in _warned_insecure:
-            _warned_insecure.add(endpoint.host)
-            log.warning("TLS certificate verification is OFF for vCenter %s (insecure=True)", endpoint.host)
-        return ssl._create_unverified_context()  # noqa: S323 - the explicit lab switch
-    if endpoint.thumbprint:
-        if len(endpoint.pin) != 64:
-            raise TLSError(
-                "the pinned thumbprint must be a SHA-256 fingerprint (64 hex digits, colons allowed)",
-                operation="connect to",
-                obj=endpoint.host,
-            )
-        return _pinning_context()
-    try:
-        if endpoint.ca_bundle.strip():
-            return ssl.create_default_context(cadata=endpoint.ca_bundle)
-        return ssl.create_default_context()
-    except (ssl.SSLError, ValueError) as exc:
-        raise TLSError(f"the CA bundle is not valid PEM ({exc})", operation="connect to", obj=endpoint.host) from exc
-
-
-def _pinning_context() -> ssl.SSLContext:
-    # The pin replaces chain and name checks (that is what pinning a self-signed
-    # certificate means); _PinnedHTTPSConnection enforces it on every socket.
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def https_connection(
-    endpoint: Endpoint, host: str, port: int, *, pin: str | None = None, timeout: float | None = None
-) -> http.client.HTTPSConnection:
-    """An HTTPS connection with the endpoint's TLS rules (for NFC uploads and discovery).
-
-    ``pin`` (SHA-1 or SHA-256 hex) overrides the endpoint's own, e.g. for the ESXi host
-    that serves an NFC lease, whose certificate vCenter vouches for by thumbprint.
-    """
-    timeout = timeout or endpoint.timeout
-    if endpoint.insecure:
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl_context(endpoint))
-    if pin:
-        return _PinnedHTTPSConnection(host, port, timeout=timeout, context=_pinning_context(), pin=pin)
-    if endpoint.pin:
-        return _PinnedHTTPSConnection(host, port, timeout=timeout, context=ssl_context(endpoint), pin=endpoint.pin)
-    return http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl_context(endpoint))
-
-
-def server_thumbprint(endpoint: Endpoint) -> str:
-    """SHA-256 of the certificate the endpoint presents (for the admin to pin), unverified."""
-    conn = http.client.HTTPSConnection(
-        endpoint.hostname,
-        endpoint.port,
-        timeout=endpoint.timeout,
-        context=ssl._create_unverified_context(),  # noqa: S323
-    )
-    try:
-        conn.connect()
-        return hashlib.sha256(conn.sock.getpeercert(binary_form=True) or b"").hexdigest()
-    except Exception as exc:
-        raise translate(exc, operation="read the certificate of", obj=endpoint.host) from exc
-    finally:
-        conn.close()
 
 
 # ---------------------------------------------------------------- one session
@@ -287,7 +191,7 @@ class _Session:
             connectionPoolTimeout=SOCKET_IDLE_SECONDS,
         )
         if endpoint.pin and not endpoint.insecure:
-            self.stub.scheme = functools.partial(_PinnedHTTPSConnection, pin=endpoint.pin)
+            self.stub.scheme = functools.partial(PinnedHTTPSConnection, pin=endpoint.pin)
         self.si = vim.ServiceInstance("ServiceInstance", self.stub)
         self.content = self.si.RetrieveContent()
         self.login()

@@ -13,7 +13,7 @@ import pytest
 from pyVmomi import vim, vmodl
 
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
-from apps.vsphere import errors
+from apps.vsphere import errors, tls
 from apps.vsphere import session as sessions
 from apps.vsphere.errors import (
     AuthenticationFailed,
@@ -23,7 +23,8 @@ from apps.vsphere.errors import (
     Unreachable,
     translate,
 )
-from apps.vsphere.session import Endpoint, close_all, connect, probe, server_thumbprint
+from apps.vsphere.session import Endpoint, close_all, connect, probe
+from apps.vsphere.tls import server_thumbprint
 from tests.vsphere import TcpProxy, endpoint_for, free_port, make_pki, unique
 
 
@@ -279,9 +280,9 @@ def test_ca_bundle_verifies_the_chain_and_a_foreign_ca_is_rejected(vcsim, tmp_pa
 @pytest.mark.vcsim
 def test_insecure_mode_is_visible_in_the_log_once(vcsim, proxy, caplog, monkeypatch):
     # Ports are reused across a run: an earlier test's simulator may have had this address.
-    monkeypatch.setattr(sessions, "_warned_insecure", set())
+    monkeypatch.setattr(tls, "_warned_insecure", set())
     ep = endpoint_for(vcsim, host=proxy.address, insecure=True)
-    with caplog.at_level(logging.WARNING, logger="apps.vsphere.session"):
+    with caplog.at_level(logging.WARNING, logger="apps.vsphere.tls"):
         for _ in range(2):
             with connect(ep):
                 pass

@@ -12,7 +12,8 @@ from pyVmomi import vim
 from apps.vsphere import tasks
 from apps.vsphere.errors import DuplicateName, ObjectNotFound, TransientFault, translate
 from apps.vsphere.operations._common import TASK_TIMEOUT, _find_by_path, entity_path
-from apps.vsphere.session import Connection, https_connection
+from apps.vsphere.session import Connection
+from apps.vsphere.tls import https_connection
 
 _datastore_locations: dict[tuple[str, str], tuple[str, str]] = {}
 

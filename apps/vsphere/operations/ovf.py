@@ -33,7 +33,8 @@ from apps.vsphere.errors import (
 from apps.vsphere.operations._common import PC, ProgressCallback, _find_child
 from apps.vsphere.operations.destroy import destroy_vm
 from apps.vsphere.operations.templates import prepare_template
-from apps.vsphere.session import Connection, https_connection
+from apps.vsphere.session import Connection
+from apps.vsphere.tls import https_connection
 from apps.vsphere.types import BASE_SNAPSHOT, TemplateInfo
 
 log = logging.getLogger(__name__)
