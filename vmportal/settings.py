@@ -234,6 +234,9 @@ VMPORTAL_API_TOKEN_LIFETIME_DAYS = env_int("VMPORTAL_API_TOKEN_LIFETIME_DAYS", 9
 VMPORTAL_API_DEFAULT_LIFETIME_HOURS = env_int("VMPORTAL_API_DEFAULT_LIFETIME_HOURS", 0, minimum=0)
 # The DNS domain vmpooler clients append to hostnames ("domain" in responses); may be empty.
 VMPORTAL_API_DOMAIN = env_str("VMPORTAL_API_DOMAIN", "")
+# The vmpooler reads vmpooler answers without a token (GET vm, vm/<host>, status, summary,
+# poolstat, totalrunning, ondemandvm/<id>, the dashboard's); false makes them need one.
+VMPORTAL_API_PUBLIC_READS = env_bool("VMPORTAL_API_PUBLIC_READS", True)
 import ipaddress  # noqa: E402 - kept inside this block, which is the API's
 
 # Client networks (CIDRs, comma-separated) that may read /metrics without a token.

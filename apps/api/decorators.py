@@ -4,6 +4,7 @@ import functools
 import logging
 from collections.abc import Callable
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -16,8 +17,11 @@ from apps.leases.services import is_admin
 log = logging.getLogger(__name__)
 
 
-def api_view(*, auth_by: str = "token", admin: bool = False) -> Callable:
+def api_view(*, auth_by: str = "token", admin: bool = False, public: tuple[str, ...] = ()) -> Callable:
     """A JSON endpoint: auth by "token", "basic" or "handler" (the handler does it), JSON errors only.
+
+    Methods in ``public`` are the reads vmpooler serves without a token: anyone may call
+    them while VMPORTAL_API_PUBLIC_READS is on (a valid token still says who is asking).
 
     CSRF is off because these views never read the session (see apps.api.auth); the
     login middleware is bypassed because they answer 401 in JSON instead of redirecting.
@@ -35,7 +39,9 @@ def api_view(*, auth_by: str = "token", admin: bool = False) -> Callable:
                 response["Allow"] = ", ".join(handlers)
                 return response
             if auth_by == "token":
-                if auth.token_user(request) is None:
+                if auth.token_user(request) is None and not (
+                    request.method in public and settings.VMPORTAL_API_PUBLIC_READS
+                ):
                     return unauthorized()
             elif auth_by == "basic" and auth.basic_user(request) is None:
                 return auth.basic_refusal(request)

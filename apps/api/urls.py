@@ -33,6 +33,8 @@ vmpooler_patterns = [
     path("token/<str:raw>", vmpooler.token_item),
     path("status", vmpooler.status),
     path("summary", vmpooler.summary),
+    path("summary/<str:route>", vmpooler.summary_part),
+    path("summary/<str:route>/<str:key>", vmpooler.summary_part),
     path("poolstat", vmpooler.poolstat),
     path("totalrunning", vmpooler.totalrunning),
     path("config", vmpooler.config),
@@ -61,5 +63,8 @@ urlpatterns = [
     path("api/tokens/new", views.token_create, name="api-token-create"),
     path("api/tokens/<int:token_id>/revoke", views.token_revoke, name="api-token-revoke"),
     path("metrics", metrics.metrics, name="metrics"),
+    # vmpooler's own dashboard reads these two.
+    path("dashboard/stats/vmpooler/pool", vmpooler.dashboard_pool),
+    path("dashboard/stats/vmpooler/running", vmpooler.dashboard_running),
     path("api/<path:rest>", not_found),
 ]

@@ -1,17 +1,22 @@
 """vmpooler v3 compatibility: the routes, request and response shapes of vmpooler's API.
 
-vmpooler's "hostname" is our VM.name. Where vmpooler is unsafe we are not: every route
-needs a token, only a lease's owner or an admin may change or return it, config changes
-need an admin, and nothing returns credentials.
+vmpooler's "hostname" is our VM.name, handed out as <name>.<domain> (the pool's domain, or
+VMPORTAL_API_DOMAIN). The reads vmpooler serves without a token are public here too unless
+VMPORTAL_API_PUBLIC_READS is off; everything else needs a token, only a lease's owner or
+an admin may change or return it, config changes need an admin, and nothing returns
+credentials.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import timedelta
+import random
+import re
+from collections import Counter, defaultdict
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Avg, Count, F, Max, Min, Sum
+from django.db import transaction
+from django.db.models import Count, Max
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
@@ -21,6 +26,7 @@ from apps.api.decorators import api_view
 from apps.api.http import ApiError, json_body, ok
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken, PoolOverride
+from apps.core.errors import VmPortalError
 from apps.leases import ondemand, vmtasks
 from apps.leases import services as leases
 from apps.leases import tags as lease_tags
@@ -47,13 +53,51 @@ def _count(value: object, what: str) -> int:
     return n
 
 
-def _pools_named(wanted: Counter) -> dict[str, Pool]:
-    """The pools ``wanted`` names, by name; 404 naming any that do not exist."""
-    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=wanted)}
-    unknown = sorted(set(wanted) - set(pools))
+def _fqdn(name: str, pool: Pool | None) -> str:
+    domain = (pool.domain if pool else "") or settings.VMPORTAL_API_DOMAIN
+    return f"{name}.{domain}" if domain else name
+
+
+def _short(hostname: str) -> str:
+    # vmpooler's hostname_shorten: clients send back the FQDN they were given.
+    return hostname.split(".", 1)[0]
+
+
+def _serving(names: set[str]) -> dict[str, list[Pool]]:
+    """The pools behind each name: the pool of that name, else the enabled pools that have it
+    as an alias; 404 naming those that are neither."""
+    serving: dict[str, list[Pool]] = {p.name: [p] for p in Pool.objects.select_related("template")
+                                      .filter(name__in=names)}
+    aliases = names - set(serving)
+    if aliases:  # a pool's own name wins over an alias (the model keeps them apart anyway)
+        for pool in Pool.objects.select_related("template").filter(enabled=True).exclude(aliases=""):
+            for alias in set(pool.alias_list) & aliases:
+                serving.setdefault(alias, []).append(pool)
+    unknown = sorted(names - set(serving))
     if unknown:
         raise ApiError(f"No such pool: {', '.join(unknown)}.", 404)
-    return pools
+    return serving
+
+
+def _pick(wanted: Counter, *, prefer_ready: bool) -> list[tuple[str, Pool]]:
+    """One (requested name, pool) per VM wanted. An alias's pool is drawn by weight among
+    those with a ready VM left (for checkouts), or among all of them."""
+    serving = _serving(set(wanted))
+    ready: Counter = Counter()
+    shared = [p.pk for pools in serving.values() if len(pools) > 1 for p in pools]
+    if prefer_ready and shared:
+        ready.update(dict(VM.objects.filter(pool_id__in=shared, state=VMState.READY, on_demand=False)
+                          .values_list("pool_id").annotate(n=Count("pk"))))
+    picked = []
+    for name, count in wanted.items():
+        pools = serving[name]
+        for _ in range(count):
+            candidates = [p for p in pools if ready[p.pk] > 0] or pools
+            # Not a secret, only a spread of load: the weighted draw of vmpooler's aliases.
+            pool = random.choices(candidates, weights=[p.alias_weight for p in candidates])[0]  # noqa: S311
+            ready[pool.pk] -= 1
+            picked.append((name, pool))
+    return picked
 
 
 def _api_lifetime() -> timedelta | None:
@@ -76,21 +120,23 @@ def _checkout(request: HttpRequest, wanted: Counter) -> HttpResponse:
     limit = settings.VMPORTAL_API_MAX_VMS_PER_REQUEST
     if not wanted or total < 1 or total > limit or min(wanted.values()) < 1:
         raise ApiError(f"Ask for between 1 and {limit} VMs, at least one from each pool named.")
-    pools = _pools_named(wanted)
-    requested = [pools[name] for name, n in wanted.items() for _ in range(n)]
+    picked = _pick(wanted, prefer_ready=True)
     try:
         with CHECKOUT_SECONDS.time():
-            leased = leases.checkout(user=request.user, pools=requested, lifetime=_api_lifetime(),
+            leased = leases.checkout(user=request.user, pools=[pool for _, pool in picked], lifetime=_api_lifetime(),
                                      note="vmpooler API")
     except leases.PoolEmpty as exc:
         # vmpooler's all-or-nothing answer: nothing was leased, 503.
         raise ApiError(str(exc), 503) from None
-    body: dict = {}
-    for name in wanted:
-        names = [lease.vm.name for lease in leased if lease.pool_id == pools[name].pk]
-        body[name] = {"hostname": names[0] if len(names) == 1 else names}
-    body["domain"] = settings.VMPORTAL_API_DOMAIN
-    return ok(body)
+    by_pool: dict[int, list[Lease]] = defaultdict(list)
+    for lease in leased:
+        by_pool[lease.pool_id].append(lease)
+    hosts: dict[str, list[str]] = defaultdict(list)
+    for name, pool in picked:
+        hosts[name].append(_fqdn(by_pool[pool.pk].pop(0).vm.name, pool))
+    # Keyed by the name asked for (an alias too), FQDNs and no "domain" key, as vmpooler v3:
+    # clients append that key's value to each hostname.
+    return ok({name: {"hostname": names[0] if len(names) == 1 else names} for name, names in hosts.items()})
 
 
 def _list_pools(request: HttpRequest) -> HttpResponse:
@@ -104,7 +150,7 @@ def _checkout_body(request: HttpRequest) -> HttpResponse:
     return _checkout(request, _wanted_in(body))
 
 
-vm_collection = api_view()({"GET": _list_pools, "POST": _checkout_body})
+vm_collection = api_view(public=("GET",))({"GET": _list_pools, "POST": _checkout_body})
 
 
 def _checkout_path(request: HttpRequest, pools: str) -> HttpResponse:
@@ -115,6 +161,7 @@ def _checkout_path(request: HttpRequest, pools: str) -> HttpResponse:
 
 
 def _find_vm(hostname: str) -> VM:
+    hostname = _short(hostname)
     vm = (
         VM.objects.select_related("pool", "template", "host")
         .filter(name=hostname).exclude(state=VMState.DESTROYED).order_by("-created_at").first()
@@ -136,13 +183,15 @@ def _owned_lease(request: HttpRequest, vm: VM) -> Lease:
 def _vm_detail(request: HttpRequest, hostname: str) -> HttpResponse:
     vm = _find_vm(hostname)
     lease = Lease.objects.active().filter(vm=vm).first()
-    domain = settings.VMPORTAL_API_DOMAIN
     data: dict = {
         "template": vm.pool.name if vm.pool else (vm.template.name if vm.template else ""),
+        "lifetime": int(round(_hours(vm.pool.lease_lifetime))) if vm.pool else 0,
         "state": STATE_NAMES.get(vm.state, "destroyed"),
         "tags": {}, "snapshots": [], "disk": [],
         "ip": vm.ip_address,
-        "fqdn": vm.hostname or (f"{vm.name}.{domain}" if domain else vm.name),
+        "fqdn": _fqdn(vm.name, vm.pool),
+        # Not in vmpooler v3's answer: vmfloaty's "query" prints <hostname>.<domain>.
+        "domain": (vm.pool.domain if vm.pool else "") or settings.VMPORTAL_API_DOMAIN,
         "host": vm.host.name if vm.host else "",
         "migrated": False,
     }
@@ -159,7 +208,7 @@ def _vm_detail(request: HttpRequest, hostname: str) -> HttpResponse:
         if lease.user_id == request.user.pk or is_admin(request.user):
             data["tags"] = lease.tags
         data["snapshots"], data["disk"] = vmtasks.snapshots_of(lease), vmtasks.disks_of(lease)
-    return ok({vm.name: data, "domain": domain})
+    return ok({vm.name: data})
 
 
 def _vm_modify(request: HttpRequest, hostname: str) -> HttpResponse:
@@ -170,18 +219,49 @@ def _vm_modify(request: HttpRequest, hostname: str) -> HttpResponse:
     if unknown:
         raise ApiError(f"Unknown fields: {', '.join(unknown)}.", failure=[f"unknown field {k}" for k in unknown])
     lease = _owned_lease(request, _find_vm(hostname))
-    if "lifetime" in body:
-        hours = _count(body["lifetime"], "lifetime")
-        if hours < 1:
-            raise ApiError("lifetime must be at least 1 hour.", failure=["lifetime must be positive"])
-        wanted = lease.started_at + timedelta(hours=hours)
-        if wanted <= lease.expires_at:
-            raise ApiError(f"The lease already runs {_hours(lease.expires_at - lease.started_at)} hours; "
-                           "lifetime can only be extended.", failure=["lifetime can only grow"])
-        leases.extend(user=request.user, lease_id=lease.pk, by=wanted - lease.expires_at)
+    failure: list[str] = []
+    lifetime = _lifetime_in(body, lease, failure) if "lifetime" in body else None
+    tags = None
     if "tags" in body:
-        lease_tags.tag_lease(user=request.user, lease_id=lease.pk, tags=body["tags"])
+        try:
+            tags = lease_tags.validate_tags(body["tags"])
+        except VmPortalError as exc:
+            failure.append(str(exc))
+    if failure:
+        raise ApiError(f"Nothing was changed: {' '.join(failure)}", failure=failure)
+    _modify(request, lease.pk, lifetime, tags)
     return ok()
+
+
+def _lifetime_in(body: dict, lease: Lease, failure: list[str]) -> timedelta | None:
+    """vmpooler's lifetime: whole hours from checkout, more than the lease has run, at most
+    the pool's maximum; a shorter one than now set is allowed."""
+    try:
+        hours = _count(body["lifetime"], "lifetime")
+    except ApiError as exc:
+        failure.append(str(exc))
+        return None
+    cap = lease.pool.lease_max_lifetime if lease.pool else lease.expires_at - lease.started_at
+    ran = timezone.now() - lease.started_at
+    if hours < 1:
+        failure.append(f"lifetime {hours}: give a positive number of hours.")
+    elif timedelta(hours=hours) > cap:
+        failure.append(f"lifetime {hours}: the most this pool allows is {_hours(cap):g} hours.")
+    elif timedelta(hours=hours) <= ran:
+        failure.append(f"lifetime {hours}: the VM has run {_hours(ran):g} hours already; give more, "
+                       "or DELETE it to return it.")
+    else:
+        return timedelta(hours=hours)
+    return None
+
+
+@transaction.atomic
+def _modify(request: HttpRequest, lease_id: int, lifetime: timedelta | None, tags: dict | None) -> None:
+    # One transaction: a body with lifetime and tags changes both or neither.
+    if lifetime is not None:
+        leases.set_lifetime(user=request.user, lease_id=lease_id, lifetime=lifetime)
+    if tags:
+        lease_tags.tag_lease(user=request.user, lease_id=lease_id, tags=tags)
 
 
 def _vm_delete(request: HttpRequest, hostname: str) -> HttpResponse:
@@ -191,7 +271,7 @@ def _vm_delete(request: HttpRequest, hostname: str) -> HttpResponse:
 
 
 vm_pools = api_view()({"POST": _checkout_path})
-vm_item = api_view()({"GET": _vm_detail, "PUT": _vm_modify, "DELETE": _vm_delete})
+vm_item = api_view(public=("GET",))({"GET": _vm_detail, "PUT": _vm_modify, "DELETE": _vm_delete})
 
 
 def vm_dispatch(request: HttpRequest, name: str) -> HttpResponse:
@@ -241,8 +321,8 @@ def _ondemand(request: HttpRequest, wanted: Counter, request_id: str = "") -> Ht
         raise ApiError("Ask for at least one VM from each pool named.")
     if total > settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST:
         raise ApiError(f"Ask for at most {settings.VMPORTAL_ONDEMAND_MAX_PER_REQUEST} VMs on demand.", 403)
-    pools = _pools_named(wanted)
-    req = ondemand.request_vms(user=request.user, pools=[pools[n] for n, k in wanted.items() for _ in range(k)],
+    picked = _pick(wanted, prefer_ready=False)
+    req = ondemand.request_vms(user=request.user, pools=[pool for _, pool in picked],
                                request_id=request_id, lifetime=_api_lifetime(), note="vmpooler API (on demand)")
     return ok({"request_id": req.request_id}, status=201)
 
@@ -262,13 +342,19 @@ def _ondemand_path(request: HttpRequest, pools: str) -> HttpResponse:
 
 
 def _ondemand_status(request: HttpRequest, request_id: str) -> HttpResponse:
-    req = ondemand.get_request_for(request.user, request_id)
+    if settings.VMPORTAL_API_PUBLIC_READS:
+        # vmpooler's clients poll without a token: knowing the request id is enough to read it.
+        req = OnDemandRequest.objects.filter(request_id=request_id).first()
+        if req is None:
+            raise ApiError("No such on-demand request.", 404)
+    else:
+        req = ondemand.get_request_for(request.user, request_id)
     facts = ondemand.describe(req)
     body: dict = {"request_id": req.request_id, "ready": req.status == OnDemandRequest.Status.READY}
     if req.status == OnDemandRequest.Status.READY:
+        pools = {p.name: p for p in Pool.objects.filter(name__in=facts["pools"])}
         for name, pool in facts["pools"].items():
-            body[name] = {"hostname": pool["hostnames"]}
-        body["domain"] = settings.VMPORTAL_API_DOMAIN
+            body[name] = {"hostname": [_fqdn(host, pools.get(name)) for host in pool["hostnames"]]}
         return ok(body)
     if req.is_pending:
         for name, pool in facts["pools"].items():
@@ -296,7 +382,7 @@ def ondemand_item(request: HttpRequest, name: str) -> HttpResponse:
 
 
 _ondemand_pools = api_view()({"POST": _ondemand_path})
-_ondemand_request = api_view()({"GET": _ondemand_status, "DELETE": _ondemand_delete})
+_ondemand_request = api_view(public=("GET",))({"GET": _ondemand_status, "DELETE": _ondemand_delete})
 ondemand_item.login_required = False  # type: ignore[attr-defined]
 ondemand_item.csrf_exempt = True  # type: ignore[attr-defined]
 
@@ -335,8 +421,8 @@ def _token_status(request: HttpRequest, raw: str) -> HttpResponse:
     if token is None:
         raise ApiError("No such token.", 404)
     running = Lease.objects.active().filter(user=token.user).values_list("vm__name", flat=True)
-    return JsonResponse({raw: {"user": token.user.get_username(), **_token_info(token),
-                                   "vms": {"running": list(running)}}})
+    # "ok" beside the entry, as vmpooler: vmfloaty treats an answer without it as an error.
+    return ok({raw: {"user": token.user.get_username(), **_token_info(token), "vms": {"running": list(running)}}})
 
 
 def _token_delete(request: HttpRequest, raw: str) -> HttpResponse:
@@ -352,58 +438,192 @@ token_item = api_view(auth_by="handler")({"GET": _token_status, "DELETE": _token
 # --- status and statistics ------------------------------------------------------------
 
 
+STATUS_VIEWS = ("capacity", "queue", "clone", "boot", "pools")
+
+
+def _alias(pool: Pool) -> dict:
+    # vmpooler shows "alias" only for pools that have one.
+    return {"alias": pool.alias_list} if pool.alias_list else {}
+
+
 def _status(request: HttpRequest) -> HttpResponse:
+    views = set(request.GET["view"].split(",")) if request.GET.get("view") else set(STATUS_VIEWS)
     pools = list(pools_with_counts())
-    ready = sum(p.ready_count for p in pools)
-    pending = sum(p.booting_count for p in pools)
-    running = sum(p.leased_count for p in pools)
-    total = sum(p.size for p in pools)
     empty = [p.name for p in pools if p.enabled and p.size and not p.ready_count]
-    durations = _durations()
-    return ok({
-        "capacity": {"current": ready, "total": total, "percent": round(100 * ready / total, 1) if total else 0},
-        "queue": {"pending": pending, "cloning": VM.objects.filter(state=VMState.CLONING).count(),
-                  "booting": VM.objects.filter(state=VMState.BOOTING).count(), "ready": ready,
-                  "running": running, "completed": VM.objects.filter(state=VMState.DESTROYING).count(),
-                  "total": ready + pending + running},
-        "boot": {"duration": durations},
-        "pools": {p.name: {"ready": p.ready_count, "running": p.leased_count, "pending": p.booting_count,
-                           "max": p.size, "alias": []} for p in pools},
-        "status": {"ok": not empty, "message": "Battle station fully armed and operational."
-                   if not empty else f"Empty pools: {', '.join(empty)}", "empty": empty},
-    })
+    body: dict = {"status": {"ok": not empty, "message": f"Found {len(empty)} empty pools." if empty
+                             else "Battle station fully armed and operational."}}
+    if empty:
+        body["status"]["empty"] = empty
+    ready = sum(p.ready_count for p in pools)
+    if "capacity" in views:
+        total = sum(p.size for p in pools)
+        body["capacity"] = {"current": ready, "total": total,
+                            "percent": round(100 * ready / total, 1) if total else 0}
+    if "queue" in views:
+        pending = sum(p.booting_count for p in pools)
+        running = sum(p.leased_count for p in pools)
+        requested = sum(r.total for r in OnDemandRequest.objects.filter(
+            status__in=(OnDemandRequest.Status.QUEUED, OnDemandRequest.Status.PROVISIONING)))
+        body["queue"] = {"requested": requested, "pending": pending,
+                         "cloning": VM.objects.filter(state=VMState.CLONING).count(),
+                         "booting": VM.objects.filter(state=VMState.BOOTING).count(), "ready": ready,
+                         "running": running, "completed": VM.objects.filter(state=VMState.DESTROYING).count(),
+                         "total": ready + pending + running}
+    today = timezone.localdate()
+    for kind in ("clone", "boot"):
+        if kind in views:
+            body[kind] = _task_metrics(kind, today, today)[today]
+    if "pools" in views:
+        last_boot = dict(VM.objects.filter(ready_at__isnull=False).values_list("pool_id")
+                         .annotate(last=Max("ready_at")))
+        body["pools"] = {p.name: {"ready": p.ready_count, "running": p.leased_count, "pending": p.booting_count,
+                                  "max": p.size, "lastBoot": last_boot[p.pk].isoformat() if p.pk in last_boot else "",
+                                  **_alias(p)} for p in pools}
+    return ok(body)
 
 
-def _durations() -> dict:
-    """Seconds from clone start to ready, over VMs that became ready in the last day."""
-    since = timezone.now() - timedelta(days=1)
-    agg = (VM.objects.filter(ready_at__gte=since)
-           .annotate(d=F("ready_at") - F("created_at"))
-           .aggregate(avg=Avg("d"), min=Min("d"), max=Max("d"), total=Sum("d"), count=Count("pk")))
-    secs = {k: round(agg[k].total_seconds(), 2) if agg[k] else 0 for k in ("avg", "min", "max", "total")}
-    return {**secs, "count": agg["count"]}
+def _durations(seconds: list[float]) -> dict:
+    total = round(sum(seconds), 2)
+    return {"average": round(total / len(seconds), 1) if seconds else 0, "min": round(min(seconds, default=0), 2),
+            "max": round(max(seconds, default=0), 2), "total": total}
+
+
+def _task_times(kind: str, start: date, end: date) -> dict[date, dict[str, list]]:
+    """Per day and pool, the seconds each clone or boot took (None: not ready yet). A clone
+    counts the day it started, a boot the day its VM became ready; both last from clone start
+    to ready, since vmportal does not time the clone apart from the boot."""
+    field = "created_at" if kind == "clone" else "ready_at"
+    days: dict[date, dict[str, list]] = {start + timedelta(days=n): defaultdict(list)
+                                         for n in range((end - start).days + 1)}
+    rows = (VM.objects.filter(**{f"{field}__date__gte": start, f"{field}__date__lte": end})
+            .values_list(field, "created_at", "ready_at", "pool__name"))
+    for at, created, ready_at, pool in rows:
+        day = days.get(timezone.localdate(at))
+        if day is not None:
+            day[pool or ""].append((ready_at - created).total_seconds() if ready_at else None)
+    return days
+
+
+def _metrics(by_pool: dict[str, list]) -> dict:
+    """vmpooler's task metrics: {count: {total, pool}, duration: {average, min, max, total, pool}}."""
+    every = [t for times in by_pool.values() for t in times]
+    named = {p: t for p, t in by_pool.items() if p}
+    return {"count": {"total": len(every), "pool": {p: {"total": len(t)} for p, t in named.items()}},
+            "duration": {**_durations([t for t in every if t is not None]),
+                         "pool": {p: _durations([x for x in t if x is not None]) for p, t in named.items()}}}
+
+
+def _task_metrics(kind: str, start: date, end: date) -> dict[date, dict]:
+    return {day: _metrics(by_pool) for day, by_pool in _task_times(kind, start, end).items()}
+
+
+def _tag_metrics(start: date, end: date, only: str | None) -> dict[date, dict]:
+    """vmpooler's tag summary: per day, per tag name, how many leases carried each value."""
+    days: dict[date, dict] = {start + timedelta(days=n): {} for n in range((end - start).days + 1)}
+    for started, tags in Lease.objects.filter(started_at__date__gte=start, started_at__date__lte=end) \
+            .exclude(tags={}).values_list("started_at", "tags"):
+        day = days.get(timezone.localdate(started))
+        if day is None:
+            continue
+        for key, value in tags.items():
+            if only and key != only:
+                continue
+            counts = day.setdefault(key, {"total": 0})
+            counts[str(value)] = counts.get(str(value), 0) + 1
+            counts["total"] += 1
+    return days
+
+
+MAX_SUMMARY_DAYS = 366
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _date_range(request: HttpRequest) -> tuple[date, date]:
+    today = timezone.localdate()
+    parsed = []
+    for name in ("from", "to"):
+        raw = request.GET.get(name) or today.isoformat()
+        try:
+            if not DATE.match(raw):
+                raise ValueError
+            parsed.append(datetime.strptime(raw, "%Y-%m-%d").date())  # noqa: DTZ007 - a calendar day
+        except ValueError:
+            raise ApiError(f"Invalid date format {raw[:20]!r} for {name}, must match YYYY-MM-DD.") from None
+    start, end = parsed
+    if end < start:
+        raise ApiError("Date range is invalid, 'to' cannot come before 'from'.")
+    if start > today:
+        raise ApiError("Date range is invalid, 'from' must be in the past.")
+    if (end - start).days >= MAX_SUMMARY_DAYS:
+        raise ApiError(f"Ask for at most {MAX_SUMMARY_DAYS} days at a time.")
+    return start, end
+
+
+def _task_summary(kind: str, start: date, end: date, only: str | None = None) -> dict:
+    times = _task_times(kind, start, end)
+    whole: dict[str, list] = defaultdict(list)
+    for by_pool in times.values():
+        for pool, t in by_pool.items():
+            whole[pool].extend(t)
+
+    def pick(metrics: dict) -> dict:  # vmpooler's sub-route key: "count" or "duration"
+        return {k: v for k, v in metrics.items() if not only or k == only}
+
+    return {kind: pick(_metrics(whole)),
+            "daily": [{"date": day.isoformat(), kind: pick(_metrics(by_pool))} for day, by_pool in times.items()]}
+
+
+def _tag_summary(start: date, end: date, only: str | None = None) -> dict:
+    per_day = _tag_metrics(start, end, only)
+    total: dict = {}
+    for tags in per_day.values():
+        for key, counts in tags.items():
+            into = total.setdefault(key, {})
+            for value, n in counts.items():
+                into[value] = into.get(value, 0) + n
+    return {"tag": total, "daily": [{"date": day.isoformat(), "tag": tags} for day, tags in per_day.items()]}
 
 
 def _summary(request: HttpRequest) -> HttpResponse:
-    today = timezone.now().date()
-    clones = VM.objects.filter(created_at__date=today).count()
-    boots = VM.objects.filter(ready_at__date=today).count()
-    durations = _durations()
-    return ok({
-        "boot": {"duration": durations, "count": {"total": boots}},
-        "clone": {"count": {"total": clones}},
-        "tag": {},
-        "daily": [{"date": today.isoformat(), "boot": {"count": {"total": boots}},
-                   "clone": {"count": {"total": clones}}, "tag": {}}],
-    })
+    start, end = _date_range(request)
+    boot, clone, tag = _task_summary("boot", start, end), _task_summary("clone", start, end), _tag_summary(start, end)
+    daily = [{"date": b["date"], "boot": b["boot"], "clone": c["clone"], "tag": t["tag"]}
+             for b, c, t in zip(boot["daily"], clone["daily"], tag["daily"], strict=True)]
+    return ok({"boot": boot["boot"], "clone": clone["clone"], "tag": tag["tag"], "daily": daily})
+
+
+def _summary_part(request: HttpRequest, route: str, key: str | None = None) -> HttpResponse:
+    start, end = _date_range(request)
+    if route in ("boot", "clone"):
+        return ok(_task_summary(route, start, end, key))
+    if route == "tag":
+        return ok(_tag_summary(start, end, key))
+    raise ApiError(f"No such summary: {route[:32]!r}; use boot, clone or tag.", 404)
 
 
 def _poolstat(request: HttpRequest) -> HttpResponse:
-    names = [n for n in request.GET.get("pool", "").split(",") if n]
+    wanted = {n for n in request.GET.get("pool", "").split(",") if n}
     pools = pools_with_counts()
-    if names:
-        pools = pools.filter(name__in=names)
-    return ok({"pools": {p.name: {"ready": p.ready_count, "max": p.size, "alias": []} for p in pools}})
+    if wanted:  # names or aliases, as vmpooler
+        pools = [p for p in pools if p.name in wanted or wanted & set(p.alias_list)]
+    return ok({"pools": {p.name: {"ready": p.ready_count, "max": p.size, **_alias(p)} for p in pools}})
+
+
+def _dashboard_pool(request: HttpRequest) -> HttpResponse:
+    body = {p.name: {"size": p.size, "ready": p.ready_count} for p in pools_with_counts()}
+    if request.GET.get("history"):
+        # No Graphite here: the history is the one current point, as vmpooler without one.
+        for entry in body.values():
+            entry["history"] = [entry["ready"]]
+    return JsonResponse(body)
+
+
+def _dashboard_running(request: HttpRequest) -> HttpResponse:
+    body: dict = {}
+    for p in pools_with_counts():
+        major = p.name.split("-", 1)[0]  # vmpooler groups pools by the word before the first '-'
+        body.setdefault(major, {"running": 0})["running"] += p.leased_count
+    return JsonResponse(body)
 
 
 def _totalrunning(request: HttpRequest) -> HttpResponse:
@@ -484,10 +704,13 @@ def _poolreset(request: HttpRequest) -> HttpResponse:
     return ok(status=201)
 
 
-status = api_view()({"GET": _status})
-summary = api_view()({"GET": _summary})
-poolstat = api_view()({"GET": _poolstat})
-totalrunning = api_view()({"GET": _totalrunning})
+status = api_view(public=("GET",))({"GET": _status})
+summary = api_view(public=("GET",))({"GET": _summary})
+summary_part = api_view(public=("GET",))({"GET": _summary_part})
+poolstat = api_view(public=("GET",))({"GET": _poolstat})
+totalrunning = api_view(public=("GET",))({"GET": _totalrunning})
+dashboard_pool = api_view(public=("GET",))({"GET": _dashboard_pool})
+dashboard_running = api_view(public=("GET",))({"GET": _dashboard_running})
 config = api_view()({"GET": _config})
 config_poolsize = api_view(admin=True)({"POST": _config_poolsize})
 config_pooltemplate = api_view(admin=True)({"POST": _config_pooltemplate})

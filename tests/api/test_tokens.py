@@ -29,7 +29,7 @@ def test_expired_and_revoked_tokens_do_not_authenticate(engineer):
     tokens.revoke_token(user=engineer, token=revoked)
     assert tokens.authenticate(raw_expired) is None
     assert tokens.authenticate(raw_revoked) is None
-    assert auth_client(raw_expired).get("/api/v3/vm").status_code == 401
+    assert auth_client(raw_expired).post("/api/v3/vm/debian-12").status_code == 401
 
 
 def test_token_use_records_last_used(engineer):

@@ -17,11 +17,12 @@ pytestmark = pytest.mark.django_db
 # --- auth --------------------------------------------------------------------------------
 
 V3_GETS = ["/api/v3/vm", "/api/v3/vm/x", "/api/v3/status", "/api/v3/summary", "/api/v3/poolstat",
-           "/api/v3/totalrunning", "/api/v3/config"]
+           "/api/v3/totalrunning", "/api/v3/config", "/api/v3/ondemandvm/x", "/dashboard/stats/vmpooler/pool"]
 
 
 @pytest.mark.parametrize("url", V3_GETS)
-def test_anonymous_gets_401_json_not_a_login_redirect(client, url):
+def test_anonymous_gets_401_json_not_a_login_redirect_when_public_reads_are_off(client, url, settings):
+    settings.VMPORTAL_API_PUBLIC_READS = False
     response = client.get(url)
     assert response.status_code == 401
     assert response["Content-Type"] == "application/json"
@@ -70,9 +71,10 @@ def test_post_vm_body_checks_out_from_several_pools(api, engineer, debian, cento
     response = api.post("/api/v3/vm", {"debian-12": "2", "centos-9": 1}, content_type="application/json")
     assert response.status_code == 200
     body = response.json()
-    assert body["ok"] is True and body["domain"] == "vm.example.com"
+    assert body["ok"] is True and "domain" not in body  # v3: FQDNs, no separate domain
     assert isinstance(body["debian-12"]["hostname"], list) and len(body["debian-12"]["hostname"]) == 2
-    assert isinstance(body["centos-9"]["hostname"], str)
+    assert all(h.endswith(".vm.example.com") for h in body["debian-12"]["hostname"])
+    assert isinstance(body["centos-9"]["hostname"], str) and body["centos-9"]["hostname"].endswith(".vm.example.com")
     assert Lease.objects.active().filter(user=engineer).count() == 3
 
 
@@ -153,9 +155,11 @@ def test_put_lifetime_extends_the_lease(api, engineer, debian):
     assert lease.expires_at - lease.started_at == timedelta(hours=6)
 
 
-def test_put_lifetime_is_capped_at_the_pools_maximum(api, debian):
+def test_put_lifetime_over_the_pools_maximum_is_400_and_changes_nothing(api, debian):
     host = _checkout(api)
-    assert api.put(f"/api/v3/vm/{host}", {"lifetime": "1000"}, content_type="application/json").status_code == 200
+    response = api.put(f"/api/v3/vm/{host}", {"lifetime": "1000"}, content_type="application/json")
+    assert response.status_code == 400 and "24 hours" in response.json()["failure"][0]
+    assert api.put(f"/api/v3/vm/{host}", {"lifetime": "24"}, content_type="application/json").status_code == 200
     lease = Lease.objects.get(vm__name=host)
     assert lease.expires_at - lease.started_at == Pool.objects.get(name="debian-12").lease_max_lifetime
 
@@ -175,11 +179,13 @@ def test_put_with_invalid_input_is_400(api, debian, body):
     assert response.status_code == 400 and response.json()["ok"] is False
 
 
-def test_put_shorter_lifetime_is_400_with_failure_list(api, debian):
+def test_put_shorter_lifetime_shrinks_the_lease(api, debian):
     host = _checkout(api)
     api.put(f"/api/v3/vm/{host}", {"lifetime": "6"}, content_type="application/json")
     response = api.put(f"/api/v3/vm/{host}", {"lifetime": "3"}, content_type="application/json")
-    assert response.status_code == 400 and response.json()["failure"]
+    assert response.status_code == 200
+    lease = Lease.objects.get(vm__name=host)
+    assert lease.expires_at - lease.started_at == timedelta(hours=3)
 
 
 def test_delete_vm_returns_the_lease(api, debian):
@@ -226,7 +232,7 @@ def test_status_shape(api, debian, centos):
     _checkout(api, "centos-9")
     body = api.get("/api/v3/status").json()
     assert set(body) >= {"capacity", "queue", "pools", "status"}
-    assert body["pools"]["debian-12"] == {"ready": 3, "running": 0, "pending": 0, "max": 2, "alias": []}
+    assert body["pools"]["debian-12"] == {"ready": 3, "running": 0, "pending": 0, "max": 2, "lastBoot": ""}
     assert body["pools"]["centos-9"]["running"] == 1
     assert body["status"]["ok"] is False and body["status"]["empty"] == ["centos-9"]
     assert set(body["capacity"]) == {"current", "total", "percent"}
@@ -240,7 +246,7 @@ def test_summary_shape(api, debian):
 
 def test_poolstat_filters_by_pool(api, debian, centos):
     body = api.get("/api/v3/poolstat?pool=centos-9").json()
-    assert body["pools"] == {"centos-9": {"ready": 1, "max": 2, "alias": []}}
+    assert body["pools"] == {"centos-9": {"ready": 1, "max": 2}}
 
 
 def test_totalrunning(api, debian):
@@ -298,8 +304,8 @@ def test_rate_limit_per_token_gives_429_with_retry_after(api, other_token, setti
 
 def test_rate_limit_per_ip_counts_anonymous_requests(client, api, settings, debian):
     settings.VMPORTAL_API_RATE_LIMIT_PER_IP = 2
-    assert client.get("/api/v3/vm").status_code == 401
-    assert client.get("/api/v3/vm").status_code == 401
+    assert client.get("/api/v3/vm").status_code == 200
+    assert client.get("/api/v3/vm").status_code == 200
     response = api.get("/api/v3/vm")
     assert response.status_code == 429 and "Retry-After" in response
 

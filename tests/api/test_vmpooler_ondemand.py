@@ -108,9 +108,12 @@ def test_ondemand_bad_requests(api, debian, body, status):
     assert not OnDemandRequest.objects.exists()
 
 
-def test_ondemand_needs_a_token_and_is_private(client, api, other_token, debian):
+def test_ondemand_needs_a_token_and_is_private_when_public_reads_are_off(client, api, other_token, debian,
+                                                                          settings):
+    settings.VMPORTAL_API_PUBLIC_READS = False
     assert client.post("/api/v3/ondemandvm", {"debian-12": "1"}, content_type=JSON).status_code == 401
     request_id = api.post("/api/v3/ondemandvm", {"debian-12": "1"}, content_type=JSON).json()["request_id"]
+    assert client.get(f"/api/v3/ondemandvm/{request_id}").status_code == 401
     other = auth_client(other_token)
     assert other.get(f"/api/v3/ondemandvm/{request_id}").status_code == 404
     assert other.delete(f"/api/v3/ondemandvm/{request_id}").status_code == 404
