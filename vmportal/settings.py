@@ -52,6 +52,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "apps.audit.middleware.AuditContextMiddleware",
+    # A Redis error that reaches a view is a clear 503 (page or JSON), never a 500.
+    "vmportal.unavailable.RedisUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "vmportal.urls"
