@@ -25,7 +25,7 @@ from typing import Any
 
 import django_rq
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
@@ -106,7 +106,12 @@ class Heartbeat:
     def _beat(self) -> None:
         try:
             while not self.stop.is_set():
-                Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
+                try:
+                    Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
+                except DatabaseError as exc:
+                    # A blip must not silence a live job for good: beat again next time.
+                    log.warning("Heartbeat of job %s not recorded: %s", self.job_id, exc)
+                    connection.close()
                 self.stop.wait(heartbeat_every())
         finally:
             connection.close()
