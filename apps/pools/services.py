@@ -194,6 +194,8 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
 
 
 def reconcile_all() -> list[ReconcileReport]:
+    # Lost jobs first: their compensation frees slots and rows this cycle then acts on.
+    runner.reap_lost()
     reports = []
     for pool_id in Pool.objects.values_list("pk", flat=True):
         try:
@@ -207,8 +209,6 @@ def reconcile_all() -> list[ReconcileReport]:
     templates.sweep_uploads()
     runner.requeue_lost()
     return reports
-    # Lost jobs first: their compensation frees slots and rows this cycle then acts on.
-    runner.reap_lost()
 
 
 def schedule_purges(*, every: timedelta = PURGE_EVERY) -> int:
