@@ -33,6 +33,10 @@ class PoolForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["template"].queryset = Template.objects.select_related("vcenter").order_by("name")
         self.fields["cluster"].queryset = Cluster.objects.select_related("vcenter").order_by("name")
+        self.fields["alias_weight"].required = False  # left empty: the default weight
+
+    def clean_alias_weight(self) -> int:
+        return self.cleaned_data.get("alias_weight") or Pool._meta.get_field("alias_weight").default
 
     def _post_clean(self):
         # The model form calls instance.full_clean(); add the rules that need other rows.

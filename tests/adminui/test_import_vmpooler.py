@@ -53,10 +53,12 @@ def test_import_creates_templates_and_pools_and_reports_the_rest(synced_inventor
     assert "skipped: pool win-2022-x86_64: cluster cluster9 is not in the synced inventory" in output
     assert "provider gce: provider_class gce is not vSphere" in output
     assert "pool ubuntu-24-x86_64: provider gce is not an imported vSphere provider" in output
-    for unmapped in (":redis:", ":auth:", ":config: experimental_features", ":config: domain",
-                     "pool debian-12-x86_64: alias", "pool win-2022-x86_64: dns_plugin",
+    for unmapped in (":redis:", ":auth:", ":config: experimental_features",
                      ":providers: vsphere: connection_pool_timeout"):
         assert unmapped in output
+    # vmpooler's alias and (global) domain carry over for the vmpooler API.
+    assert pool.alias_list == ["debian-12"] and pool.domain == "example.com"
+    assert "alias" not in output and ":config: domain" not in output
     assert AuditEvent.objects.filter(action="pool.import").count() == 1
 
 
