@@ -215,18 +215,32 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # API tokens in request paths (vmpooler's /token/<token>) never reach a log line.
+    "filters": {"redact_tokens": {"()": "vmportal.logfilters.RedactTokenPaths"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_tokens"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    # pyVmomi logs SOAP bodies at DEBUG, which would include login passwords.
-    "loggers": {"pyVmomi": {"level": "WARNING"}},
+    "loggers": {
+        # pyVmomi logs SOAP bodies at DEBUG, which would include login passwords.
+        "pyVmomi": {"level": "WARNING"},
+        "django.request": {"filters": ["redact_tokens"]},
+        "django.server": {"filters": ["redact_tokens"]},
+    },
 }
 
 # --- API (apps.api) ----------------------------------------------------------------------
-# Body size limit for /api/ requests (vmpooler uses 10 KB), and the most VMs per checkout.
+# Body size limit for /api/ requests (vmpooler uses 10 KB).
 VMPORTAL_API_MAX_BODY_BYTES = env_int("VMPORTAL_API_MAX_BODY_BYTES", 10240, minimum=256)
-VMPORTAL_API_MAX_VMS_PER_REQUEST = env_int("VMPORTAL_API_MAX_VMS_PER_REQUEST", 20, minimum=1)
+# The most VMs one checkout may take, and the largest pool size: one setting each, read by
+# the pages, both APIs and the services alike. The old API-only names still work.
+VMPORTAL_MAX_VMS_PER_CHECKOUT = env_int(
+    "VMPORTAL_MAX_VMS_PER_CHECKOUT", env_int("VMPORTAL_API_MAX_VMS_PER_REQUEST", 20, minimum=1), minimum=1)
+VMPORTAL_API_MAX_VMS_PER_REQUEST = VMPORTAL_MAX_VMS_PER_CHECKOUT
+VMPORTAL_MAX_POOL_SIZE = env_int("VMPORTAL_MAX_POOL_SIZE", env_int("VMPORTAL_API_MAX_POOL_SIZE", 500, minimum=1),
+                                 minimum=1)
+VMPORTAL_API_MAX_POOL_SIZE = VMPORTAL_MAX_POOL_SIZE
+# Longest lease lifetime any pool may offer, in hours (pool forms, both APIs).
+VMPORTAL_MAX_LEASE_HOURS = env_int("VMPORTAL_MAX_LEASE_HOURS", 24 * 365, minimum=1)
 VMPORTAL_API_MAX_TAGS = env_int("VMPORTAL_API_MAX_TAGS", 32, minimum=1)
-VMPORTAL_API_MAX_POOL_SIZE = env_int("VMPORTAL_API_MAX_POOL_SIZE", 500, minimum=1)
 # Requests per minute per client IP and per token (0: unlimited); 429 + Retry-After beyond.
 VMPORTAL_API_RATE_LIMIT_PER_IP = env_int("VMPORTAL_API_RATE_LIMIT_PER_IP", 300, minimum=0)
 VMPORTAL_API_RATE_LIMIT_PER_TOKEN = env_int("VMPORTAL_API_RATE_LIMIT_PER_TOKEN", 600, minimum=0)

@@ -5,12 +5,13 @@ from datetime import datetime, time, timedelta
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
 from django.utils import timezone
 
 from apps.core.errors import VmPortalError
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.pools import reconfigure as services
-from apps.pools.models import Pool, Template
+from apps.pools.models import MAX_VCPUS, Pool, Template
 
 
 class PoolForm(forms.ModelForm):
@@ -27,6 +28,7 @@ class PoolForm(forms.ModelForm):
             "ready_ttl": "e.g. 12:00:00 for 12 hours; empty: never recycle.",
             "lease_lifetime": "HH:MM:SS, e.g. 02:00:00.",
             "lease_max_lifetime": "HH:MM:SS or 'D HH:MM:SS', at least the lifetime.",
+            "boot_timeout": "HH:MM:SS, from 00:00:01 to 24:00:00.",
         }
 
     def __init__(self, *args, **kwargs):
@@ -34,6 +36,18 @@ class PoolForm(forms.ModelForm):
         self.fields["template"].queryset = Template.objects.select_related("vcenter").order_by("name")
         self.fields["cluster"].queryset = Cluster.objects.select_related("vcenter").order_by("name")
         self.fields["alias_weight"].required = False  # left empty: the default weight
+        # Every clone goes into this folder: without one, vCenter refuses each clone with a
+        # "ManagedObjectNotFound" that names no cause.
+        folder = self.fields["folder"]
+        folder.required = True
+        folder.error_messages["required"] = "Choose the VM folder clones go into (synced from vCenter)."
+        folder.queryset = Folder.objects.filter(path__contains="/vm").select_related("vcenter").order_by("path")
+        folder.label_from_instance = lambda f: f.path
+        self.fields["size"].help_text = f"Ready VMs to keep, 0 to {settings.VMPORTAL_MAX_POOL_SIZE}."
+        self.fields["cpus"].help_text = f"1 to {MAX_VCPUS}; empty: the template's."
+        self.fields["memory_mb"].help_text = "MB, within the cluster's largest host; empty: the template's."
+        self.fields["lease_lifetime"].help_text = (
+            f"HH:MM:SS, e.g. 02:00:00; at most {settings.VMPORTAL_MAX_LEASE_HOURS} hours.")
 
     def clean_alias_weight(self) -> int:
         return self.cleaned_data.get("alias_weight") or Pool._meta.get_field("alias_weight").default
@@ -52,7 +66,7 @@ class PoolForm(forms.ModelForm):
 
 
 class ReconfigureForm(forms.Form):
-    size = forms.IntegerField(min_value=0, max_value=10_000, help_text="Ready VMs to keep (0 drains the pool).")
+    size = forms.IntegerField(min_value=0, help_text="Ready VMs to keep (0 drains the pool).")
     template = forms.ModelChoiceField(queryset=Template.objects.order_by("name"))
     cluster = forms.ModelChoiceField(queryset=Cluster.objects.order_by("name"), label="Clone target (cluster)")
 
@@ -60,6 +74,11 @@ class ReconfigureForm(forms.Form):
         self.pool = pool
         kwargs.setdefault("initial", {"size": pool.size, "template": pool.template_id, "cluster": pool.cluster_id})
         super().__init__(*args, **kwargs)
+        limit = settings.VMPORTAL_MAX_POOL_SIZE  # the same bound as the API's and the model's
+        self.fields["size"].max_value = limit
+        self.fields["size"].validators.append(MaxValueValidator(limit))
+        self.fields["size"].widget.attrs["max"] = limit
+        self.fields["size"].help_text = f"Ready VMs to keep, 0 to {limit} (0 drains the pool)."
         vc = pool.template.vcenter_id
         self.fields["template"].queryset = Template.objects.filter(vcenter_id=vc).order_by("name")
         self.fields["cluster"].queryset = Cluster.objects.filter(vcenter_id=vc).order_by("name")

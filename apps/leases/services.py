@@ -168,6 +168,9 @@ def checkout(*, user: AbstractBaseUser, pools: list[Pool], lifetime: timedelta |
     """
     if not pools:
         raise VmPortalError("Ask for at least one VM.")
+    if len(pools) > settings.VMPORTAL_MAX_VMS_PER_CHECKOUT:
+        raise VmPortalError(f"Ask for at most {settings.VMPORTAL_MAX_VMS_PER_CHECKOUT} VMs in one checkout "
+                            "(VMPORTAL_MAX_VMS_PER_CHECKOUT).")
     check_lease_limits(user, len(pools))
     now = timezone.now()
     leases: list[Lease] = []

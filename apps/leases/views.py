@@ -3,7 +3,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
+from django.core.validators import MaxValueValidator
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -17,13 +19,20 @@ from apps.leases.models import Lease, OnDemandRequest
 from apps.pools.models import Pool
 
 EXTEND_CHOICES = {"1": timedelta(hours=1), "4": timedelta(hours=4), "24": timedelta(hours=24)}
-MAX_VMS_PER_CHECKOUT = 5
 
 
 class MultiCheckoutForm(forms.Form):
     pool = forms.ModelChoiceField(queryset=Pool.objects.filter(enabled=True).order_by("name"), to_field_name="name",
                                   empty_label=None)
-    count = forms.IntegerField(min_value=1, max_value=MAX_VMS_PER_CHECKOUT, initial=2)
+    count = forms.IntegerField(min_value=1, initial=2)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The same limit as both APIs' and the checkout service's.
+        limit = settings.VMPORTAL_MAX_VMS_PER_CHECKOUT
+        self.fields["count"].max_value = limit
+        self.fields["count"].validators.append(MaxValueValidator(limit))
+        self.fields["count"].widget.attrs["max"] = limit
 
 
 @require_POST
@@ -45,7 +54,7 @@ def checkout_many(request: HttpRequest) -> HttpResponse:
     """n VMs from one pool in one all-or-nothing checkout."""
     form = MultiCheckoutForm(request.POST)
     if not form.is_valid():
-        messages.error(request, f"Choose a pool and between 1 and {MAX_VMS_PER_CHECKOUT} VMs.")
+        messages.error(request, f"Choose a pool and between 1 and {settings.VMPORTAL_MAX_VMS_PER_CHECKOUT} VMs.")
         return redirect("home")
     pool, count = form.cleaned_data["pool"], form.cleaned_data["count"]
     try:

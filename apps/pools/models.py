@@ -9,17 +9,50 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from apps.core.states import transition
 from apps.inventory.models import Cluster, Datastore, Folder, Host, Network, VCenter
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-DOMAIN_RE = rf"^(?=.{{1,200}}$){_LABEL}(\.{_LABEL})*$"
-ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline, which would be stored.
+DOMAIN_RE = rf"^(?=.{{1,200}}\Z){_LABEL}(\.{_LABEL})*\Z"
+ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch
+
+# What vSphere 8 allows one VM at most; a cluster's hosts may offer less (Pool.clean).
+MAX_VCPUS = 768
+MAX_MEMORY_MB = 24 * 1024 * 1024
+MIN_MEMORY_MB = 128
+MAX_BOOT_TIMEOUT = timedelta(hours=24)
+MAX_TRIES = 100
+
+
+def validate_pool_size(value: int) -> None:
+    if value > settings.VMPORTAL_MAX_POOL_SIZE:
+        raise ValidationError(f"Ensure this value is between 0 and {settings.VMPORTAL_MAX_POOL_SIZE} "
+                              "(VMPORTAL_MAX_POOL_SIZE).", code="max_value")
+
+
+def validate_positive_duration(value: timedelta) -> None:
+    if value is not None and value <= timedelta(0):
+        raise ValidationError("Give a positive duration, e.g. 00:10:00 for ten minutes.", code="min_value")
+
+
+def validate_lease_duration(value: timedelta) -> None:
+    validate_positive_duration(value)
+    hours = settings.VMPORTAL_MAX_LEASE_HOURS
+    if value is not None and value > timedelta(hours=hours):
+        raise ValidationError(f"Ensure this is at most {hours} hours (VMPORTAL_MAX_LEASE_HOURS).", code="max_value")
+
+
+def validate_boot_timeout(value: timedelta) -> None:
+    validate_positive_duration(value)
+    if value is not None and value > MAX_BOOT_TIMEOUT:
+        raise ValidationError("Ensure this is at most 24:00:00.", code="max_value")
 
 
 class TemplateStatus(models.TextChoices):
@@ -129,17 +162,21 @@ class Pool(models.Model):
     folder = models.ForeignKey(Folder, on_delete=models.PROTECT, null=True, blank=True, related_name="pools")
     datastore = models.ForeignKey(Datastore, on_delete=models.PROTECT, null=True, blank=True)
     network = models.ForeignKey(Network, on_delete=models.SET_NULL, null=True, blank=True)
-    size = models.PositiveIntegerField(default=0, help_text="Ready VMs to keep.")
+    size = models.PositiveIntegerField(default=0, help_text="Ready VMs to keep.", validators=[validate_pool_size])
     linked_clones = models.BooleanField(default=True)
-    cpus = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
-    memory_mb = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(128)])
+    cpus = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_VCPUS)])
+    memory_mb = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(MIN_MEMORY_MB), MaxValueValidator(MAX_MEMORY_MB)])
     ready_ttl = models.DurationField(
-        null=True, blank=True, help_text="Recycle ready VMs older than this (empty: never)."
+        null=True, blank=True, help_text="Recycle ready VMs older than this (empty: never).",
+        validators=[validate_positive_duration],
     )
-    lease_lifetime = models.DurationField(default=timedelta(hours=2))
-    lease_max_lifetime = models.DurationField(default=timedelta(hours=24))
-    boot_timeout = models.DurationField(default=timedelta(minutes=10))
-    max_tries = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)])
+    lease_lifetime = models.DurationField(default=timedelta(hours=2), validators=[validate_lease_duration])
+    lease_max_lifetime = models.DurationField(default=timedelta(hours=24), validators=[validate_lease_duration])
+    boot_timeout = models.DurationField(default=timedelta(minutes=10), validators=[validate_boot_timeout])
+    max_tries = models.PositiveSmallIntegerField(
+        default=3, validators=[MinValueValidator(1), MaxValueValidator(MAX_TRIES)])
     enabled = models.BooleanField(default=True)
     health = models.CharField(max_length=16, choices=Health.choices, default=Health.OK)
     health_reason = models.TextField(blank=True)
@@ -167,6 +204,21 @@ class Pool(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # The invariants every path (forms, admin, APIs, importer, a shell) must keep.
+        constraints = [
+            models.CheckConstraint(condition=Q(cpus__isnull=True) | Q(cpus__gte=1, cpus__lte=MAX_VCPUS),
+                                   name="pool_cpus_range"),
+            models.CheckConstraint(
+                condition=Q(memory_mb__isnull=True) | Q(memory_mb__gte=MIN_MEMORY_MB, memory_mb__lte=MAX_MEMORY_MB),
+                name="pool_memory_range"),
+            models.CheckConstraint(condition=Q(ready_ttl__isnull=True) | Q(ready_ttl__gt=timedelta(0)),
+                                   name="pool_ready_ttl_positive"),
+            models.CheckConstraint(condition=Q(lease_lifetime__gt=timedelta(0)), name="pool_lease_lifetime_positive"),
+            models.CheckConstraint(condition=Q(lease_max_lifetime__gte=F("lease_lifetime")),
+                                   name="pool_lease_max_at_least_lifetime"),
+            models.CheckConstraint(condition=Q(boot_timeout__gt=timedelta(0)), name="pool_boot_timeout_positive"),
+            models.CheckConstraint(condition=Q(max_tries__gte=1), name="pool_max_tries_positive"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -181,15 +233,35 @@ class Pool(models.Model):
             errors["lease_max_lifetime"] = "The maximum lifetime must be at least the default lifetime."
         if self.cluster_id and self.template_id and self.cluster.vcenter_id != self.template.vcenter_id:
             errors["cluster"] = "The cluster and the template must be on the same vCenter."
-        bad = [a for a in self.alias_list if not ALIAS_RE.match(a) or a == self.name]
+        bad = [a for a in self.alias_list if not ALIAS_RE.fullmatch(a) or a == self.name]
         taken = Pool.objects.filter(name__in=self.alias_list).exclude(pk=self.pk).values_list("name", flat=True)
         if bad or taken:
             errors["aliases"] = (f"Not usable as an alias: {', '.join(sorted({*bad, *taken}))} "
                                  "(letters, digits, '.', '_', '-'; not this or another pool's name).")
         if self.datastore_id and self.cluster_id and not self.datastore.hosts.filter(cluster=self.cluster_id).exists():
             errors["datastore"] = f"No host of cluster {self.cluster} mounts datastore {self.datastore}."
+        if self.cluster_id:
+            errors.update(self._placement_errors())
         if errors:
             raise ValidationError(errors)
+
+    def _placement_errors(self) -> dict[str, str]:
+        """Folder, datastore and network on the cluster's vCenter; memory within its largest host."""
+        errors = {}
+        vcenter_id = self.cluster.vcenter_id
+        for name in ("folder", "datastore", "network"):
+            obj = getattr(self, name) if getattr(self, f"{name}_id") else None
+            if obj is not None and obj.vcenter_id != vcenter_id:
+                errors[name] = f"{obj} is not on {self.cluster.vcenter}, where cluster {self.cluster} is."
+        if "network" not in errors and self.network_id and not self.network.hosts.filter(
+                cluster=self.cluster_id).exists():
+            errors["network"] = f"No host of cluster {self.cluster} is connected to network {self.network}."
+        if self.memory_mb:
+            largest = Host.objects.filter(cluster=self.cluster_id).aggregate(m=models.Max("memory_capacity_mb"))["m"]
+            if largest and self.memory_mb > largest:
+                errors["memory_mb"] = (f"Ensure this value is between {MIN_MEMORY_MB} and {largest} MB: the largest "
+                                       f"host of cluster {self.cluster} has {largest} MB.")
+        return errors
 
 
 class VMState(models.TextChoices):

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -11,7 +14,7 @@ from apps.pools.selectors import pools_with_counts
 def home(request: HttpRequest) -> HttpResponse:
     pools = pools_with_counts().filter(enabled=True)
     template = "ui/partials/_pool_rows.html" if request.htmx and not request.htmx.boosted else "ui/home.html"
-    return render(request, template, {"pools": pools})
+    return render(request, template, {"pools": pools, "max_per_checkout": settings.VMPORTAL_MAX_VMS_PER_CHECKOUT})
 
 
 @login_not_required
@@ -20,6 +23,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except Exception as exc:  # any database failure means "not ready"
-        return JsonResponse({"status": "error", "database": str(exc)[:200]}, status=503)
+    except Exception:  # any database failure means "not ready"
+        # No details: this answers without a login, and a driver's error names hosts and users.
+        logging.getLogger(__name__).exception("healthz: the database does not answer")
+        return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
     return JsonResponse({"status": "ok"})

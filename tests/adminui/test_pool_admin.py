@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
-from apps.inventory.models import Datastore
+from apps.inventory.models import Datastore, Folder
 from apps.jobs.models import Job
 from apps.pools import reconfigure as services
 from apps.pools.models import Pool, TemplateCopy, TemplateStatus, VMState
@@ -127,9 +127,19 @@ def test_drain_and_reset_views(client, admin_user, ready_pool):
     assert AuditEvent.objects.filter(action="pool.reset").exists()
 
 
+def pool_folder(pool) -> Folder:
+    """The VM folder of ``pool`` (given one if it had none): the pool forms require it."""
+    cluster = pool.cluster
+    folder, _ = Folder.objects.get_or_create(vcenter=cluster.vcenter, moid="group-v42", defaults={
+        "datacenter": cluster.datacenter, "name": "pools", "path": "DC0/vm/pools"})
+    Pool.objects.filter(pk=pool.pk, folder=None).update(folder=folder)
+    return folder
+
+
 def _create_form(pool, **over):
     data = {
         "name": "new-pool", "template": pool.template_id, "cluster": pool.cluster_id, "size": 3,
+        "folder": pool_folder(pool).pk,
         "linked_clones": "on", "lease_lifetime": "02:00:00", "lease_max_lifetime": "1 00:00:00",
         "boot_timeout": "00:10:00", "max_tries": 3, "enabled": "on",
     }

@@ -48,7 +48,8 @@ def test_asking_for_more_than_are_ready_leases_none(client, engineer, pool):
 
 @pytest.mark.parametrize("data", [{"pool": "deb", "count": "6"}, {"pool": "deb", "count": "0"},
                                   {"pool": "deb", "count": "many"}, {"pool": "nope", "count": "1"}, {}])
-def test_bad_requests_explain_and_lease_nothing(client, engineer, pool, data):
+def test_bad_requests_explain_and_lease_nothing(client, engineer, pool, data, settings):
+    settings.VMPORTAL_MAX_VMS_PER_CHECKOUT = 5
     client.force_login(engineer)
     response = client.post(reverse("checkout-many"), data, follow=True)
     assert b"Choose a pool and between 1 and 5 VMs." in response.content
