@@ -9,15 +9,17 @@ import functools
 import logging
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.http import HttpRequest
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.parser import Parser
 from ninja.security import APIKeyHeader, HttpBearer
 from pydantic import Field
 
 from apps.api import auth
-from apps.api.http import unauthorized
+from apps.api.http import is_json, strict_json, unauthorized
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken
 from apps.core.errors import NotFound, VmPortalError
@@ -53,11 +55,26 @@ def _schema_access(view):
     return wrapped
 
 
+class NotJson(ValueError):
+    pass
+
+
+class StrictJsonParser(Parser):
+    """A body must say it is JSON (a form or text/plain body is refused, never guessed at),
+    and be JSON without NaN or Infinity, which json.loads takes and the services would get."""
+
+    def parse_body(self, request: HttpRequest):
+        if not is_json(request):
+            raise NotJson("Send the body as JSON, with Content-Type: application/json.")
+        return strict_json(request.body)
+
+
 api = NinjaAPI(
     docs_decorator=_schema_access,
     title="vmportal API", version="1", urls_namespace="api-v1", auth=[XAuthToken(), Bearer()],
     docs_url=None,  # our own docs page: the Swagger bundle would come from a CDN
     description="Pools of ready vSphere VMs. Authenticate with an API token (X-AUTH-TOKEN or Bearer).",
+    parser=StrictJsonParser(),
 )
 
 
@@ -89,6 +106,10 @@ def _auth_error(request, exc):
 
 @api.exception_handler(HttpError)
 def _http_error(request, exc: HttpError):
+    if isinstance(exc.__cause__, NotJson):  # ninja turns every parser error into a 400
+        return _error(request, str(exc.__cause__), 415)
+    if isinstance(exc.__cause__, ValueError) and exc.status_code == 400:
+        return _error(request, f"The body is not valid JSON: {exc.__cause__}", 400)
     return _error(request, str(exc), exc.status_code)
 
 
@@ -98,7 +119,11 @@ def _unexpected(request, exc: Exception):
     return _error(request, "Internal error; it has been logged.", 500)
 
 
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut}
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 415: ErrorOut, 503: ErrorOut}
+# A lifetime below a minute would round to nothing and silently become the pool's default.
+MIN_HOURS = 1 / 60
+MAX_HOURS = settings.VMPORTAL_MAX_LEASE_HOURS
+MAX_VMS = settings.VMPORTAL_MAX_VMS_PER_CHECKOUT
 
 
 class PoolOut(Schema):
@@ -148,14 +173,14 @@ class VMOut(Schema):
 
 
 class CheckoutIn(Schema):
-    pools: list[str] = Field(min_length=1, max_length=100, description="One entry per VM; a pool may repeat.")
-    lifetime_hours: float | None = Field(default=None, gt=0, le=24 * 365)
+    pools: list[str] = Field(min_length=1, max_length=MAX_VMS, description="One entry per VM; a pool may repeat.")
+    lifetime_hours: float | None = Field(default=None, ge=MIN_HOURS, le=MAX_HOURS, allow_inf_nan=False)
     note: str = Field(default="", max_length=1000)
     tags: dict[str, str] = Field(default_factory=dict)
 
 
 class ExtendIn(Schema):
-    hours: float = Field(gt=0, le=24 * 365)
+    hours: float = Field(ge=MIN_HOURS, le=MAX_HOURS, allow_inf_nan=False)
 
 
 class TagsIn(Schema):
@@ -234,7 +259,7 @@ def _pools_for(names: list[str]) -> list[Pool]:
 
 
 def _lifetime(hours: float | None) -> timedelta | None:
-    return timedelta(hours=hours) if hours else None
+    return None if hours is None else timedelta(hours=hours)
 
 
 @api.post("/leases", response={201: list[LeaseOut], **ERRORS}, tags=["leases"])
@@ -273,9 +298,9 @@ def return_lease(request, lease_id: int):
 
 
 class OnDemandIn(Schema):
-    pools: list[str] = Field(min_length=1, max_length=100, description="One entry per VM; a pool may repeat.")
+    pools: list[str] = Field(min_length=1, max_length=MAX_VMS, description="One entry per VM; a pool may repeat.")
     request_id: str = Field(default="", max_length=64, description="Your own id for the request (optional).")
-    lifetime_hours: float | None = Field(default=None, gt=0, le=24 * 365)
+    lifetime_hours: float | None = Field(default=None, ge=MIN_HOURS, le=MAX_HOURS, allow_inf_nan=False)
     note: str = Field(default="", max_length=1000)
     tags: dict[str, str] = Field(default_factory=dict)
 

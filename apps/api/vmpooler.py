@@ -23,7 +23,7 @@ from django.utils import timezone
 from apps.api import auth, tokens
 from apps.api import services as api_services
 from apps.api.decorators import api_view
-from apps.api.http import ApiError, json_body, ok
+from apps.api.http import ApiError, json_body, ok, strict_int
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken, PoolOverride
 from apps.core.errors import VmPortalError
@@ -46,11 +46,7 @@ def _hours(delta: timedelta) -> float:
 
 
 def _count(value: object, what: str) -> int:
-    try:
-        n = int(str(value))
-    except ValueError:
-        raise ApiError(f"{what}: {str(value)[:32]!r} is not a whole number.") from None
-    return n
+    return strict_int(value, what)
 
 
 def _fqdn(name: str, pool: Pool | None) -> str:

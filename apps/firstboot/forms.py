@@ -10,7 +10,7 @@ from apps.inventory.models import Datastore, Host
 from apps.pools.models import Pool
 
 _USERNAME = forms.RegexField(
-    regex=r"^[a-z_][a-z0-9_-]{0,31}$", required=False,
+    regex=r"^[a-z_][a-z0-9_-]{0,31}\Z", required=False,
     error_messages={"invalid": "A Linux user name: lower-case letters, digits, '-' and '_', at most 32."},
 )
 

@@ -97,7 +97,7 @@ KEY_TYPES = {
     "sk-ecdsa-sha2-nistp256@openssh.com",
 }
 MIN_RSA_BITS = 2048
-_COMMENT = re.compile(r"^[\x20-\x7e]*$")
+_COMMENT = re.compile(r"[\x20-\x7e]*")  # fullmatch: no newline may slip in
 
 
 class InvalidKey(ValueError):
@@ -168,7 +168,7 @@ def parse_public_key(text: str) -> PublicKey:
         key, _ = _read_string(data, offset)
         if len(key) != 32:
             raise InvalidKey("The ed25519 key data has the wrong length.")
-    if not _COMMENT.match(comment) or '"' in comment or "\\" in comment:
+    if not _COMMENT.fullmatch(comment) or '"' in comment or "\\" in comment:
         raise InvalidKey("The key comment may only hold printable characters, without quotes or backslashes.")
     return PublicKey(kind=kind, blob=blob, comment=comment)
 

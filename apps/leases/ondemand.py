@@ -28,7 +28,7 @@ from apps.leases.services import LeaseLimitReached, check_lease_limits, is_admin
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
 from apps.pools.services import discard_vm, end_lease
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would let "abc\n" through
 # A request whose job has not beaten its heart for this long has lost its worker.
 STALE_AFTER = timedelta(seconds=90)
 Status = OnDemandRequest.Status
@@ -60,7 +60,7 @@ def request_vms(*, user: AbstractBaseUser, pools: list[Pool], request_id: str = 
             raise Unavailable(f"Pool {pool.name}'s template {pool.template.name} is {pool.template.status}, "
                               "not ready.")
     request_id = request_id or uuid.uuid4().hex
-    if not REQUEST_ID.match(request_id):
+    if not REQUEST_ID.fullmatch(request_id):
         raise VmPortalError("request_id: use 1-64 letters, digits, '.', '_' or '-'.")
     if OnDemandRequest.objects.filter(request_id=request_id).exists():
         raise Conflict(f"A request with id {request_id} exists already.")

@@ -17,8 +17,9 @@ from apps.core.errors import Conflict, VmPortalError
 from apps.leases.models import Lease
 from apps.leases.services import get_lease_for
 
-TAG_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:/@+= -]{0,255}$")
+# Used with fullmatch: "$" also matches before a final newline, which would be stored.
+TAG_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TAG_VALUE = re.compile(r"[A-Za-z0-9_.:/@+= -]{0,255}")
 
 
 def validate_tags(tags: object) -> dict[str, str]:
@@ -29,9 +30,9 @@ def validate_tags(tags: object) -> dict[str, str]:
     clean: dict[str, str] = {}
     for key, value in tags.items():
         value = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-        if not isinstance(key, str) or not TAG_KEY.match(key):
+        if not isinstance(key, str) or not TAG_KEY.fullmatch(key):
             raise VmPortalError(f"Tag name {str(key)[:64]!r} is invalid: use 1-64 letters, digits, '_', '.', '-'.")
-        if not isinstance(value, str) or not TAG_VALUE.match(value):
+        if not isinstance(value, str) or not TAG_VALUE.fullmatch(value):
             raise VmPortalError(f"Tag {key!r} has an invalid value: up to 255 letters, digits, spaces and _.:/@+=-.")
         clean[key] = value
     return clean

@@ -19,7 +19,7 @@ from apps.vsphere.operations.destroy import destroy_vm
 from apps.vsphere.session import Connection
 from apps.vsphere.types import BASE_SNAPSHOT, CloneResult, CloneSpec, Customization, TaskHandle
 
-_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # fullmatch, as "$" passes a final newline
 
 
 def customization_script_supported(conn: Connection) -> bool:
@@ -34,7 +34,7 @@ def customization_script_supported(conn: Connection) -> bool:
 
 
 def _customization(c: Customization) -> vim.vm.customization.Specification:
-    if not _HOSTNAME.match(c.hostname) or (c.windows and len(c.hostname) > 15):
+    if not _HOSTNAME.fullmatch(c.hostname) or (c.windows and len(c.hostname) > 15):
         limit = 15 if c.windows else 63
         raise InvalidSpec(
             f"'{c.hostname}' is not a valid host name (letters, digits, '-', at most {limit})",
