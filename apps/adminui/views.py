@@ -27,6 +27,7 @@ from apps.adminui.forms import (
 )
 from apps.adminui.permissions import admin_required
 from apps.adminui.uploads import LimitedDiskUploadHandler, StoredUpload
+from apps.audit.export import csv_row
 from apps.audit.models import AuditEvent
 from apps.core.errors import VmPortalError
 from apps.jobs.models import Job
@@ -212,12 +213,12 @@ def audit_export(request: HttpRequest) -> HttpResponse:
                                "request_id", "message", "before", "after"])
         # iterator(): constant memory however many rows match.
         for e in events.iterator(chunk_size=2000):
-            yield writer.writerow([
+            yield writer.writerow(csv_row([
                 e.at.isoformat(), e.actor_name, e.action, e.target_type, e.target_id, e.target_repr,
                 e.pool_id or "", e.request_id, e.message,
                 json.dumps(e.before, sort_keys=True) if e.before is not None else "",
                 json.dumps(e.after, sort_keys=True) if e.after is not None else "",
-            ])
+            ]))
 
     response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="vmportal-audit.csv"'

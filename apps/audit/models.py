@@ -7,7 +7,7 @@ from django.db import models
 class AuditEvent(models.Model):
     """Append-only record of every action by people and by jobs.
 
-    The database refuses UPDATE and DELETE on this table (trigger in migration 0002),
+    The database refuses UPDATE, DELETE and TRUNCATE on this table (migrations 0002, 0003),
     so not even a bug or a shell session can rewrite history.
     """
 
