@@ -24,10 +24,15 @@ from apps.vsphere.errors import VSphereError
 from apps.vsphere.inventory import fetch_inventory
 from apps.vsphere.session import Endpoint, close_all, connect
 
-# A row may stay in flight this long after its last change, then it is stuck. DESIGN.md: a
-# job whose heartbeat stopped (90 s) is failed and its work retried or compensated within a
-# minute. Booting VMs get their pool's boot timeout on top.
-STUCK_AFTER = timedelta(seconds=150)
+
+def stuck_after() -> timedelta:
+    """How long a row may stay in flight after its last change before it is stuck.
+
+    DESIGN.md: a job whose heartbeat stopped (VMPORTAL_JOB_STALE_AFTER) is failed and its
+    work retried or compensated within a minute. Booting VMs get their pool's boot timeout
+    on top."""
+    return timedelta(seconds=getattr(settings, "VMPORTAL_JOB_STALE_AFTER", 90) + 60)
+
 
 TRANSIENT_VM = (VMState.CLONING, VMState.BOOTING, VMState.DESTROYING, VMState.FAILED)
 UNFINISHED_JOB = (Job.Status.QUEUED, Job.Status.RUNNING)
@@ -135,9 +140,10 @@ def pools_state() -> tuple[dict[str, str], bool]:
 
 
 def check(*, errors_5xx: int = 0, fault_ended_at: datetime | None = None,
-          bound: timedelta = STUCK_AFTER, originals: frozenset[str] = frozenset()) -> Snapshot:
+          bound: timedelta | None = None, originals: frozenset[str] = frozenset()) -> Snapshot:
     """Read every invariant once. ``originals`` are the simulator's own VMs (its templates)."""
     close_old_connections()
+    bound = bound or stuck_after()
     now = timezone.now()
     counts = dict.fromkeys((key for key, _, _ in ROWS), 0)
     details: dict[str, list[str]] = {}
@@ -184,7 +190,7 @@ def check(*, errors_5xx: int = 0, fault_ended_at: datetime | None = None,
 
 
 def wait_for_recovery(*, fault_ended_at: datetime, deadline_s: float, errors_5xx=lambda: 0,
-                      bound: timedelta = STUCK_AFTER, originals: frozenset[str] = frozenset(),
+                      bound: timedelta | None = None, originals: frozenset[str] = frozenset(),
                       progress=print) -> tuple[Snapshot, float | None]:
     """Poll until every invariant is 0, every pool is full and healthy and nothing in flight
     dates from before the fault ended; returns the last reading and the seconds it took

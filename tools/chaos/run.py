@@ -30,9 +30,11 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -46,6 +48,7 @@ from procs import RedisServer, Supervisor, free_port, gunicorn, manage, wait_for
 
 SIM_DELAYS = ("CloneVM_Task:1500,PowerOnVM_Task:300,PowerOffVM_Task:300,Destroy_Task:800,"
               "CreateSnapshot_Task:1500,RevertToSnapshot_Task:1000,ReconfigVM_Task:800,MarkAsTemplate:500")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Detected|Fault|Unreachable|Timeout)\b: ")
 KINDS = ("fill", "destroy", "ondemand", "copy", "vmtask")
 JOB_KIND = {"fill": "pools.fill", "destroy": "pools.destroy", "ondemand": "leases.ondemand",
             "copy": "templates.copy_to_cluster", "vmtask": "leases.vm_task"}
@@ -63,10 +66,14 @@ class Profile:
     load_pool_size: int
     fixed_size: int = 4
     plain_size: int = 3
+    # VMPORTAL_JOB_STALE_AFTER for every process; None: the app's default.
+    job_stale_after: int | None = None
 
 
 FULL = Profile(kills=20, vcenter_outage=60, redis_outage=30, load_seconds=60, load_clients=32, load_pool_size=40)
-QUICK = Profile(kills=5, vcenter_outage=10, redis_outage=5, load_seconds=10, load_clients=32, load_pool_size=16)
+# A shorter heartbeat bound keeps the quick run short; the rule it tests is the same.
+QUICK = Profile(kills=5, vcenter_outage=10, redis_outage=5, load_seconds=10, load_clients=32, load_pool_size=16,
+                job_stale_after=15)
 
 
 @dataclass
@@ -118,6 +125,7 @@ class Harness:
         self.driver_token = ""
         self.copy_targets: list[tuple[int, int]] = []
         self.originals: frozenset[str] = frozenset()
+        self.log_offsets: dict[str, int] = {}
 
     # processes ---------------------------------------------------------------
     def start(self) -> None:
@@ -131,6 +139,8 @@ class Harness:
             "VMPORTAL_API_RATE_LIMIT_PER_IP": "0", "VMPORTAL_API_RATE_LIMIT_PER_TOKEN": "0",
             "VMPORTAL_MAX_LEASES_PER_USER": "0",
         })
+        if self.profile.job_stale_after:
+            os.environ["VMPORTAL_JOB_STALE_AFTER"] = str(self.profile.job_stale_after)
         import subprocess
 
         subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--no-input", "-v", "0"], check=True,
@@ -247,19 +257,38 @@ class Harness:
         return None
 
     def recover(self, name: str, fault: str, fault_ended_at, *, errors=lambda: 0, notes=()) -> Result:
-        from invariants import STUCK_AFTER, table, wait_for_recovery
+        from invariants import stuck_after, table, wait_for_recovery
 
-        deadline = STUCK_AFTER.total_seconds() + 30
+        # Past the rows' bound, whatever the fault left in flight is stuck by definition.
+        deadline = stuck_after().total_seconds() + 15
         snap, took = wait_for_recovery(fault_ended_at=fault_ended_at, deadline_s=deadline, errors_5xx=errors,
                                        originals=self.originals, progress=say)
         result = Result(name, fault, dict(snap.counts), took, list(notes), {k: v for k, v in snap.details.items() if v})
         if snap.vsphere_error:
             result.notes.append(f"simulator unreadable at the end: {snap.vsphere_error}")
         say(table(f"after {name}: {fault}", snap, took))
+        logged = self.logged_errors()
+        if logged:
+            say("    exceptions in the processes' logs since the last check: "
+                + "; ".join(f"{n}x {line}" for line, n in logged.most_common(8)))
+            result.notes += [f"logged {n}x {line}" for line, n in logged.most_common(8)]
         restarts = [f"{n} (exit {c})" for t, n, c in self.supervisor.restarts]
         if restarts:
             say(f"    processes restarted so far: {', '.join(restarts)}")
         return result
+
+    def logged_errors(self) -> Counter:
+        """Exception lines (the last line of each traceback) logged since the last call, by text."""
+        found: Counter = Counter()
+        for path in sorted(self.log_dir.glob("*.log")):
+            with path.open("rb") as f:
+                f.seek(self.log_offsets.get(path.name, 0))
+                data = f.read()
+                self.log_offsets[path.name] = f.tell()
+            for line in data.decode(errors="replace").splitlines():
+                if EXCEPTION_LINE.match(line):
+                    found[f"{path.stem}: {line[:160]}"] += 1
+        return found
 
     def wait_full(self, timeout: float) -> bool:
         from invariants import pools_state
