@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: test demo venv vcsim services lint bench clean
+.PHONY: test demo venv vcsim services lint bench clean chaos
 
 $(STAMP): pyproject.toml
 	@bash tools/ensure-system.sh ldap-dev
@@ -37,6 +37,11 @@ bench: venv services vcsim
 	$(PY) bench/fill.py
 	$(PY) bench/inventory.py
 	@test ! -f bench/checkout.py || $(PY) bench/checkout.py
+
+# Kill workers, stop vCenter and Redis, load the API; prove the invariants (README "After a
+# crash or an outage"). ARGS passes options, e.g. make chaos ARGS="--only kills --kills 5"
+chaos: venv services vcsim
+	$(PY) tools/chaos/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var tools/vcsim/bin tools/oidc-provider/node_modules
