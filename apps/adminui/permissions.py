@@ -7,7 +7,7 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.shortcuts import render
 
-from apps.leases.services import is_admin
+from apps.core.permissions import is_admin
 
 
 def admin_required(view):

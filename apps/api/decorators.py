@@ -12,7 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.api import auth
 from apps.api.http import ApiError, error, unauthorized
 from apps.core.errors import VmPortalError
-from apps.leases.services import is_admin
+from apps.core.permissions import is_admin
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from redis.exceptions import RedisError
 from apps.api import auth
 from apps.api.guard import client_ip
 from apps.api.http import error, unauthorized
+from apps.core.permissions import is_admin
 from apps.leases.models import Lease
-from apps.leases.services import is_admin
 from apps.pools.models import VM, VMState
 from apps.pools.selectors import pools_with_counts
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from apps.api.models import ApiToken
 from apps.audit import services as audit
 from apps.core.errors import NotFound, VmPortalError
-from apps.leases.services import is_admin
+from apps.core.permissions import is_admin
 
 # last_used_at is written at most this often per token, so busy CI does not turn every
 # request into a row update.

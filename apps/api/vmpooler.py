@@ -27,11 +27,11 @@ from apps.api.http import ApiError, json_body, ok, strict_int
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken, PoolOverride
 from apps.core.errors import VmPortalError
+from apps.core.permissions import is_admin
 from apps.leases import ondemand, vmtasks
 from apps.leases import services as leases
 from apps.leases import tags as lease_tags
 from apps.leases.models import Lease, OnDemandRequest
-from apps.leases.services import is_admin
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.selectors import pools_with_counts
 

@@ -347,7 +347,8 @@ def lease_credentials(*, user, lease_id: int) -> VMSecret | None:
     Raises NotFound like the lease pages for anyone else; None when the VM has none.
     """
     from apps.core.errors import NotFound  # noqa: PLC0415
-    from apps.leases.services import get_lease_for, is_admin  # noqa: PLC0415
+    from apps.core.permissions import is_admin  # noqa: PLC0415
+    from apps.leases.services import get_lease_for  # noqa: PLC0415
 
     lease = get_lease_for(user, lease_id)
     if not lease.is_active and not is_admin(user):

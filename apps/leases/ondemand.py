@@ -22,9 +22,10 @@ from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
+from apps.core.permissions import is_admin
 from apps.jobs import runner
 from apps.leases.models import Lease, OnDemandRequest
-from apps.leases.services import LeaseLimitReached, check_lease_limits, is_admin
+from apps.leases.services import LeaseLimitReached, check_lease_limits
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
 from apps.pools.services import discard_vm, end_lease
 

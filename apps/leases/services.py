@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
+from apps.core.permissions import is_admin
 from apps.core.states import history_params, history_sql, record_history
 from apps.leases.models import GroupLeaseLimit, Lease, OnDemandRequest
 from apps.pools import nudge
@@ -36,10 +37,6 @@ class LeaseLimitReached(Conflict):
 
 class NotAllowed(VmPortalError):
     http_status = 403
-
-
-def is_admin(user: AbstractBaseUser) -> bool:
-    return user.is_superuser or user.groups.filter(name=settings.VMPORTAL_ADMIN_GROUP).exists()
 
 
 def _history_in_statement() -> bool:

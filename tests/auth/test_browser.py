@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from apps.accounts.backends import DISABLED, UNREACHABLE
-from apps.leases.services import is_admin
+from apps.core.permissions import is_admin
 from tests.auth import servers
 from tests.auth.conftest import search_then_bind
 from tests.e2e.browser import ARTIFACTS, CHROMIUM, MISSING, chromium, sign_in

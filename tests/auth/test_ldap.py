@@ -11,8 +11,8 @@ from django.urls import reverse
 
 from apps.accounts.backends import DISABLED, UNREACHABLE
 from apps.api.models import ApiToken
+from apps.core.permissions import is_admin
 from apps.leases.models import GroupLeaseLimit
-from apps.leases.services import is_admin
 from tests.auth import servers
 from tests.auth.conftest import search_then_bind
 

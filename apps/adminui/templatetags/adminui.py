@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import template
 
-from apps.leases.services import is_admin
+from apps.core.permissions import is_admin
 
 register = template.Library()
 
