@@ -108,7 +108,7 @@ def app_setup(sim, *, size: int, width: int):
 
 def app_fill(pool, *, width: int) -> tuple[float, int]:
     from apps.pools.models import VMState
-    from apps.pools.services import reconcile_pool
+    from apps.pools.manager import reconcile_pool
 
     size = pool.size
     import django_rq

@@ -13,7 +13,7 @@ from django.db import connection
 from apps.inventory.models import Folder, VCenter
 from apps.inventory.services import sync_inventory
 from apps.jobs.models import Job
-from apps.pools import services
+from apps.pools import manager
 from apps.pools.models import Pool, VMState
 from apps.pools.templates import register_template
 from apps.vsphere import operations as ops
@@ -48,7 +48,7 @@ def work_off(*, rounds: int = 6, pools: list[Pool] = ()) -> None:
     """Reconcile (the given pools, and every stale request) and run workers until no job is left."""
     for _ in range(rounds):
         for pool in pools:
-            services.reconcile_pool(pool.pk)
+            manager.reconcile_pool(pool.pk)
         assert worker().wait(timeout=120) == 0
         if not Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).exists():
             return
@@ -57,7 +57,7 @@ def work_off(*, rounds: int = 6, pools: list[Pool] = ()) -> None:
 def settle(pool: Pool, *, rounds: int = 6) -> None:
     """Reconcile and work off the queues until nothing is left to do."""
     for _ in range(rounds):
-        services.reconcile_pool(pool.pk)
+        manager.reconcile_pool(pool.pk)
         assert worker().wait(timeout=120) == 0
         if not Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).exists():
             pool.refresh_from_db()

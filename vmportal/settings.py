@@ -234,10 +234,8 @@ VMPORTAL_API_MAX_BODY_BYTES = env_int("VMPORTAL_API_MAX_BODY_BYTES", 10240, mini
 # the pages, both APIs and the services alike. The old API-only names still work.
 VMPORTAL_MAX_VMS_PER_CHECKOUT = env_int(
     "VMPORTAL_MAX_VMS_PER_CHECKOUT", env_int("VMPORTAL_API_MAX_VMS_PER_REQUEST", 20, minimum=1), minimum=1)
-VMPORTAL_API_MAX_VMS_PER_REQUEST = VMPORTAL_MAX_VMS_PER_CHECKOUT
 VMPORTAL_MAX_POOL_SIZE = env_int("VMPORTAL_MAX_POOL_SIZE", env_int("VMPORTAL_API_MAX_POOL_SIZE", 500, minimum=1),
                                  minimum=1)
-VMPORTAL_API_MAX_POOL_SIZE = VMPORTAL_MAX_POOL_SIZE
 # Longest lease lifetime any pool may offer, in hours (pool forms, both APIs).
 VMPORTAL_MAX_LEASE_HOURS = env_int("VMPORTAL_MAX_LEASE_HOURS", 24 * 365, minimum=1)
 VMPORTAL_API_MAX_TAGS = env_int("VMPORTAL_API_MAX_TAGS", 32, minimum=1)

@@ -9,6 +9,7 @@ from django.core.validators import MaxValueValidator
 from django.utils import timezone
 
 from apps.core.errors import VmPortalError
+from apps.core.fields import AsciiDurationField, AsciiIntegerField
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.pools import reconfigure as services
 from apps.pools.models import MAX_VCPUS, Pool, Template
@@ -29,6 +30,10 @@ class PoolForm(forms.ModelForm):
             "lease_lifetime": "HH:MM:SS, e.g. 02:00:00.",
             "lease_max_lifetime": "HH:MM:SS or 'D HH:MM:SS', at least the lifetime.",
             "boot_timeout": "HH:MM:SS, from 00:00:01 to 24:00:00.",
+        }
+        field_classes = {
+            **dict.fromkeys(["size", "cpus", "memory_mb", "max_tries", "alias_weight"], AsciiIntegerField),
+            **dict.fromkeys(["ready_ttl", "lease_lifetime", "lease_max_lifetime", "boot_timeout"], AsciiDurationField),
         }
 
     def __init__(self, *args, **kwargs):
@@ -66,7 +71,7 @@ class PoolForm(forms.ModelForm):
 
 
 class ReconfigureForm(forms.Form):
-    size = forms.IntegerField(min_value=0, help_text="Ready VMs to keep (0 drains the pool).")
+    size = AsciiIntegerField(min_value=0, help_text="Ready VMs to keep (0 drains the pool).")
     template = forms.ModelChoiceField(queryset=Template.objects.order_by("name"))
     cluster = forms.ModelChoiceField(queryset=Cluster.objects.order_by("name"), label="Clone target (cluster)")
 

@@ -15,7 +15,7 @@ from apps.core.errors import NotFound, VmPortalError
 from apps.inventory.models import Cluster
 from apps.pools import reconfigure as pool_services
 from apps.pools.models import VM, Pool, Template, VMState
-from apps.pools.services import discard_vm
+from apps.pools.manager import discard_vm
 
 
 def _reconfigure(pool_id: int, action: str, **changes) -> Pool | None:
@@ -34,8 +34,8 @@ def _reconfigure(pool_id: int, action: str, **changes) -> Pool | None:
 @transaction.atomic
 def set_pool_size(*, pool_id: int, size: int) -> bool:
     """Set a pool's size; True when it changed. Callers check that the user is an admin."""
-    if size < 0 or size > settings.VMPORTAL_API_MAX_POOL_SIZE:
-        raise VmPortalError(f"A pool size must be between 0 and {settings.VMPORTAL_API_MAX_POOL_SIZE}.")
+    if size < 0 or size > settings.VMPORTAL_MAX_POOL_SIZE:
+        raise VmPortalError(f"A pool size must be between 0 and {settings.VMPORTAL_MAX_POOL_SIZE}.")
     before = _reconfigure(pool_id, "pool.resize", size=size)
     if before is not None:
         PoolOverride.objects.get_or_create(pool=before, field=PoolOverride.Field.SIZE,

@@ -113,7 +113,7 @@ def _names_in(path: str) -> list[str]:
 
 def _checkout(request: HttpRequest, wanted: Counter) -> HttpResponse:
     total = sum(wanted.values())
-    limit = settings.VMPORTAL_API_MAX_VMS_PER_REQUEST
+    limit = settings.VMPORTAL_MAX_VMS_PER_CHECKOUT
     if not wanted or total < 1 or total > limit or min(wanted.values()) < 1:
         raise ApiError(f"Ask for between 1 and {limit} VMs, at least one from each pool named.")
     picked = _pick(wanted, prefer_ready=True)
@@ -151,8 +151,8 @@ vm_collection = api_view(public=("GET",))({"GET": _list_pools, "POST": _checkout
 
 def _checkout_path(request: HttpRequest, pools: str) -> HttpResponse:
     names = _names_in(pools)
-    if len(names) > settings.VMPORTAL_API_MAX_VMS_PER_REQUEST:
-        raise ApiError(f"Ask for at most {settings.VMPORTAL_API_MAX_VMS_PER_REQUEST} VMs.")
+    if len(names) > settings.VMPORTAL_MAX_VMS_PER_CHECKOUT:
+        raise ApiError(f"Ask for at most {settings.VMPORTAL_MAX_VMS_PER_CHECKOUT} VMs.")
     return _checkout(request, Counter(names))
 
 

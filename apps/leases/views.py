@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from apps.core.errors import VmPortalError
+from apps.core.fields import AsciiIntegerField
 from apps.leases import ondemand, services
 from apps.leases.models import Lease, OnDemandRequest
 from apps.pools.models import Pool
@@ -24,7 +25,7 @@ EXTEND_CHOICES = {"1": timedelta(hours=1), "4": timedelta(hours=4), "24": timede
 class MultiCheckoutForm(forms.Form):
     pool = forms.ModelChoiceField(queryset=Pool.objects.filter(enabled=True).order_by("name"), to_field_name="name",
                                   empty_label=None)
-    count = forms.IntegerField(min_value=1, initial=2)
+    count = AsciiIntegerField(min_value=1, initial=2)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

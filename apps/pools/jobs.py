@@ -18,7 +18,7 @@ from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.pools import instance, nudge, placement, templates
 from apps.pools.models import VM, Pool, VMState
-from apps.pools.services import (
+from apps.pools.manager import (
     Stray,
     claim_slots,
     fail_orphaned_clones,

@@ -14,7 +14,7 @@ from apps.inventory.models import Datastore, Folder
 from apps.jobs.models import Job
 from apps.pools import reconfigure as services
 from apps.pools.models import Pool, TemplateCopy, TemplateStatus, VMState
-from apps.pools.services import reconcile_pool
+from apps.pools.manager import reconcile_pool
 from tests import factories
 from tests.adminui.conftest import make_host
 

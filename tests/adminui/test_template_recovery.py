@@ -11,7 +11,7 @@ from apps.audit.models import AuditEvent
 from apps.jobs.models import Job
 from apps.jobs.runner import reap_lost
 from apps.pools.models import TemplateBuild, TemplateCopy, TemplateStatus
-from apps.pools.services import reconcile_all
+from apps.pools.manager import reconcile_all
 from tests import factories
 
 pytestmark = pytest.mark.django_db

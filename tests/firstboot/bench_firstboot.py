@@ -16,7 +16,7 @@ from django.db import close_old_connections, connection, transaction
 
 from apps.firstboot import services
 from apps.firstboot.models import AddressRange, Delivery, IPAllocation, Method, PoolFirstBoot
-from apps.pools import services as pool_services
+from apps.pools import manager as pool_manager
 from apps.pools.models import VM, VMState
 from tests import factories
 from tests.live import GUEST, make_pool, site, worker
@@ -37,7 +37,7 @@ def test_fill_time_per_method(vcsim_factory, redis_conn, method, delivery):
                                      address_range=rng)
     started = time.perf_counter()
     for _ in range(6):
-        pool_services.reconcile_pool(pool.pk)
+        pool_manager.reconcile_pool(pool.pk)
         assert worker().wait(timeout=300) == 0
         if pool.vms.filter(state=VMState.READY).count() == N:
             break

@@ -203,14 +203,14 @@ def test_wrong_guest_credentials_fail_the_key_delivery_with_a_reason(vcsim_facto
 def test_no_secret_reaches_the_logs_or_the_audit_log(vcsim_factory, redis_conn, engineer, caplog):
     """The fill job and the key delivery run in this process, with every logger at DEBUG."""
     from apps.jobs import runner  # noqa: PLC0415
-    from apps.pools import services as pool_services  # noqa: PLC0415
+    from apps.pools import manager as pool_manager  # noqa: PLC0415
 
     caplog.set_level("DEBUG")
     vc, folder = site(vcsim_factory(*GUEST))
     pool = make_pool(vc, folder, name="quiet", size=2)
     configure(pool, method=Method.CLOUD_INIT, delivery=Delivery.SEED_ISO, address_range=address_range(),
               guest_username="ops", guest_password="Guest-Pw-0815")
-    pool_services.reconcile_pool(pool.pk)
+    pool_manager.reconcile_pool(pool.pk)
     for job in Job.objects.filter(kind="pools.fill"):
         runner.run(job.pk)
     assert pool.vms.filter(state=VMState.READY).count() == 2, jobs_report()

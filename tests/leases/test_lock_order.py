@@ -18,7 +18,7 @@ from django.utils import timezone
 from apps.leases import services
 from apps.leases.models import Lease
 from apps.pools.models import VM, Pool, VMState
-from apps.pools.services import reconcile_pool
+from apps.pools.manager import reconcile_pool
 from tests import factories
 
 _names = itertools.count(1)

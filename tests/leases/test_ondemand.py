@@ -15,7 +15,7 @@ from apps.core.errors import Conflict
 from apps.jobs.models import Job
 from apps.leases import ondemand, services
 from apps.leases.models import Lease, OnDemandRequest
-from apps.pools import services as pool_services
+from apps.pools import manager as pool_manager
 from apps.pools.models import VM, Pool, VMState
 from tests import factories
 from tests.live import GUEST, make_pool, settle, site, vms_in_folder, work_off, worker
@@ -39,7 +39,7 @@ def test_request_clones_boots_and_leases_outside_the_pool(vcsim_factory, redis_c
     assert all(vm.on_demand and vm.state == VMState.LEASED and vm.ip_address.startswith("10.30.") for vm in vms)
     assert sorted(v.name for v in vms_in_folder(vc)) == sorted(vm.name for vm in vms)
     # The pool's size is 0: its manager neither counts nor drains the on-demand VMs.
-    report = pool_services.reconcile_pool(pool.pk)
+    report = pool_manager.reconcile_pool(pool.pk)
     assert not report.destroy and not report.fill_started
     assert AuditEvent.objects.filter(action="lease.checkout", after__request_id=req.request_id).count() == 2
 
@@ -230,7 +230,7 @@ def test_a_worker_killed_mid_request_leaves_no_vm_behind(vcsim_factory, redis_co
     # Later: the job's heartbeat is stale; the next reconcile fails the request and cleans up.
     Job.objects.filter(kind="leases.ondemand").update(heartbeat_at=timezone.now() - timedelta(hours=1))
     OnDemandRequest.objects.filter(pk=req.pk).update(created_at=timezone.now() - timedelta(hours=1))
-    pool_services.reconcile_all()
+    pool_manager.reconcile_all()
     req.refresh_from_db()
     assert req.status == Status.FAILED and "worker" in req.status_reason
     settle(pool)

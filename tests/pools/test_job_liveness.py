@@ -10,7 +10,7 @@ import pytest
 
 from apps.firstboot.models import AddressRange, IPAllocation, Method, PoolFirstBoot
 from apps.jobs.models import Job
-from apps.pools import services
+from apps.pools import manager
 from apps.pools.models import Pool, VMState
 from tests.live import GUEST, make_pool, settle, site, vms_in_folder, worker
 
@@ -55,7 +55,7 @@ def test_a_destroy_whose_worker_was_killed_is_finished_by_the_next_cycles(vcsim_
     assert IPAllocation.objects.count() == 10
 
     Pool.objects.filter(pk=pool.pk).update(size=0)
-    services.reconcile_pool(pool.pk)  # ten destroy jobs
+    manager.reconcile_pool(pool.pk)  # ten destroy jobs
     doomed = worker(burst=False)
     wait_for(lambda: pool.vms.filter(state=VMState.DESTROYED).count() >= 2, within=60, what="destroys started")
     wait_for(lambda: Job.objects.filter(kind="pools.destroy", status=Job.Status.RUNNING).exists(), within=10,
@@ -64,7 +64,7 @@ def test_a_destroy_whose_worker_was_killed_is_finished_by_the_next_cycles(vcsim_
     assert pool.vms.filter(state=VMState.DESTROYING).exists()  # killed mid-way
 
     time.sleep(STALE_AFTER + 1)
-    services.reconcile_all()  # the pool manager's cycle
+    manager.reconcile_all()  # the pool manager's cycle
     settle(pool)
 
     assert set(pool.vms.values_list("state", flat=True)) == {VMState.DESTROYED}
@@ -80,7 +80,7 @@ def test_a_killed_fill_frees_its_clone_slots_within_the_stale_bound_and_the_pool
     vc, folder = site(vcsim_factory(*GUEST, "-method-delay", "CloneVM_Task:2500"), task_limit=4)
     pool = make_pool(vc, folder, size=4)
     fixed_addresses(pool)
-    services.reconcile_pool(pool.pk)
+    manager.reconcile_pool(pool.pk)
     doomed = worker(burst=False)
     wait_for(lambda: pool.vms.filter(state=VMState.CLONING).count() == 4, within=30, what="four clones started")
     time.sleep(0.5)  # the CloneVM_Task requests are in flight
@@ -90,7 +90,7 @@ def test_a_killed_fill_frees_its_clone_slots_within_the_stale_bound_and_the_pool
     # The pool manager runs its cycle every few seconds; the slots come free once the
     # job's heartbeat is older than the bound, not after the 15-minute clone timeout.
     def freed() -> bool:
-        services.reconcile_all()
+        manager.reconcile_all()
         return not pool.vms.filter(state=VMState.CLONING).exists()
 
     wait_for(freed, within=STALE_AFTER + 20, what="the dead fill's cloning rows freed")

@@ -17,7 +17,7 @@ from pyVmomi import vim
 from apps.audit.models import AuditEvent
 from apps.firstboot.models import AddressRange, IPAllocation, Method, PoolFirstBoot
 from apps.jobs.models import Job
-from apps.pools import services
+from apps.pools import manager
 from apps.pools.models import VM, Pool, VMState
 from apps.vsphere.errors import translate
 from apps.vsphere.session import close_all
@@ -39,7 +39,7 @@ def jobs_report() -> list:
 def run_one_reconcile(pool: Pool) -> None:
     """One reconcile once the pool's retry time has come, and the jobs it starts."""
     Pool.objects.filter(pk=pool.pk).update(retry_at=timezone.now() - timedelta(seconds=1))
-    services.reconcile_pool(pool.pk)
+    manager.reconcile_pool(pool.pk)
     assert worker().wait(timeout=120) == 0
     pool.refresh_from_db()
 
@@ -77,16 +77,16 @@ def test_outage_failures_never_count_toward_max_tries_and_are_one_event():
     for _ in range(10):  # three batches of three slots and one more: far beyond max_tries
         vm = VM.objects.create(vcenter_id=pool.template.vcenter_id, pool=pool, template=pool.template,
                                name=f"{pool.name}-{VM.objects.count()}")
-        services.record_clone_failure(vm, "connection refused", permanent=False, outage=True)
+        manager.record_clone_failure(vm, "connection refused", permanent=False, outage=True)
         pool.refresh_from_db()
         assert pool.health == Pool.Health.DEGRADED
         assert pool.consecutive_failures == 0
-        assert pool.retry_at - timezone.now() <= services.UNREACHABLE_RETRY_MAX
+        assert pool.retry_at - timezone.now() <= manager.UNREACHABLE_RETRY_MAX
     assert pool.health_reason == (f"vCenter {pool.template.vcenter.name} unreachable: connection refused; retrying")
     assert AuditEvent.objects.filter(action="pool.unreachable").count() == 1
     assert not AuditEvent.objects.filter(action="pool.failing").exists()
 
-    assert services.record_reachable(vcenter_id=pool.template.vcenter_id) == 1
+    assert manager.record_reachable(vcenter_id=pool.template.vcenter_id) == 1
     pool.refresh_from_db()
     assert (pool.health, pool.health_reason, pool.retry_at, pool.unreachable_since) == (Pool.Health.OK, "", None, None)
 
@@ -95,10 +95,10 @@ def test_outage_failures_never_count_toward_max_tries_and_are_one_event():
 def test_a_pool_failing_for_a_real_fault_stays_failing_when_vcenter_answers():
     pool = factories.pool(max_tries=3)
     vm = VM.objects.create(vcenter_id=pool.template.vcenter_id, pool=pool, template=pool.template, name="x-1")
-    services.record_clone_failure(vm, "NoDiskSpace", permanent=True)
+    manager.record_clone_failure(vm, "NoDiskSpace", permanent=True)
     vm = VM.objects.create(vcenter_id=pool.template.vcenter_id, pool=pool, template=pool.template, name="x-2")
-    services.record_clone_failure(vm, "connection refused", permanent=False, outage=True)
-    services.record_reachable(vcenter_id=pool.template.vcenter_id)
+    manager.record_clone_failure(vm, "connection refused", permanent=False, outage=True)
+    manager.record_reachable(vcenter_id=pool.template.vcenter_id)
     pool.refresh_from_db()
     assert pool.health == Pool.Health.FAILING and pool.health_reason == "NoDiskSpace"
 
@@ -121,7 +121,7 @@ def test_a_batch_failed_by_an_outage_degrades_the_pool_and_it_recovers_within_on
         PoolFirstBoot.objects.create(pool=pool, method=Method.CUSTOMIZATION, address_range=rng)
         sim.stop()  # vCenter goes away before the first fill
 
-        services.reconcile_pool(pool.pk)
+        manager.reconcile_pool(pool.pk)
         assert worker().wait(timeout=120) == 0
         pool.refresh_from_db()
         # The whole batch of three failed on one refused connection: not failing, not counted.
@@ -130,7 +130,7 @@ def test_a_batch_failed_by_an_outage_degrades_the_pool_and_it_recovers_within_on
         assert pool.consecutive_failures == 0
         assert pool.health_reason.startswith(f"vCenter {vc.name} unreachable: ")
         assert pool.health_reason.endswith("; retrying")
-        assert pool.retry_at <= timezone.now() + services.UNREACHABLE_RETRY_MAX
+        assert pool.retry_at <= timezone.now() + manager.UNREACHABLE_RETRY_MAX
 
         # Still down when its retry comes: one cheap look, no new clone slots, still one event.
         run_one_reconcile(pool)
@@ -172,7 +172,7 @@ def test_a_real_fault_after_an_outage_still_fails_the_pool(tmp_path, redis_conn)
         vc, folder = site(sim)
         pool = make_pool(vc, folder, size=3, max_tries=3)
         sim.stop()
-        services.reconcile_pool(pool.pk)
+        manager.reconcile_pool(pool.pk)
         assert worker().wait(timeout=120) == 0
         pool.refresh_from_db()
         assert pool.health == Pool.Health.DEGRADED and pool.consecutive_failures == 0, pool.health_reason

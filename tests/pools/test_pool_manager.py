@@ -13,7 +13,7 @@ from django.utils import timezone
 from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases import services as leases
-from apps.pools import services
+from apps.pools import manager
 from apps.pools.instance import instance_id
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.templates import register_template
@@ -59,14 +59,14 @@ def test_template_change_drains_ready_vms_and_keeps_the_leased_one(vcsim_factory
 def test_boot_timeout_fails_with_a_reason_and_backs_off(vcsim_factory, redis_conn):
     vc, folder = site(vcsim_factory())  # no -guest-ip: the guest never reports an address
     pool = make_pool(vc, folder, size=1, boot_timeout=timedelta(seconds=2), max_tries=3)
-    services.reconcile_pool(pool.pk)
+    manager.reconcile_pool(pool.pk)
     assert worker().wait(timeout=60) == 0
     vm = pool.vms.get()
     assert vm.state == VMState.FAILED
     assert "no usable IP address" in vm.state_reason
     pool.refresh_from_db()
     assert pool.health == Pool.Health.DEGRADED and pool.retry_at > timezone.now()
-    services.reconcile_pool(pool.pk)  # destroys the failed VM, clones nothing while backing off
+    manager.reconcile_pool(pool.pk)  # destroys the failed VM, clones nothing while backing off
     assert worker().wait(timeout=60) == 0
     assert vms_in_folder(vc) == []
     assert Job.objects.filter(kind="pools.fill").count() == 1
@@ -81,7 +81,7 @@ def test_permanent_error_stops_retries(vcsim_factory, redis_conn):
     assert pool.health == Pool.Health.FAILING
     assert "disk space" in pool.health_reason.lower()
     assert Job.objects.filter(kind="pools.fill").count() == 1  # no retry storm
-    assert not services.reconcile_pool(pool.pk).fill_started
+    assert not manager.reconcile_pool(pool.pk).fill_started
     # Only the clones already in flight when the first failure came back were tried.
     assert pool.vms.count() <= 3
     assert not pool.vms.exclude(state=VMState.DESTROYED).exists()
@@ -90,7 +90,7 @@ def test_permanent_error_stops_retries(vcsim_factory, redis_conn):
 def test_killed_worker_mid_clone_leaves_no_leaked_vm(vcsim_factory, redis_conn):
     vc, folder = site(vcsim_factory(*GUEST, "-method-delay", "CloneVM_Task:2500"))
     pool = make_pool(vc, folder, size=1)
-    services.reconcile_pool(pool.pk)
+    manager.reconcile_pool(pool.pk)
     doomed = worker(burst=False)
     deadline = time.monotonic() + 30
     while not pool.vms.filter(state=VMState.CLONING).exists():
@@ -129,7 +129,7 @@ def test_vcenter_outage_during_fill_degrades_then_recovers(tmp_path, redis_conn)
     try:
         vc, folder = site(sim)
         pool = make_pool(vc, folder, size=6)
-        services.reconcile_pool(pool.pk)
+        manager.reconcile_pool(pool.pk)
         filler = worker(burst=False)
         deadline = time.monotonic() + 30
         while not pool.vms.filter(state=VMState.READY).exists():

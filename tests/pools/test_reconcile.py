@@ -13,7 +13,7 @@ from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases import services as leases
 from apps.leases.models import Lease
-from apps.pools import services
+from apps.pools import manager
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
 from tests import factories
 
@@ -26,15 +26,15 @@ def jobs(kind: str) -> list[Job]:
 
 def test_empty_pool_starts_one_fill_job_however_often_reconciled():
     pool = factories.pool(size=3)
-    assert services.reconcile_pool(pool.pk).fill_started
-    assert not services.reconcile_pool(pool.pk).fill_started
+    assert manager.reconcile_pool(pool.pk).fill_started
+    assert not manager.reconcile_pool(pool.pk).fill_started
     assert len(jobs("pools.fill")) == 1
 
 
 def test_full_pool_starts_nothing():
     pool = factories.pool(size=1)
     factories.vm(pool, state=VMState.READY)
-    report = services.reconcile_pool(pool.pk)
+    report = manager.reconcile_pool(pool.pk)
     assert (report.deficit, report.fill_started, report.destroy) == (0, False, [])
 
 
@@ -43,7 +43,7 @@ def test_shrink_destroys_ready_vms_but_never_leased_ones(engineer):
     ready = [factories.vm(pool, state=VMState.READY, ready_at=timezone.now()) for _ in range(3)]
     leases.checkout(user=engineer, pools=[pool])
     Pool.objects.filter(pk=pool.pk).update(size=1)
-    report = services.reconcile_pool(pool.pk)
+    report = manager.reconcile_pool(pool.pk)
     assert len(report.destroy) == 1
     states = sorted(VM.objects.filter(pk__in=[v.pk for v in ready]).values_list("state", flat=True))
     assert states == [VMState.DESTROYING, VMState.LEASED, VMState.READY]
@@ -56,7 +56,7 @@ def test_template_change_drains_ready_vms_and_keeps_leased_ones(engineer):
     [lease] = leases.checkout(user=engineer, pools=[pool])
     pool.template = factories.template(pool.template.vcenter)
     pool.save()
-    report = services.reconcile_pool(pool.pk)
+    report = manager.reconcile_pool(pool.pk)
     assert report.destroy == [v.pk for v in old if v.pk != lease.vm_id]
     assert VM.objects.get(pk=lease.vm_id).state == VMState.LEASED
     assert report.fill_started  # the new template's VMs come in
@@ -65,7 +65,7 @@ def test_template_change_drains_ready_vms_and_keeps_leased_ones(engineer):
 def test_ready_ttl_recycles_old_vms():
     pool = factories.pool(size=1, ready_ttl=timedelta(hours=1))
     stale = factories.vm(pool, state=VMState.READY, ready_at=timezone.now() - timedelta(hours=2))
-    services.reconcile_pool(pool.pk)
+    manager.reconcile_pool(pool.pk)
     stale.refresh_from_db()
     assert stale.state == VMState.DESTROYING and "recycled" in stale.state_reason
 
@@ -74,7 +74,7 @@ def test_boot_timeout_fails_the_vm_with_a_reason_and_destroys_it():
     pool = factories.pool(size=1, boot_timeout=timedelta(minutes=5))
     stuck = factories.vm(pool, state=VMState.BOOTING)
     VM.objects.filter(pk=stuck.pk).update(state_changed_at=timezone.now() - timedelta(minutes=6))
-    report = services.reconcile_pool(pool.pk)
+    report = manager.reconcile_pool(pool.pk)
     stuck.refresh_from_db()
     assert report.timed_out == [stuck.pk]
     assert stuck.state == VMState.DESTROYING
@@ -86,7 +86,7 @@ def test_expired_lease_ends_and_its_vm_is_destroyed(engineer):
     factories.vm(pool, state=VMState.READY)
     [lease] = leases.checkout(user=engineer, pools=[pool])
     Lease.objects.filter(pk=lease.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    report = services.reconcile_pool(pool.pk)
+    report = manager.reconcile_pool(pool.pk)
     lease.refresh_from_db()
     assert report.expired_leases == [lease.pk]
     assert lease.end_reason == Lease.EndReason.EXPIRED
@@ -95,22 +95,22 @@ def test_expired_lease_ends_and_its_vm_is_destroyed(engineer):
 
 def test_permanent_failure_stops_cloning_until_reset():
     pool = factories.pool(size=2)
-    vm = services.claim_slot(pool.pk)
-    services.record_clone_failure(vm, "Datastore LocalDS_0 is full", permanent=True)
+    vm = manager.claim_slot(pool.pk)
+    manager.record_clone_failure(vm, "Datastore LocalDS_0 is full", permanent=True)
     pool.refresh_from_db()
     assert (pool.health, pool.health_reason) == (Pool.Health.FAILING, "Datastore LocalDS_0 is full")
-    assert services.claim_slot(pool.pk) is None
-    assert not services.reconcile_pool(pool.pk).fill_started
+    assert manager.claim_slot(pool.pk) is None
+    assert not manager.reconcile_pool(pool.pk).fill_started
 
 
 def test_transient_failures_back_off_then_fail_after_max_tries():
     pool = factories.pool(size=1, max_tries=2)
-    services.record_clone_failure(services.claim_slot(pool.pk), "timeout", permanent=False)
+    manager.record_clone_failure(manager.claim_slot(pool.pk), "timeout", permanent=False)
     pool.refresh_from_db()
     assert pool.health == Pool.Health.DEGRADED and pool.retry_at > timezone.now()
-    assert services.claim_slot(pool.pk) is None  # backing off
+    assert manager.claim_slot(pool.pk) is None  # backing off
     Pool.objects.filter(pk=pool.pk).update(retry_at=None)
-    services.record_clone_failure(services.claim_slot(pool.pk), "timeout", permanent=False)
+    manager.record_clone_failure(manager.claim_slot(pool.pk), "timeout", permanent=False)
     pool.refresh_from_db()
     assert pool.health == Pool.Health.FAILING
     assert "2 clones in a row failed" in pool.health_reason
@@ -118,13 +118,13 @@ def test_transient_failures_back_off_then_fail_after_max_tries():
 
 def test_template_not_ready_means_no_clones():
     pool = factories.pool(size=1, template=factories.template(status=TemplateStatus.PREPARING))
-    assert services.claim_slot(pool.pk) is None
+    assert manager.claim_slot(pool.pk) is None
 
 
 def test_slots_respect_the_vcenter_task_limit():
     vc = factories.vcenter(task_limit=2)
     a, b = factories.pool(vcenter=vc, size=5), factories.pool(vcenter=vc, size=5)
-    claimed = [services.claim_slot(a.pk), services.claim_slot(b.pk), services.claim_slot(a.pk)]
+    claimed = [manager.claim_slot(a.pk), manager.claim_slot(b.pk), manager.claim_slot(a.pk)]
     assert [vm is not None for vm in claimed] == [True, True, False]
 
 
@@ -137,7 +137,7 @@ def test_concurrent_claims_never_exceed_the_pool_size():
     def claimer():
         try:
             for _ in range(5):
-                vm = services.claim_slot(pool.pk)
+                vm = manager.claim_slot(pool.pk)
                 if vm is not None:
                     with lock:
                         got.append(vm.pk)
@@ -155,10 +155,10 @@ def test_concurrent_claims_never_exceed_the_pool_size():
 
 def test_dead_fill_job_is_replaced():
     pool = factories.pool(size=1)
-    services.reconcile_pool(pool.pk)
+    manager.reconcile_pool(pool.pk)
     Job.objects.filter(kind="pools.fill").update(
         status=Job.Status.RUNNING, heartbeat_at=timezone.now() - timedelta(minutes=5)
     )
     assert runner.reap_lost() == 1
-    assert services.reconcile_pool(pool.pk).fill_started
+    assert manager.reconcile_pool(pool.pk).fill_started
     assert Job.objects.get(kind="pools.fill", status=Job.Status.FAILED).error.startswith("The worker")

@@ -12,7 +12,7 @@ from django.db import close_old_connections
 from redis.exceptions import RedisError
 
 from apps.pools import nudge
-from apps.pools.services import reconcile_all, reconcile_pool
+from apps.pools.manager import reconcile_all, reconcile_pool
 
 log = logging.getLogger("vmportal.poolmanager")
 
