@@ -1,30 +1,39 @@
-"""Checkout benchmark: one-click checkout over HTTP against a raw psycopg transaction.
+"""Checkout benchmark: vmpooler API checkouts while the pool refills, against raw psycopg.
 
-    .venv/bin/python bench/checkout.py [--checkouts 3000] [--clients 16] [--workers 2] [--threads 4]
+    .venv/bin/python bench/checkout.py [--clients 1,16,32] [--checkouts 1500] [--workers 2] [--threads 4]
+                                       [--browser] [--profile DIR]
 
-Non-interactive and self-contained. It (re)creates its own database
-(``vmportal_bench_checkout`` on the local PostgreSQL of the tests, or the server of
-DATABASE_URL), migrates it, seeds a pool with enough ready VMs for every checkout and 16
-signed-in users, starts gunicorn on a free loopback port and then measures, in one run:
+Non-interactive and self-contained, in the README's production shape: it (re)creates its
+own database (``vmportal_bench_checkout`` on the local PostgreSQL of the tests, or the
+server of DATABASE_URL), starts the vSphere simulator, seeds a pool of a registered
+template whose size is the number of ready VMs seeded, and starts gunicorn (gthread),
+``manage.py poolmanager`` and one clone ``rqworker``: every checkout nudges the pool
+manager, which starts a fill job that clones into the simulator while the run goes on
+(that is how checkout is used). Then, for each client count in ``--clients``:
 
-- HTTP: ``--clients`` threads POST /pools/<name>/checkout with a session cookie and CSRF
-  token (the redirect is not followed), ``--checkouts`` in all, after a warm-up;
-- raw psycopg: as many threads, each in a transaction doing the same row lock
-  (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1), UPDATE of the VM and INSERT of a lease.
+- HTTP: that many threads POST /api/v3/vm/<pool> with an X-AUTH-TOKEN (one token per
+  user, 16 users), ``--checkouts`` in all after a warm-up (``--browser``: the page's
+  POST /pools/<pool>/checkout with a session cookie and CSRF token instead);
+- raw psycopg: as many threads doing the checkout's own SQL (token lookup, user lock and
+  lease count, the lock-move-history statement, lease and audit inserts) in a transaction.
 
-It prints throughput and p50/p99 latency of both, their ratio, the number of VMs leased
-more than once (must be 0), counted in the database, and the CPU time gunicorn, the bench
-database's PostgreSQL backends and the clients spent per checkout (from /proc). The rates
-move with whatever else the machine runs; CPU per checkout hardly does, and on N cores
-N x 1000 / (its sum) ms bounds the rate. Everything it starts it stops.
+It prints throughput, p50/p99, answers >= 500, other failures, VMs leased twice (counted
+in the database, must be 0), and the CPU time per checkout of each process group (from
+/proc): gunicorn, pool manager, clone worker, simulator, the bench database's PostgreSQL
+backends and the clients. Rates move with whatever else the machine runs (the load
+average is printed); CPU per checkout hardly does. ``--profile DIR`` records gunicorn's
+workers with py-spy during the 16-client run (``pip install py-spy``; root). Everything
+it starts it stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -33,6 +42,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,12 +53,15 @@ BENCH_DB = "vmportal_bench_checkout"
 POOL = "bench"
 RAW_POOL = "bench-raw"
 USERS = 16
-WARMUP = 300
+WARMUP = 200
 HOST = "127.0.0.1"
 TARGET_RATE = 620
 TARGET_P99_MS = 50
-# A Redis database of its own: checkouts nudge the pool manager, and a demo's manager on
-# database 0 must not be sent pool ids from this database.
+TARGET_SEQ_P50_MS = 3
+TARGET_WEB_CPU_MS = 2
+LOG_DIR = ROOT / "var" / "bench-checkout"
+# A Redis database of its own: a demo's pool manager on database 0 must not be sent pool
+# ids from this database, nor this run's manager a demo's.
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
@@ -59,33 +72,54 @@ class Run:
     seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process group, during the run
 
-    def line(self) -> str:
-        return f"{self.rate:.0f}/s, p50 {statistics.median(self.latencies) * 1000:.1f} ms, p99 {self.p99:.1f} ms"
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies) * 1000 if self.latencies else float("nan")
 
     @property
     def p99(self) -> float:
         lat = sorted(self.latencies)
-        return lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+        return lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
 
     @property
     def rate(self) -> float:
-        return len(self.latencies) / self.seconds
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    @property
+    def server_errors(self) -> int:
+        return sum(1 for f in self.failures if f[:1] == "5")
+
+    def line(self) -> str:
+        return (f"{self.rate:6.0f}/s  p50 {self.p50:6.1f} ms  p99 {self.p99:6.1f} ms  5xx {self.server_errors}  "
+                f"other failures {len(self.failures) - self.server_errors}")
+
+    def cpu_per(self) -> dict[str, float]:
+        done = max(1, len(self.latencies))
+        return {k: v * 1000 / done for k, v in self.cpu.items()}
 
     def cpu_line(self) -> str:
         """CPU milliseconds per checkout: on 2 cores, 1000 / (their sum / 2) bounds the rate."""
         if not self.cpu:
             return "CPU per checkout: not measured (no /proc)"
-        per = {k: v * 1000 / len(self.latencies) for k, v in self.cpu.items()}
+        per = self.cpu_per()
         total = sum(per.values())
-        return "CPU per checkout: " + ", ".join(f"{k} {v:.2f} ms" for k, v in per.items()) + \
-            f"; sum {total:.2f} ms, so at most {os.cpu_count() * 1000 / total:.0f}/s on {os.cpu_count()} idle cores"
+        return "CPU ms/checkout: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items()) + \
+            f"; sum {total:.2f}, so at most {os.cpu_count() * 1000 / total:.0f}/s on {os.cpu_count()} idle cores"
 
 
-def _cpu_by_group(server_pgid: int | None) -> dict[str, float]:
-    """CPU seconds so far of the server's processes, of PostgreSQL's backends serving the
-    bench database, and of this process (the clients), read from /proc."""
+# Process groups whose CPU is counted, by process group id (set as each is started), and
+# single processes by pid (the simulator shares our process group).
+GROUPS: dict[str, int] = {}
+PIDS: dict[str, int] = {}
+
+
+def _cpu_by_group() -> dict[str, float]:
+    """CPU seconds so far of each started process group, of PostgreSQL's backends serving
+    the bench database, and of this process (the clients), read from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
-    totals = {"server": 0.0, "postgres": 0.0}
+    by_pgid = {pgid: name for name, pgid in GROUPS.items()}
+    by_pid = {pid: name for name, pid in PIDS.items()}
+    totals = {name: 0.0 for name in (*GROUPS, *PIDS)} | {"postgres": 0.0}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -93,14 +127,13 @@ def _cpu_by_group(server_pgid: int | None) -> dict[str, float]:
         except OSError:
             continue  # exited while we looked
         seconds = (int(fields[11]) + int(fields[12])) / tick
-        if server_pgid is not None and int(fields[2]) == server_pgid:
-            totals["server"] += seconds
+        name = by_pid.get(int(stat.parent.name)) or by_pgid.get(int(fields[2]))
+        if name is not None:
+            totals[name] += seconds
         elif cmdline.startswith(b"postgres:") and BENCH_DB.encode() in cmdline:
             totals["postgres"] += seconds
     own = os.times()
     totals["clients"] = own.user + own.system
-    if server_pgid is None:
-        del totals["server"]
     return totals
 
 
@@ -119,16 +152,29 @@ def prepare_database() -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
     url = urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
-    os.environ["DATABASE_URL"] = url
-    os.environ["REDIS_URL"] = REDIS_URL
+    os.environ.update({
+        "DATABASE_URL": url, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "WARNING", "VMPORTAL_VAR_DIR": str(LOG_DIR),
+        # The load is the point: no rate limit answers (their Redis counters still run).
+        "VMPORTAL_API_RATE_LIMIT_PER_IP": "0", "VMPORTAL_API_RATE_LIMIT_PER_TOKEN": "0",
+    })
     # The real settings, as gunicorn will use them: sessions must be made by the same engine.
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vmportal.settings")
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--verbosity", "0"], check=True, cwd=ROOT)
     return url
 
 
-def seed(vms_for_http: int, vms_for_raw: int) -> tuple[list[str], int, int]:
-    """Pools with ready VMs and signed-in users; returns session keys and the pool ids."""
+@dataclass
+class Seeded:
+    sessions: list[str]
+    tokens: list[str]
+    pool_id: int
+    raw_pool_id: int
+
+
+def seed(sim, vms_for_http: int, vms_for_raw: int) -> Seeded:
+    """A template registered in the simulator, two pools of it, each as large as the ready
+    VMs seeded into it (so every checkout leaves a deficit the pool manager refills), and
+    16 users, each with a session and an API token."""
     import django
 
     django.setup()
@@ -137,23 +183,32 @@ def seed(vms_for_http: int, vms_for_raw: int) -> tuple[list[str], int, int]:
     from django.utils import timezone
     from django.utils.module_loading import import_string
 
-    from apps.pools.models import VM, VMState
-    from tests import factories
+    from apps.api.tokens import create_token
+    from apps.inventory.models import Folder, VCenter
+    from apps.inventory.services import sync_inventory
+    from apps.pools.models import VM, Pool, VMState
+    from apps.pools.templates import register_template
 
     SessionStore = import_string(f"{django.conf.settings.SESSION_ENGINE}.SessionStore")  # noqa: N806
-    vcenter = factories.vcenter()
+    vcenter = VCenter.objects.create(name="bench", host=sim.address, username=sim.username, password=sim.password,
+                                     insecure=True, task_limit=10)
+    assert sync_inventory(vcenter).ok, "the simulator's inventory could not be synced"
+    folder = Folder.objects.get(vcenter=vcenter, path="DC0/vm/vmportal")
+    template = register_template(vcenter=vcenter, name="debian-12", inventory_path="DC0/vm/Templates/debian-12",
+                                 os_name="debian-12", prepare_now=True)
     now = timezone.now()
     pool_ids = []
     for name, count in ((POOL, vms_for_http), (RAW_POOL, vms_for_raw)):
-        pool = factories.pool(name=name, size=count, vcenter=vcenter)
+        pool = Pool.objects.create(name=name, template=template, cluster=template.copies.get().cluster,
+                                   folder=folder, size=count)
         VM.objects.bulk_create(
-            VM(pool=pool, vcenter=vcenter, template=pool.template, name=f"{name}-{i}", state=VMState.READY,
+            VM(pool=pool, vcenter=vcenter, template=template, name=f"{name}-{i}", state=VMState.READY,
                ready_at=now, ip_address=f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}",
                hostname=f"{name}-{i}.bench")
             for i in range(count)
         )
         pool_ids.append(pool.pk)
-    sessions = []
+    sessions, tokens = [], []
     for i in range(USERS):
         user = User.objects.create_user(f"bench{i}")  # no usable password: signed in via the session
         session = SessionStore()
@@ -162,10 +217,11 @@ def seed(vms_for_http: int, vms_for_raw: int) -> tuple[list[str], int, int]:
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.save()
         sessions.append(session.session_key)
+        tokens.append(create_token(user=user, name="bench")[1])
     from django.db import connection
 
     connection.close()
-    return sessions, pool_ids[0], pool_ids[1]
+    return Seeded(sessions, tokens, pool_ids[0], pool_ids[1])
 
 
 def free_port() -> int:
@@ -174,16 +230,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_group(name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A process in a process group of its own (so its CPU is counted and it is stopped
+    whole), logging to LOG_DIR/<name>.log."""
+    with open(LOG_DIR / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    GROUPS[name] = proc.pid
+    return proc
+
+
 def start_gunicorn(port: int, workers: int, threads: int, max_leases: int) -> subprocess.Popen:
-    env = {**os.environ, "VMPORTAL_MAX_LEASES_PER_USER": str(max_leases), "LOG_LEVEL": "WARNING"}
     cmd = [str(Path(sys.executable).parent / "gunicorn"), "vmportal.wsgi", "--bind", f"{HOST}:{port}",
            "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
            "--keep-alive", "30", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+    proc = start_group("gunicorn", cmd, {"VMPORTAL_MAX_LEASES_PER_USER": str(max_leases)})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"gunicorn exited with {proc.returncode}")
+            sys.exit(f"gunicorn exited with {proc.returncode}; see {LOG_DIR}/gunicorn.log")
         try:
             conn = http.client.HTTPConnection(HOST, port, timeout=2)
             conn.request("GET", "/healthz")
@@ -206,28 +271,13 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-class Client:
-    """One signed-in browser: a kept-alive connection, its session cookie and CSRF token."""
-
-    def __init__(self, port: int, session_key: str):
+class Connection:
+    def __init__(self, port: int):
         self.port = port
         self.conn = http.client.HTTPConnection(HOST, port, timeout=30)
-        self.cookie = f"sessionid={session_key}"
-        response = self._send("GET", "/")
-        body = response.read().decode()
-        if response.status != 200:
-            raise RuntimeError(f"GET / answered {response.status}; is the session valid?")
-        csrf_cookie = re.search(r"csrftoken=([^;]+)", response.getheader("Set-Cookie") or "")
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body)
-        if not (csrf_cookie and token):
-            raise RuntimeError("no CSRF cookie or token on the home page")
-        self.cookie += f"; csrftoken={csrf_cookie.group(1)}"
-        self.form = f"csrfmiddlewaretoken={token.group(1)}".encode()
 
-    def _send(self, method: str, path: str, body: bytes | None = None) -> http.client.HTTPResponse:
-        headers = {"Cookie": self.cookie, "Host": f"{HOST}:{self.port}"}
-        if body is not None:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
+    def send(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> http.client.HTTPResponse:
+        headers = {"Host": f"{HOST}:{self.port}", **headers}
         for attempt in (1, 2):
             try:
                 self.conn.request(method, path, body=body, headers=headers)
@@ -240,9 +290,44 @@ class Client:
                     raise
         raise AssertionError("unreachable")
 
+
+class ApiClient:
+    """One CI system: a kept-alive connection and its token, checking out with vmpooler's API."""
+
+    def __init__(self, port: int, token: str):
+        self.conn = Connection(port)
+        self.headers = {"X-AUTH-TOKEN": token, "Content-Length": "0"}
+
+    def checkout(self) -> str | None:
+        """None on success (200 with a hostname), else what went wrong."""
+        response = self.conn.send("POST", f"/api/v3/vm/{POOL}", None, self.headers)
+        body = response.read()
+        if response.status == 200 and json.loads(body).get(POOL, {}).get("hostname"):
+            return None
+        return f"{response.status} {body[:120]!r}"
+
+
+class BrowserClient:
+    """One signed-in browser: a kept-alive connection, its session cookie and CSRF token."""
+
+    def __init__(self, port: int, session_key: str):
+        self.conn = Connection(port)
+        self.cookie = f"sessionid={session_key}"
+        response = self.conn.send("GET", "/", None, {"Cookie": self.cookie})
+        body = response.read().decode()
+        if response.status != 200:
+            raise RuntimeError(f"GET / answered {response.status}; is the session valid?")
+        csrf_cookie = re.search(r"csrftoken=([^;]+)", response.getheader("Set-Cookie") or "")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body)
+        if not (csrf_cookie and token):
+            raise RuntimeError("no CSRF cookie or token on the home page")
+        self.cookie += f"; csrftoken={csrf_cookie.group(1)}"
+        self.form = f"csrfmiddlewaretoken={token.group(1)}".encode()
+
     def checkout(self) -> str | None:
         """None on success (a redirect to the lease page), else what went wrong."""
-        response = self._send("POST", f"/pools/{POOL}/checkout", self.form)
+        response = self.conn.send("POST", f"/pools/{POOL}/checkout", self.form,
+                                  {"Cookie": self.cookie, "Content-Type": "application/x-www-form-urlencoded"})
         response.read()
         location = response.getheader("Location") or ""
         if response.status == 302 and location.startswith("/leases/"):
@@ -250,7 +335,7 @@ class Client:
         return f"{response.status} {location}"
 
 
-def run_threads(clients: int, total: int, work, server_pgid: int | None = None) -> Run:
+def run_threads(clients: int, total: int, work) -> Run:
     """``total`` calls of ``work(index)`` spread over ``clients`` threads, timed each."""
     run = Run()
     measure = Path("/proc/self/stat").exists()
@@ -279,47 +364,84 @@ def run_threads(clients: int, total: int, work, server_pgid: int | None = None) 
         t.start()
     barrier.wait()
     started = time.perf_counter()
-    before = _cpu_by_group(server_pgid) if measure else {}
+    before = _cpu_by_group() if measure else {}
     for t in threads:
         t.join()
     run.seconds = time.perf_counter() - started
     if measure:
-        after = _cpu_by_group(server_pgid)
-        run.cpu = {k: after[k] - before[k] for k in after}
+        after = _cpu_by_group()
+        run.cpu = {k: after[k] - before.get(k, 0.0) for k in after}
     return run
 
 
-def http_run(port: int, sessions: list[str], clients: int, total: int, server_pgid: int) -> Run:
+def http_run(port: int, seeded: Seeded, clients: int, total: int, browser: bool) -> Run:
     def make(index: int):
-        return Client(port, sessions[index % len(sessions)]).checkout
+        if browser:
+            return BrowserClient(port, seeded.sessions[index % USERS]).checkout
+        return ApiClient(port, seeded.tokens[index % USERS]).checkout
 
-    return run_threads(clients, total, make, server_pgid)
-
-
-RAW_LOCK = """SELECT id FROM pools_vm WHERE pool_id = %s AND state = 'ready'
-              ORDER BY ready_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"""
-RAW_UPDATE = """UPDATE pools_vm SET state = 'leased', state_changed_at = now() WHERE id = %s AND state = 'ready'"""
-RAW_INSERT = """INSERT INTO leases_lease (vm_id, pool_id, user_id, started_at, expires_at, end_reason, note, tags)
-                VALUES (%s, %s, %s, now(), now() + interval '2 hours', '', '', '{}')"""
+    return run_threads(clients, total, make)
 
 
-def raw_run(url: str, pool_id: int, user_ids: list[int], clients: int, total: int) -> Run:
+def raw_statements(pool_id: int) -> tuple[str, list, str, str]:
+    """The app's own checkout statement and its parameters (as the service builds them), and
+    the lease and audit inserts the ORM makes, for raw psycopg to run."""
+    from apps.core.states import history_params
+    from apps.leases.services import _checkout_sql
+    from apps.pools.models import VMState
+
+    take = _checkout_sql()["take"]
+    params = [pool_id, VMState.READY, 1, VMState.LEASED, None, VMState.READY]
+    params += history_params(model_label="pools.vm", field="state", old=VMState.READY, new=VMState.LEASED)
+    lease = """INSERT INTO leases_lease (vm_id, pool_id, user_id, started_at, expires_at, ended_at, end_reason,
+                   note, tags)
+               VALUES (%s, %s, %s, now(), now() + interval '2 hours', NULL, '', 'vmpooler API', '{}')
+               RETURNING id"""
+    audit = """INSERT INTO audit_auditevent (at, actor_id, actor_name, action, target_type, target_id, target_repr,
+                   pool_id, before, after, message, request_id)
+               VALUES (now(), %s, %s, 'lease.checkout', 'leases.lease', %s, %s, %s, NULL, %s, '', %s)"""
+    return take, params, lease, audit
+
+
+LOOKUP_SQL = """SELECT t.id, t.user_id, t.last_used_at, u.is_active, u.is_superuser, u.username
+               FROM api_apitoken t JOIN auth_user u ON u.id = t.user_id
+               WHERE t.token_hash = %s AND NOT t.revoked AND (t.expires_at IS NULL OR t.expires_at > now())"""
+
+
+def raw_run(url: str, seeded: Seeded, clients: int, total: int) -> Run:
+    """The checkout's SQL, statement for statement, from plain psycopg threads."""
+    import hashlib
+
     import psycopg
 
+    from apps.leases.services import PENDING, _checkout_sql
+
+    take, take_params, lease_sql, audit_sql = raw_statements(seeded.raw_pool_id)
+    limits = _checkout_sql()
+    from apps.pools.models import VM
+
+    vm_name_at = [f.column for f in VM._meta.concrete_fields].index("name")
     conns = []
 
     def make(index: int):
-        conn = psycopg.connect(url)
+        conn = psycopg.connect(url, prepare_threshold=5)
         conns.append(conn)  # kept open until measured: a closed backend's CPU time is gone from /proc
-        user_id = user_ids[index % len(user_ids)]
+        token_hash = hashlib.sha256(seeded.tokens[index % USERS].encode()).hexdigest()
 
         def checkout() -> str | None:
+            [[_, user_id, _, _, _, username]] = conn.execute(LOOKUP_SQL, [token_hash]).fetchall()
             with conn.transaction():
-                row = conn.execute(RAW_LOCK, [pool_id]).fetchone()
-                if row is None:
+                conn.execute(limits["groups"], [user_id]).fetchall()
+                conn.execute(limits["active"], [user_id, user_id, *PENDING]).fetchall()
+                params = list(take_params)
+                params[4] = datetime.now(UTC)  # state_changed_at, as the service passes it
+                rows = conn.execute(take, params).fetchall()
+                if not rows:
                     return "pool empty"
-                conn.execute(RAW_UPDATE, [row[0]])
-                conn.execute(RAW_INSERT, [row[0], pool_id, user_id])
+                vm_id, vm_name = rows[0][0], rows[0][vm_name_at]
+                [[lease_id]] = conn.execute(lease_sql, [vm_id, seeded.raw_pool_id, user_id]).fetchall()
+                conn.execute(audit_sql, [user_id, username, str(lease_id), f"{vm_name} → {username}",
+                                         seeded.raw_pool_id, json.dumps({"vm": vm_name}), "bench"])
             return None
 
         return checkout
@@ -332,7 +454,7 @@ def raw_run(url: str, pool_id: int, user_ids: list[int], clients: int, total: in
 
 
 def double_leases(url: str) -> tuple[int, int, int]:
-    """(VMs with more than one lease, leases, VMs in state leased), from the database."""
+    """(VMs with more than one lease, leases, leases whose VM is not in state leased)."""
     import psycopg
 
     with psycopg.connect(url) as conn:
@@ -340,67 +462,130 @@ def double_leases(url: str) -> tuple[int, int, int]:
             "SELECT count(*) FROM (SELECT vm_id FROM leases_lease GROUP BY vm_id HAVING count(*) > 1) d"
         ).fetchone()[0]
         leases = conn.execute("SELECT count(*) FROM leases_lease").fetchone()[0]
-        leased = conn.execute("SELECT count(*) FROM pools_vm WHERE state = 'leased'").fetchone()[0]
-    return doubled, leases, leased
+        stray = conn.execute("SELECT count(*) FROM leases_lease l JOIN pools_vm v ON v.id = l.vm_id "
+                             "WHERE v.state <> 'leased'").fetchone()[0]
+    return doubled, leases, stray
 
 
-def clear_nudges() -> None:
-    """Drop the reconcile nudges our checkouts queued: no pool manager reads database 13."""
-    import redis
+def pool_activity(url: str) -> str:
+    """What the pool manager and clone worker did: fill jobs, VMs cloned into the pools."""
+    import psycopg
 
-    from apps.pools import nudge
+    with psycopg.connect(url) as conn:
+        jobs = conn.execute("SELECT count(*) FROM jobs_job WHERE kind = 'pools.fill'").fetchone()[0]
+        cloned = conn.execute("SELECT count(*) FROM pools_vm WHERE moid <> '' AND pool_id IS NOT NULL").fetchone()[0]
+        ready = conn.execute("SELECT count(*) FROM pools_vm WHERE moid <> '' AND state = 'ready'").fetchone()[0]
+    return f"{jobs} fill jobs, {cloned} VMs cloned into the pools during the runs ({ready} of them ready)"
 
-    redis.Redis.from_url(REDIS_URL).delete(nudge.KEY)
+
+def py_spy(out_dir: Path) -> list[subprocess.Popen]:
+    """py-spy recording each gunicorn worker until interrupted (collapsed stacks, for
+    flamegraph.pl or speedscope; ``py-spy top``-like totals come from summing them)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workers = subprocess.run(["pgrep", "-P", str(GROUPS["gunicorn"])], capture_output=True, text=True).stdout.split()
+    procs = []
+    for pid in workers:
+        for fmt, ext in (("raw", "txt"),):
+            procs.append(subprocess.Popen(
+                [exe, "record", "-p", pid, "-r", "200", "-f", fmt, "-o",
+                 str(out_dir / f"gunicorn-{pid}.{ext}"), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkouts", type=int, default=3000)
-    parser.add_argument("--clients", type=int, default=16)
-    # As `make demo` runs it (apps/core/management/commands/demo.py); 3 workers measured no faster here.
+    parser.add_argument("--clients", default="1,16,32", help="client counts, comma-separated")
+    parser.add_argument("--checkouts", type=int, default=1500, help="checkouts per client count (1 client: a third)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--browser", action="store_true", help="the page's checkout (session + CSRF), not the API")
+    parser.add_argument("--profile", type=Path, help="record gunicorn with py-spy during the 16-client run here")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
+    levels = [int(c) for c in args.clients.split(",")]
 
-    load_at_start = os.getloadavg()[0]
+    def count(clients: int) -> int:
+        return max(100, args.checkouts // 3) if clients == 1 else args.checkouts
+
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
+    LOG_DIR.mkdir(parents=True)
+    load_at_start = os.getloadavg()
     url = prepare_database()
-    http_vms = WARMUP + args.checkouts
-    sessions, pool_id, raw_pool_id = seed(http_vms, WARMUP + args.checkouts)
-    print(f"database {BENCH_DB}: pool {POOL} with {http_vms} ready VMs, {USERS} signed-in users")
+    needed = WARMUP + sum(count(c) for c in levels)
+    from tests import vcsim as launcher
 
-    port = free_port()
-    # The per-user limit stays on (so its query runs) but high enough for every checkout.
-    proc = start_gunicorn(port, args.workers, args.threads, max_leases=http_vms)
+    os.environ["VCSIM_STDERR"] = ""
+    sim = launcher.start()
+    procs: list[subprocess.Popen] = []
+    results: list[tuple[int, Run, Run]] = []
     try:
-        http_run(port, sessions, args.clients, WARMUP, proc.pid)
-        web = http_run(port, sessions, args.clients, args.checkouts, proc.pid)
+        PIDS["vcsim"] = sim.process.pid
+        seeded = seed(sim, needed, needed)
+        print(f"database {BENCH_DB}: pools {POOL} and {RAW_POOL}, each of size {needed} and as many ready VMs; "
+              f"{USERS} users; logs in {LOG_DIR}")
+        port = free_port()
+        # The per-user limit stays on (so its query runs) but high enough for every checkout.
+        procs.append(start_gunicorn(port, args.workers, args.threads, max_leases=needed))
+        procs.append(start_group("poolmanager", [sys.executable, "manage.py", "poolmanager", "--interval", "3"]))
+        procs.append(start_group("clone-worker", [sys.executable, "manage.py", "rqworker", "clone", "--worker-class",
+                                                  "rq.SimpleWorker"]))
+        http_run(port, seeded, 4, WARMUP, args.browser)
+        for clients in levels:
+            spies = py_spy(args.profile) if args.profile and clients == 16 else []
+            web = http_run(port, seeded, clients, count(clients), args.browser)
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
+                spy.wait(30)
+            raw = raw_run(url, seeded, clients, count(clients))
+            results.append((clients, web, raw))
+            print(f"{clients:2d} clients  http {web.line()}   load {os.getloadavg()[0]:.2f}")
+            print(f"            {web.cpu_line()}")
+            print(f"            raw  {raw.line()}")
+            print(f"            {raw.cpu_line()}")
+            if web.failures:
+                print(f"            first HTTP failures: {web.failures[:3]}")
+        activity = pool_activity(url)
     finally:
-        stop(proc)
+        for proc in reversed(procs):
+            stop(proc)
+        sim.stop()
+        import redis
 
-    import psycopg
+        redis.Redis.from_url(REDIS_URL).flushdb()  # our nudges and queued jobs: nothing reads database 13 now
 
-    with psycopg.connect(url) as conn:
-        user_ids = [r[0] for r in conn.execute("SELECT id FROM auth_user ORDER BY id")]
-    raw_run(url, raw_pool_id, user_ids, args.clients, WARMUP)
-    raw = raw_run(url, raw_pool_id, user_ids, args.clients, args.checkouts)
-
-    doubled, leases, leased = double_leases(url)
-    clear_nudges()
-    print(f"gunicorn gthread, {args.workers} workers x {args.threads} threads; "
-          f"{args.checkouts} checkouts after {WARMUP} warm-up; {os.cpu_count()} cores, load average "
-          f"{load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (others' work skews the rates)")
-    print(f"checkout over HTTP, {args.clients} clients: {web.line()}; failures: {len(web.failures)}")
-    print(f"  {web.cpu_line()}")
-    print(f"raw psycopg, {args.clients} clients: {raw.line()}; failures: {len(raw.failures)}")
-    print(f"  {raw.cpu_line()}")
-    print(f"ratio {raw.rate / web.rate:.2f}x; double leases: {doubled} "
-          f"(leases {leases}, VMs leased {leased})")
-    met = web.rate >= TARGET_RATE and web.p99 <= TARGET_P99_MS
-    print(f"target {TARGET_RATE}/s with p99 <= {TARGET_P99_MS} ms: {'met' if met else 'NOT met'}")
-    if web.failures:
-        print(f"first HTTP failures: {web.failures[:3]}")
-    if doubled or web.failures or raw.failures or leases != leased:
+    doubled, leases, stray = double_leases(url)
+    kind = "browser POST /pools/<pool>/checkout" if args.browser else "API POST /api/v3/vm/<pool>"
+    print()
+    print(f"{kind}; gunicorn gthread {args.workers}x{args.threads}, poolmanager and a clone worker running; "
+          f"{os.cpu_count()} cores; load average {load_at_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+          "(others' work skews the rates, not the CPU per checkout)")
+    print(f"pool refill: {activity}")
+    print("| clients | app | raw psycopg | 5xx | web CPU ms | PG CPU ms | all CPU ms |")
+    print("|---|---|---|---|---|---|---|")
+    for clients, web, raw in results:
+        per = web.cpu_per()
+        print(f"| {clients} | {web.rate:.0f}/s, p50 {web.p50:.1f} ms, p99 {web.p99:.1f} ms | {raw.rate:.0f}/s, "
+              f"p50 {raw.p50:.1f} ms, p99 {raw.p99:.1f} ms | {web.server_errors} | {per.get('gunicorn', 0):.2f} | "
+              f"{per.get('postgres', 0):.2f} | {sum(per.values()):.2f} |")
+    print(f"VMs leased twice: {doubled} (leases {leases}; leases whose VM is not leased: {stray})")
+    verdicts = []
+    for clients, web, _ in results:
+        if clients == 1:
+            met = web.p50 <= TARGET_SEQ_P50_MS
+            verdicts.append(f"sequential p50 <= {TARGET_SEQ_P50_MS} ms: {'met' if met else 'NOT met'}")
+        if clients == 16:
+            met = web.rate >= TARGET_RATE and web.p99 <= TARGET_P99_MS and not web.server_errors and not doubled
+            verdicts.append(f"16 clients >= {TARGET_RATE}/s, p99 <= {TARGET_P99_MS} ms, 0 5xx, 0 doubles: "
+                            f"{'met' if met else 'NOT met'}")
+            cpu = web.cpu_per().get("gunicorn", 0)
+            met = cpu <= TARGET_WEB_CPU_MS
+            verdicts.append(f"web CPU per checkout <= {TARGET_WEB_CPU_MS} ms:"
+                            f" {'met' if met else 'NOT met'} ({cpu:.2f})")
+    for v in verdicts:
+        print("target " + v)
+    if doubled or stray or any(web.failures or raw.failures for _, web, raw in results):
         sys.exit(1)
 
 

@@ -107,8 +107,8 @@ def app_setup(sim, *, size: int, width: int):
 
 
 def app_fill(pool, *, width: int) -> tuple[float, int]:
-    from apps.pools.models import VMState
     from apps.pools.manager import reconcile_pool
+    from apps.pools.models import VMState
 
     size = pool.size
     import django_rq

@@ -14,8 +14,8 @@ from apps.api.models import PoolOverride
 from apps.core.errors import NotFound, VmPortalError
 from apps.inventory.models import Cluster
 from apps.pools import reconfigure as pool_services
-from apps.pools.models import VM, Pool, Template, VMState
 from apps.pools.manager import discard_vm
+from apps.pools.models import VM, Pool, Template, VMState
 
 
 def _reconfigure(pool_id: int, action: str, **changes) -> Pool | None:

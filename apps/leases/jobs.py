@@ -15,8 +15,8 @@ from apps.leases import ondemand, vmtasks
 from apps.leases.models import OnDemandRequest, VMTask
 from apps.pools import nudge
 from apps.pools.jobs import check_boots, clone_batch
-from apps.pools.models import VM, Pool, VMState
 from apps.pools.manager import claim_slots, fail_orphaned_clones
+from apps.pools.models import VM, Pool, VMState
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Endpoint, connect

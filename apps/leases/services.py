@@ -18,8 +18,8 @@ from apps.core.permissions import is_admin
 from apps.core.states import history_params, history_sql, record_history
 from apps.leases.models import GroupLeaseLimit, Lease, OnDemandRequest
 from apps.pools import nudge
-from apps.pools.models import VM, Pool, VMState
 from apps.pools.manager import end_lease
+from apps.pools.models import VM, Pool, VMState
 
 
 class PoolEmpty(Unavailable):

@@ -17,7 +17,6 @@ from apps.inventory.models import Folder
 from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.pools import instance, nudge, placement, templates
-from apps.pools.models import VM, Pool, VMState
 from apps.pools.manager import (
     Stray,
     claim_slots,
@@ -29,6 +28,7 @@ from apps.pools.manager import (
     record_unreachable,
     still_stray,
 )
+from apps.pools.models import VM, Pool, VMState
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Connection, Endpoint, connect, probe

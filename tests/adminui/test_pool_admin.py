@@ -13,8 +13,8 @@ from apps.audit.models import AuditEvent
 from apps.inventory.models import Datastore, Folder
 from apps.jobs.models import Job
 from apps.pools import reconfigure as services
-from apps.pools.models import Pool, TemplateCopy, TemplateStatus, VMState
 from apps.pools.manager import reconcile_pool
+from apps.pools.models import Pool, TemplateCopy, TemplateStatus, VMState
 from tests import factories
 from tests.adminui.conftest import make_host
 

@@ -10,8 +10,8 @@ from django.utils import timezone
 from apps.audit.models import AuditEvent
 from apps.jobs.models import Job
 from apps.jobs.runner import reap_lost
-from apps.pools.models import TemplateBuild, TemplateCopy, TemplateStatus
 from apps.pools.manager import reconcile_all
+from apps.pools.models import TemplateBuild, TemplateCopy, TemplateStatus
 from tests import factories
 
 pytestmark = pytest.mark.django_db

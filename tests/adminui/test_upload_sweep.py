@@ -13,8 +13,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from apps.jobs.models import Job
-from apps.pools.models import Template, TemplateStatus
 from apps.pools.manager import reconcile_all
+from apps.pools.models import Template, TemplateStatus
 from apps.pools.templates import sweep_uploads
 from tests.adminui.test_template_jobs import deploy_fields, run_worker
 from tests.live import site

@@ -12,8 +12,8 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 
 from apps.firstboot import services
 from apps.firstboot.models import AddressRange, IPAllocation, Method, PoolFirstBoot
-from apps.pools.models import VM, Pool, VMState
 from apps.pools.manager import claim_slots
+from apps.pools.models import VM, Pool, VMState
 from tests import factories
 
 

@@ -17,8 +17,8 @@ from django.utils import timezone
 
 from apps.leases import services
 from apps.leases.models import Lease
-from apps.pools.models import VM, Pool, VMState
 from apps.pools.manager import reconcile_pool
+from apps.pools.models import VM, Pool, VMState
 from tests import factories
 
 _names = itertools.count(1)
