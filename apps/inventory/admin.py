@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
 
+from apps.audit.admin_mixins import AuditedAdmin
 from apps.inventory import models
 
 
@@ -29,8 +30,9 @@ class VCenterForm(forms.ModelForm):
 
 
 @admin.register(models.VCenter)
-class VCenterAdmin(admin.ModelAdmin):
+class VCenterAdmin(AuditedAdmin):
     form = VCenterForm
+    audit_prefix = "vcenter"
     list_display = ["name", "host", "username", "insecure", "status", "latency_ms", "last_sync_at"]
     readonly_fields = ["status", "status_reason", "latency_ms", "last_sync_at"]
 
@@ -66,7 +68,8 @@ class HostLoadSampleAdmin(admin.ModelAdmin):
 
 
 @admin.register(models.Folder)
-class FolderAdmin(InventoryAdmin):
+class FolderAdmin(AuditedAdmin, InventoryAdmin):
+    audit_prefix = "folder"
     list_display = ["path", "vcenter", "purge_unknown"]
     fields = ["path", "purge_unknown", "purge_allowlist"]
     readonly_fields = ["path"]

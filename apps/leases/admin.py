@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from apps.audit.admin_mixins import AuditedAdmin
 from apps.leases.models import GroupLeaseLimit, Lease
 
 
@@ -8,11 +9,16 @@ class LeaseAdmin(admin.ModelAdmin):
     list_display = ["vm", "user", "pool", "started_at", "expires_at", "ended_at", "end_reason"]
     list_filter = ["pool", "end_reason"]
     search_fields = ["vm__name", "user__username"]
-    readonly_fields = ["vm", "user", "pool", "started_at", "ended_at", "end_reason"]
+    # Extending, tagging and returning go through the pages and APIs (limits checked, audited).
+    readonly_fields = [f.name for f in Lease._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
 
 
 @admin.register(GroupLeaseLimit)
-class GroupLeaseLimitAdmin(admin.ModelAdmin):
+class GroupLeaseLimitAdmin(AuditedAdmin):
+    audit_prefix = "group_limit"
     list_display = ["group", "max_active_leases"]
     search_fields = ["group__name"]
     autocomplete_fields = ["group"]

@@ -1,6 +1,8 @@
 from django.contrib import admin
 
+from apps.adminui.forms import PoolForm
 from apps.pools import models
+from apps.pools import reconfigure as services
 
 
 class TemplateCopyInline(admin.TabularInline):
@@ -19,9 +21,23 @@ class TemplateAdmin(admin.ModelAdmin):
 
 @admin.register(models.Pool)
 class PoolAdmin(admin.ModelAdmin):
+    """The pages' form and services: the same checks, and the same audit rows."""
+
+    form = PoolForm
     list_display = ["name", "template", "cluster", "size", "linked_clones", "enabled", "health"]
     list_filter = ["enabled", "health"]
     readonly_fields = ["health", "health_reason"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            services.create_pool(pool=obj)
+            return
+        changes = {name: getattr(obj, name) for name in form.changed_data if name in services.AUDITED_FIELDS}
+        if changes:
+            services.update_pool(pool_id=obj.pk, changes=changes)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a pool is drained and disabled on its page; its VMs need destroying first
 
 
 @admin.register(models.VM)
