@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -14,8 +15,8 @@ from apps.jobs.models import Job
 from apps.leases import ondemand, vmtasks
 from apps.leases.models import OnDemandRequest, VMTask
 from apps.pools import nudge
-from apps.pools.jobs import check_boots, clone_batch
-from apps.pools.manager import claim_slots, fail_orphaned_clones
+from apps.pools.jobs import check_boots, clone_batch, vcenter_answers
+from apps.pools.manager import UNREACHABLE_RETRY_MAX, UNREACHABLE_RETRY_MIN, claim_slots, fail_orphaned_clones
 from apps.pools.models import VM, Pool, VMState
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
@@ -24,6 +25,16 @@ from apps.vsphere.session import Endpoint, connect
 POLL = 0.5  # seconds between looks while guests boot or clone slots are taken
 # How long a request may wait for a clone slot (task limits) before it gives up.
 SLOT_WAIT = timedelta(minutes=10)
+# How long a request waits for an unreachable vCenter to answer again before it gives up.
+OUTAGE_WAIT = timedelta(minutes=10)
+
+
+@dataclass
+class _Outage:
+    """A pool's vCenter did not answer this request's job: since when, and when to ask it again."""
+
+    since: datetime
+    next_look: datetime
 
 
 def request_ended(job: Job, reason: str) -> None:
@@ -60,6 +71,7 @@ def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
     failures = dict.fromkeys(pools, 0)
     booting: dict[str, dict[str, VM]] = {name: {} for name in pools}  # by pool, by moid
     ready: list[VM] = []
+    outages: dict[str, _Outage] = {}  # by pool name
     endpoints = {name: Endpoint.from_vcenter(p.template.vcenter) for name, p in pools.items()}
     started = timezone.now()
     width = max(1, min(settings.VMPORTAL_CLONE_LIMIT, req.total))
@@ -77,6 +89,10 @@ def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
             for name, pool in pools.items():
                 if not need[name]:
                     continue
+                if name in outages:
+                    if not _vcenter_back(req, pool, endpoints[name], job, outages):
+                        continue
+                    started = timezone.now()  # the wait for a slot starts again
                 batch = claim_slots(pool.pk, need[name], on_demand=True)
                 if not batch:
                     pool.refresh_from_db()
@@ -91,7 +107,7 @@ def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
                 booting[name].update((vm.moid, vm) for vm in ok)
                 failed = [vm for vm in batch if vm not in ok]
                 if failed:
-                    reason = _retry_or_reason(pool, failed, need, failures)
+                    reason = _retry_or_reason(req, pool, failed, need, failures, outages)
                     if reason:
                         return reason
             for name, pool in pools.items():
@@ -103,11 +119,16 @@ def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
                 ready += [vm for vm in done if vm.state == VMState.READY]
                 failed = [vm for vm in done if vm.state != VMState.READY]
                 if failed:
-                    reason = _retry_or_reason(pool, failed, need, failures)
+                    reason = _retry_or_reason(req, pool, failed, need, failures, outages)
                     if reason:
                         return reason
             if not cloned:
-                if any(need.values()) and not any(booting.values()) and timezone.now() - started > SLOT_WAIT:
+                now = timezone.now()
+                for name, outage in outages.items():
+                    if now - outage.since > OUTAGE_WAIT:
+                        return (f"{name}: vCenter did not answer for {OUTAGE_WAIT}; retry later. "
+                                f"Last: {pools[name].health_reason}")
+                if any(need.values()) and not any(booting.values()) and not outages and now - started > SLOT_WAIT:
                     return f"No clone slot came free within {SLOT_WAIT}; the vCenter is busy. Retry later."
                 time.sleep(POLL)
     if ondemand.deliver(req, ready):
@@ -117,15 +138,53 @@ def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
     return ""
 
 
-def _retry_or_reason(pool: Pool, failed: list[VM], need: dict[str, int], failures: dict[str, int]) -> str:
+def _retry_or_reason(req: OnDemandRequest, pool: Pool, failed: list[VM], need: dict[str, int],
+                     failures: dict[str, int], outages: dict[str, _Outage]) -> str:
     """Put failed VMs back on the to-do list, or give the request's failure reason once
-    the pool's ``max_tries`` clones for this request have failed."""
+    the pool's ``max_tries`` clones for this request have failed.
+
+    Failures because vCenter did not answer (the clone path marked the pool unreachable)
+    are not counted: they say nothing about the request, and retrying at once would spend
+    every try within seconds of one outage. The pool then waits for vCenter instead."""
+    pool.refresh_from_db(fields=["health", "health_reason", "retry_at", "unreachable_since"])
+    if pool.unreachable_since is not None and pool.health != Pool.Health.FAILING:
+        now = timezone.now()
+        since = outages[pool.name].since if pool.name in outages else now
+        outages[pool.name] = _Outage(since=since, next_look=_next_look(pool, now))
+        ondemand.note(req, pool.health_reason)
+        need[pool.name] += len(failed)
+        return ""
     failures[pool.name] += len(failed)
     if failures[pool.name] >= pool.max_tries:
         last = VM.objects.filter(pk=failed[-1].pk).values_list("state_reason", flat=True).first() or "unknown"
         return f"{pool.name}: {failures[pool.name]} clones failed (the pool allows {pool.max_tries}); last: {last}"
     need[pool.name] += len(failed)
     return ""
+
+
+def _next_look(pool: Pool, now: datetime) -> datetime:
+    """The pool's own retry time (it grows with the outage), within the outage bounds."""
+    retry_at = pool.retry_at or now
+    return min(max(retry_at, now + UNREACHABLE_RETRY_MIN), now + UNREACHABLE_RETRY_MAX)
+
+
+def _vcenter_back(req: OnDemandRequest, pool: Pool, endpoint: Endpoint, job: runner.JobContext,
+                  outages: dict[str, _Outage]) -> bool:
+    """Whether the pool's vCenter answers again, asked once its retry time has come; one
+    cheap call, so no VM rows churn while it is away."""
+    outage = outages[pool.name]
+    now = timezone.now()
+    if now < outage.next_look:
+        return False
+    if not vcenter_answers(pool, endpoint, job):
+        pool.refresh_from_db(fields=["health", "health_reason", "retry_at", "unreachable_since"])
+        outage.next_look = _next_look(pool, now)
+        ondemand.note(req, pool.health_reason)
+        return False
+    del outages[pool.name]
+    if not outages:
+        ondemand.note(req, "")
+    return True
 
 
 def vm_task_ended(job: Job, reason: str) -> None:

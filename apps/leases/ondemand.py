@@ -155,6 +155,11 @@ def add_vms(req: OnDemandRequest, vms: list[VM]) -> None:
     req.vms.add(*vms)
 
 
+def note(req: OnDemandRequest, text: str) -> None:
+    """What a pending request is waiting for (e.g. an unreachable vCenter), for its page and the API."""
+    OnDemandRequest.objects.filter(pk=req.pk, status=Status.PROVISIONING).update(status_reason=text)
+
+
 def set_progress(req: OnDemandRequest, vm: VM, percent: int) -> None:
     OnDemandRequest.objects.filter(pk=req.pk).update(progress={**req.progress, str(vm.pk): percent})
     req.progress[str(vm.pk)] = percent
