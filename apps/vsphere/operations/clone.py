@@ -285,15 +285,10 @@ def _run_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
     return future
 
 
-_folder_paths: dict[tuple[str, str], str] = {}
-
-
 def _folder_path(conn: Connection, folder_moid: str) -> str:
-    # Pool folders are few and rarely renamed; a path per clone would be a round trip each.
-    key = (conn.endpoint.host, folder_moid)
-    if key not in _folder_paths:
-        _folder_paths[key] = entity_path(conn, conn.ref(vim.Folder, folder_moid))
-    return _folder_paths[key]
+    # Read once per batch (clone_many keeps it per folder), never cached across batches: a
+    # folder renamed in vCenter must show its new path at once, on every worker host.
+    return entity_path(conn, conn.ref(vim.Folder, folder_moid))
 
 
 def clone_vm(
