@@ -30,10 +30,12 @@ type frontend struct {
 	next       http.Handler
 	faults     *faultConfig
 	collectors *collectorLocks
+	calls      *callStats
 }
 
 func (s *sim) frontend() http.Handler {
-	return &frontend{sim: s, next: s.model.Service.ServeMux, faults: &s.opts.faults, collectors: newCollectorLocks()}
+	return &frontend{sim: s, next: s.model.Service.ServeMux, faults: &s.opts.faults, collectors: newCollectorLocks(),
+		calls: newCallStats()}
 }
 
 // maxSOAPBody bounds what is read into memory (an OVF import spec is the largest we send).
@@ -43,6 +45,8 @@ func (f *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodPost && (r.URL.Path == "/sdk" || r.URL.Path == "/sdk/vimService"):
 		f.serveSOAP(w, r)
+	case strings.HasPrefix(r.URL.Path, "/_vcsim/calls"):
+		f.calls.ServeHTTP(w, r)
 	case r.URL.Path == "/guestFile":
 		// Guest file transfers are authorised by their one-time token, as on ESXi.
 		f.sim.guestFiles.serveTransfer(w, r)
@@ -78,6 +82,11 @@ func (f *frontend) serveSOAP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if strings.HasSuffix(call.method, "_Task") {
+		// Counted from before the injected latency: a slow vCenter still has the task.
+		f.calls.begin(call.method)
+		defer f.calls.end(call.method)
+	}
 	f.faults.wait(call.method)
 	if f.faults.shouldFail(call.method) && simulator.Map.Get(call.this) != nil && f.hasSession(r) {
 		f.injectFailure(w, call)
@@ -87,6 +96,8 @@ func (f *frontend) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case call.method == "CloneVM_Task":
 		f.serveClone(w, r, body)
+	case call.method == "Rename_Task" && call.this.Type == "Datastore":
+		f.serveDatastoreRename(w, r, body, call)
 	case guestFileCalls[call.method]:
 		f.serveGuestFiles(w, r, body)
 	case call.method == "MarkAsTemplate" || call.method == "MarkAsVirtualMachine":

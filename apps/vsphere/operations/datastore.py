@@ -6,32 +6,55 @@ import contextlib
 import http.client
 import urllib.parse
 import urllib.request
+from typing import NamedTuple
 
 from pyVmomi import vim
 
 from apps.vsphere import tasks
 from apps.vsphere.errors import DuplicateName, ObjectNotFound, TransientFault, translate
-from apps.vsphere.operations._common import TASK_TIMEOUT, _find_by_path, entity_path
+from apps.vsphere.operations._common import PC, TASK_TIMEOUT
 from apps.vsphere.session import Connection
 from apps.vsphere.tls import https_connection
 
-_datastore_locations: dict[tuple[str, str], tuple[str, str]] = {}
+
+class _Location(NamedTuple):
+    dc_path: str
+    ds_name: str
+    dc_moid: str
 
 
-def _datastore_location(conn: Connection, datastore_moid: str) -> tuple[str, str]:
-    """(datacenter inventory path, datastore name): what /folder URLs and datastore paths need."""
-    key = (conn.endpoint.host, datastore_moid)
-    if key not in _datastore_locations:
-        operation = "find datastore"
-        ds = conn.ref(vim.Datastore, datastore_moid)
-        name = tasks.read(conn, ds, ["name"], operation=operation, name=datastore_moid).get("name", "")
-        parent = tasks.read(conn, ds, ["parent"], operation=operation, name=name).get("parent")
-        while parent is not None and not isinstance(parent, vim.Datacenter):
-            parent = tasks.read(conn, parent, ["parent"], operation=operation, name=name).get("parent")
-        if parent is None:
-            raise ObjectNotFound("the datastore is in no datacenter", operation=operation, obj=name)
-        _datastore_locations[key] = (entity_path(conn, parent, operation=operation), name)
-    return _datastore_locations[key]
+def _datastore_location(conn: Connection, datastore_moid: str) -> _Location:
+    """Where a datastore is, by the names /folder URLs and datastore paths need, read afresh
+    in one round trip: a per-process cache would keep an old name after a rename in vCenter
+    (and each worker host would hold its own), so uploads would go to a name that is gone."""
+    operation = "find datastore"
+    up = PC.TraversalSpec(name="up", type=vim.ManagedEntity, path="parent", skip=False,
+                          selectSet=[PC.SelectionSpec(name="up")])
+    spec = PC.FilterSpec(
+        objectSet=[PC.ObjectSpec(obj=conn.ref(vim.Datastore, datastore_moid), skip=False, selectSet=[up])],
+        propSet=[PC.PropertySpec(type=vim.ManagedEntity, pathSet=["name", "parent"])],
+    )
+    found = {oc.obj._moId: (oc.obj, tasks.props(oc))
+             for oc in tasks.retrieve(conn, spec, operation=operation, obj=datastore_moid)}
+    if datastore_moid not in found:
+        raise ObjectNotFound(operation=operation, obj=datastore_moid)
+    name = found[datastore_moid][1].get("name", "")
+    names: list[str] = []
+    dc_moid = ""
+    moid: str | None = datastore_moid
+    while moid in found:
+        obj, values = found[moid]
+        parent = values.get("parent")
+        if parent is None:  # the root folder is not part of inventory paths
+            break
+        if isinstance(obj, vim.Datacenter) and not dc_moid:
+            dc_moid = moid
+        if dc_moid:
+            names.append(values.get("name", ""))
+        moid = parent._moId
+    if not dc_moid:
+        raise ObjectNotFound("the datastore is in no datacenter", operation=operation, obj=name)
+    return _Location("/".join(reversed(names)), name, dc_moid)
 
 
 def datastore_path(conn: Connection, datastore_moid: str, path: str) -> str:
@@ -43,14 +66,14 @@ def upload_datastore_file(conn: Connection, datastore_moid: str, path: str, data
     """Write ``data`` to ``path`` on a datastore (HTTP PUT /folder, session cookie); returns
     the datastore path. Overwrites: uploads are retried by whole jobs, never appended."""
     operation = "upload to datastore"
-    dc_path, ds_name = _datastore_location(conn, datastore_moid)
+    dc_path, ds_name, dc_moid = _datastore_location(conn, datastore_moid)
     folder = path.rsplit("/", 1)[0] if "/" in path else ""
     if folder:
         with contextlib.suppress(DuplicateName):
             conn.call(
                 conn.content.fileManager.MakeDirectory,
                 name=f"[{ds_name}] {folder}",
-                datacenter=conn.ref(vim.Datacenter, _datacenter_moid(conn, dc_path)),
+                datacenter=conn.ref(vim.Datacenter, dc_moid),
                 createParentDirectories=True,
                 operation="create datastore folder",
                 obj=f"[{ds_name}] {folder}",
@@ -79,29 +102,16 @@ def upload_datastore_file(conn: Connection, datastore_moid: str, path: str, data
     return f"[{ds_name}] {path}"
 
 
-_datacenter_moids: dict[tuple[str, str], str] = {}
-
-
-def _datacenter_moid(conn: Connection, dc_path: str) -> str:
-    key = (conn.endpoint.host, dc_path)
-    if key not in _datacenter_moids:
-        found = _find_by_path(conn, dc_path, operation="find datacenter")
-        if found is None:
-            raise ObjectNotFound(f"there is no datacenter at '{dc_path}'", operation="find datacenter", obj=dc_path)
-        _datacenter_moids[key] = found._moId
-    return _datacenter_moids[key]
-
-
 def delete_datastore_file(conn: Connection, datastore_moid: str, path: str, *, timeout: float = TASK_TIMEOUT) -> bool:
     """Delete a datastore file; False if it was already gone (idempotent)."""
-    dc_path, ds_name = _datastore_location(conn, datastore_moid)
+    dc_path, ds_name, dc_moid = _datastore_location(conn, datastore_moid)
     name = f"[{ds_name}] {path}"
     try:
         tasks.run_task(
             conn,
             conn.content.fileManager.DeleteDatastoreFile_Task,
             name=name,
-            datacenter=conn.ref(vim.Datacenter, _datacenter_moid(conn, dc_path)),
+            datacenter=conn.ref(vim.Datacenter, dc_moid),
             operation="delete datastore file",
             obj=name,
             timeout=timeout,
@@ -113,7 +123,7 @@ def delete_datastore_file(conn: Connection, datastore_moid: str, path: str, *, t
 
 def datastore_file_exists(conn: Connection, datastore_moid: str, path: str) -> bool:
     """Whether ``path`` is on the datastore (HTTP HEAD on /folder)."""
-    dc_path, ds_name = _datastore_location(conn, datastore_moid)
+    dc_path, ds_name, dc_moid = _datastore_location(conn, datastore_moid)
     query = urllib.parse.urlencode({"dcPath": dc_path, "dsName": ds_name})
     http_conn = https_connection(conn.endpoint, conn.endpoint.hostname, conn.endpoint.port)
     try:
