@@ -15,9 +15,9 @@ from apps.jobs.models import Job
 from apps.leases import ondemand, vmtasks
 from apps.leases.models import OnDemandRequest, VMTask
 from apps.pools import nudge
-from apps.pools.jobs import check_boots, clone_batch, vcenter_answers
 from apps.pools.manager import UNREACHABLE_RETRY_MAX, UNREACHABLE_RETRY_MIN, claim_slots, fail_orphaned_clones
 from apps.pools.models import VM, Pool, VMState
+from apps.pools.provisioning import check_boots, clone_batch, vcenter_answers
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Endpoint, connect

@@ -111,14 +111,14 @@ def test_a_fill_job_running_through_a_template_change_clones_the_new_template(vc
                                                                               monkeypatch):
     from apps.jobs import runner
     from apps.jobs.models import Job
-    from apps.pools import jobs
+    from apps.pools import jobs, provisioning
     from apps.vsphere import operations as ops
 
     vc, folder = site(vcsim_factory(*GUEST))
     pool = make_pool(vc, folder, size=1)
     ubuntu = register_template(vcenter=vc, name="ubuntu-24.04", inventory_path="DC0/vm/Templates/ubuntu-24.04",
                                prepare_now=True)
-    real_claim, real_clone_many = jobs.claim_slots, ops.clone_many
+    real_claim, real_clone_many = provisioning.claim_slots, ops.clone_many
     sources: list[str] = []
 
     def claim_after_an_admin_changed_the_template(pool_id, most=1, **kw):
@@ -130,7 +130,7 @@ def test_a_fill_job_running_through_a_template_change_clones_the_new_template(vc
         sources.extend(s.template_moid for s in specs)
         return real_clone_many(conn, specs, **kw)
 
-    monkeypatch.setattr(jobs, "claim_slots", claim_after_an_admin_changed_the_template)
+    monkeypatch.setattr(provisioning, "claim_slots", claim_after_an_admin_changed_the_template)
     monkeypatch.setattr(ops, "clone_many", spy)
     job = Job.objects.create(kind="pools.fill", queue="clone", status=Job.Status.RUNNING)
     jobs.fill(runner.JobContext(job), pool_id=pool.pk)

@@ -13,8 +13,7 @@ from apps.audit.models import AuditEvent
 from apps.inventory.models import Cluster, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
-from apps.pools import instance
-from apps.pools import jobs as pool_jobs
+from apps.pools import instance, provisioning
 from apps.pools.models import VM, Installation, VMState
 from apps.vsphere import operations as ops
 from apps.vsphere.session import Endpoint, connect
@@ -114,7 +113,7 @@ def test_a_vm_that_changes_between_the_scan_and_the_destroy_is_left_alone(lab, m
     folder.save()
     leaked = put_vm(vc, folder, "leaked", f"{instance.instance_id()}:987654")
     stranger = put_vm(vc, folder, "stranger")
-    scan = pool_jobs.find_strays
+    scan = provisioning.find_strays
 
     def scan_then_someone_claims_them(*args, **kwargs):
         strays = scan(*args, **kwargs)
@@ -124,7 +123,7 @@ def test_a_vm_that_changes_between_the_scan_and_the_destroy_is_left_alone(lab, m
             ops.set_extra_config(conn, stranger, {OWNER_KEY: "vmportal-0123456789ab:2"})
         return strays
 
-    monkeypatch.setattr(pool_jobs, "find_strays", scan_then_someone_claims_them)
+    monkeypatch.setattr(provisioning, "find_strays", scan_then_someone_claims_them)
     job = purge(folder)
 
     assert names_in(vc, folder) == {"leaked", "stranger"}
@@ -136,14 +135,14 @@ def test_a_vm_that_changes_between_the_scan_and_the_destroy_is_left_alone(lab, m
 def test_a_vm_a_row_claims_between_the_scan_and_the_destroy_is_left_alone(lab, monkeypatch):
     vc, folder = lab
     moid = put_vm(vc, folder, "adopted", f"{instance.instance_id()}:987654")
-    scan = pool_jobs.find_strays
+    scan = provisioning.find_strays
 
     def scan_then_a_row_records_the_moid(*args, **kwargs):
         strays = scan(*args, **kwargs)
         VM.objects.create(vcenter=vc, name="adopted", state=VMState.READY, moid=moid)
         return strays
 
-    monkeypatch.setattr(pool_jobs, "find_strays", scan_then_a_row_records_the_moid)
+    monkeypatch.setattr(provisioning, "find_strays", scan_then_a_row_records_the_moid)
     job = purge(folder)
 
     assert names_in(vc, folder) == {"adopted"}

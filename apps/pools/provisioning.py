@@ -1,0 +1,286 @@
+"""Provisioning: what pool jobs do to vSphere. Fill a pool (claim slots, clone a batch, power
+on, watch guests boot), destroy a VM, purge a folder of strays. Decisions (which slots, what to
+destroy) are the pool manager's (apps.pools.manager); the jobs (apps.pools.jobs) only call these."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit import services as audit
+from apps.core.states import TransitionError
+from apps.firstboot import services as firstboot
+from apps.inventory.models import Folder
+from apps.jobs import runner
+from apps.jobs.models import Job
+from apps.pools import instance, nudge, placement
+from apps.pools.manager import (
+    Stray,
+    claim_slots,
+    fail_orphaned_clones,
+    find_strays,
+    record_clone_failure,
+    record_clone_success,
+    record_reachable,
+    record_unreachable,
+    still_stray,
+)
+from apps.pools.models import VM, Pool, VMState
+from apps.vsphere import operations as ops
+from apps.vsphere.errors import VSphereError
+from apps.vsphere.session import Connection, Endpoint, connect, probe
+from apps.vsphere.types import OWNER_KEY, CloneSpec
+
+log = logging.getLogger(__name__)
+BOOT_POLL = 0.5  # seconds between looks at booting guests when there is nothing to clone
+
+
+def marker_for(vm: VM) -> str:
+    return instance.marker(vm)
+
+
+def release_fill_slots(job: Job, reason: str) -> None:
+    """``pools.fill``'s hook when its worker died or it raised: the slots it claimed and
+    left "cloning" fail now (freeing them), and reconcile cleans them up."""
+    pool_id = job.args["pool_id"]
+    others = Job.objects.filter(kind=job.kind, object_type=job.object_type, object_id=job.object_id,
+                                status=Job.Status.RUNNING).exclude(pk=job.pk)
+    if others.exists():
+        return  # at most one fill runs per pool; should another, its rows are not ours to fail
+    fail_orphaned_clones(VM.objects.filter(pool_id=pool_id, on_demand=False),
+                         f"Its clone job ended before the clone was recorded: {reason}")
+    nudge.nudge(pool_id)
+
+
+def fill_pool(pool_id: int, job: runner.JobContext) -> None:
+    """Clone until the pool is full, ``task_limit`` clone tasks in flight at a time.
+
+    One thread drives the pipeline: claim a batch of slots, start its clones together
+    (their SOAP calls overlap on a few threads) and wait for them through one filter;
+    then take one look at every booting VM of the batch and earlier ones. Booting does
+    not hold a task slot, so the next batch starts while guests come up.
+    """
+    pool = Pool.objects.select_related("template__vcenter", "cluster").get(pk=pool_id)
+    vcenter = pool.template.vcenter
+    width = max(1, min(vcenter.task_limit, settings.VMPORTAL_CLONE_LIMIT, pool.size))
+    endpoint = Endpoint.from_vcenter(vcenter)
+    booting: dict[str, VM] = {}  # by moid
+    counts = {"ready": 0, "failed": 0}
+    claiming = True
+    with ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:
+        if pool.unreachable_since is not None and not vcenter_answers(pool, endpoint, job):
+            return
+        while claiming or booting:
+            batch = claim_slots(pool_id, width) if claiming else []
+            if batch:
+                # An admin may have changed the template or clone target since this job
+                # started: clone what the pool says now (read after the claim, so a change
+                # racing it at worst makes VMs that reconcile drains, never mislabelled ones).
+                pool.refresh_from_db(fields=["template", "cluster", "folder", "datastore", "network", "linked_clones",
+                                             "cpus", "memory_mb"])
+                ok = clone_batch(pool, batch, endpoint, starters, job)
+                booting.update((vm.moid, vm) for vm in ok)
+                counts["failed"] += len(batch) - len(ok)
+                claiming = len(ok) == len(batch)  # a failure backs the pool off: stop here
+            elif claiming and not booting:
+                break  # full, or at a task limit with nothing of ours in flight
+            if booting:
+                ready, failed = check_boots(pool, booting, endpoint, job)
+                counts["ready"] += ready
+                counts["failed"] += failed
+                if booting and not batch:
+                    time.sleep(BOOT_POLL)
+    job.log(f"{counts['ready']} VMs ready, {counts['failed']} failed")
+    nudge.nudge(pool_id)
+
+
+def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters, job: runner.JobContext,
+                on_progress=None) -> list[VM]:
+    """Clone and power on ``batch``; returns the VMs now booting (with their moids).
+
+    ``on_progress(vm, percent)`` hears the clone tasks' progress."""
+    try:
+        source = placement.template_copy_for(pool)
+        hosts = placement.choose_hosts(pool, len(batch))
+        boot = firstboot.plan_clones(pool, batch)  # passwords, user-data, seed ISOs (database only)
+    except (placement.NoPlacement, firstboot.FirstBootError) as exc:
+        for vm in batch:
+            record_clone_failure(vm, str(exc), permanent=exc.permanent)
+        return []
+    specs = [
+        CloneSpec(
+            template_moid=source.moid,
+            snapshot_moid=source.snapshot_moid or None,
+            name=vm.name,
+            folder_moid=pool.folder.moid if pool.folder else "",
+            resource_pool_moid=pool.cluster.resource_pool_moid,
+            host_moid=host.moid if host else None,
+            datastore_moid=pool.datastore.moid if pool.datastore else None,
+            linked=pool.linked_clones,
+            cpus=pool.cpus,
+            memory_mb=pool.memory_mb,
+            annotation=f"vmportal pool {pool.name}",
+            extra_config={OWNER_KEY: marker_for(vm), "guestinfo.hostname": vm.name, **boot[vm.pk].extra_config},
+            customization=boot[vm.pk].customization,
+            cdrom_iso=boot[vm.pk].cdrom_iso,
+            power_on=True,
+        )
+        for vm, host in zip(batch, hosts, strict=True)
+    ]
+    try:
+        with connect(endpoint) as conn:
+            firstboot.upload_seeds(conn, boot.values())
+            # Names are unique by the database constraint on live VMs: no FindChild needed.
+            results = ops.clone_many(
+                conn, specs, check_names=False, executor=starters,
+                on_progress=(lambda i, percent: on_progress(batch[i], percent)) if on_progress else None,
+            )
+            firstboot.discard_seeds(conn, [vm for vm, r in zip(batch, results, strict=True)
+                                           if isinstance(r, VSphereError)])
+    except VSphereError as exc:  # the session itself failed: nothing was started
+        results = [exc] * len(batch)
+    booting = []
+    for vm, host, result in zip(batch, hosts, results, strict=True):
+        if isinstance(result, VSphereError):
+            job.log(f"{vm.name}: {result}")
+            record_clone_failure(vm, str(result), permanent=result.permanent, outage=result.outage)
+            continue
+        vm.move_to(VMState.BOOTING, moid=result.moid, instance_uuid=result.instance_uuid,
+                   host_id=host.pk if host else None)
+        booting.append(vm)
+    return booting
+
+
+def vcenter_answers(pool: Pool, endpoint: Endpoint, job: runner.JobContext) -> bool:
+    """After an outage, one cheap call (CurrentTime, after a login if needed) before any slot is
+    claimed: while vCenter is still away no VM rows churn, and once it answers the pool
+    returns to OK now rather than after its next successful clone."""
+    try:
+        probe(endpoint)
+    except VSphereError as exc:
+        if not exc.outage:
+            return True  # vCenter answered with a real fault: the clone path records it
+        job.log(f"vCenter still unreachable: {exc}")
+        record_unreachable(pool.pk, str(exc))
+        return False
+    recovered = record_reachable(vcenter_id=pool.template.vcenter_id)
+    job.log(f"vCenter answers again; {recovered} pools back to OK")
+    return True
+
+
+def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: runner.JobContext) -> tuple[int, int]:
+    """One look at every booting VM: usable ones become ready, overdue ones fail."""
+    try:
+        with connect(endpoint) as conn:
+            seen = ops.check_usable(conn, list(booting), expect=firstboot.expectations(booting.values()))
+            seen = firstboot.finish_usable(conn, booting, seen)  # ejects seed ISOs, scrubs user-data
+    except VSphereError as exc:
+        seen = dict.fromkeys(booting, str(exc))
+        if exc.outage:
+            record_unreachable(pool.pk, str(exc))
+        outage = exc.outage
+    else:
+        outage = False
+    ready = failed = 0
+    now = timezone.now()
+    for moid, outcome in seen.items():
+        vm = booting[moid]
+        if not isinstance(outcome, str):
+            vm.move_to(VMState.READY, ip_address=outcome.ip or "", hostname=outcome.hostname or "", ready_at=now)
+            record_clone_success(vm)
+            ready += 1
+        elif now - vm.state_changed_at > pool.boot_timeout:
+            reason = f"The guest did not become usable within {pool.boot_timeout}: {outcome}."
+            job.log(f"{vm.name}: {reason}")
+            # Boot failures count like clone failures: a template that never boots must
+            # back the pool off, not churn clones forever. Not so when vCenter could not
+            # be asked: that says nothing about the guest.
+            record_clone_failure(vm, reason, permanent=False, outage=outage)
+            failed += 1
+        else:
+            continue
+        del booting[moid]
+    return ready, failed
+
+
+def destroy_again(job: Job, reason: str) -> None:
+    """``pools.destroy``'s hook when its worker died: destroy is idempotent, so run it again."""
+    vm = VM.objects.filter(pk=job.args["vm_id"], state=VMState.DESTROYING).first()
+    if vm is not None and not runner.unfinished("pools.destroy", vm).exists():
+        runner.enqueue("pools.destroy", target=vm, vm_id=vm.pk)
+
+
+def destroy_vm(vm_id: int, job: runner.JobContext) -> None:
+    """Destroy a VM's clone and record it; safe to run twice (a VM already gone is destroyed)."""
+    vm = VM.objects.select_related("vcenter", "pool__folder").get(pk=vm_id)
+    if vm.state != VMState.DESTROYING:
+        job.log(f"{vm.name} is {vm.state}; nothing to do")
+        return
+    with connect(Endpoint.from_vcenter(vm.vcenter)) as conn:
+        moid = vm.moid
+        if not moid and vm.pool and vm.pool.folder:
+            # The clone may exist though its moid was never recorded (worker killed
+            # mid-clone): look for it in the pool's folder by name and our marker.
+            found = [v for v in ops.list_folder_vms(conn, vm.pool.folder.moid)
+                     if v.name == vm.name and v.owner == marker_for(vm)]
+            moid = found[0].moid if found else ""
+        if moid:
+            ops.destroy_vm(conn, moid, expected_owner=marker_for(vm))
+        firstboot.discard_seeds(conn, [vm])  # a seed ISO a failed clone or a crash left
+    # The row, its address and its audit event change together: a worker killed in between
+    # leaves the VM destroying (retried), never destroyed with its address still held.
+    with transaction.atomic():
+        try:
+            vm.move_to(VMState.DESTROYED, destroyed_at=timezone.now())
+        except TransitionError:
+            job.log(f"{vm.name}: another job recorded its end first")
+            return
+        firstboot.release(vm)
+        audit.record("vm.destroyed", target=vm, pool=vm.pool_id)
+        if vm.pool_id:
+            nudge.nudge(vm.pool_id)
+    job.log(f"{vm.name} destroyed")
+
+
+def purge_folder(folder_id: int, job: runner.JobContext) -> None:
+    """Destroy leaked clones of ours; report unknown VMs, destroying them only when the
+    folder allows it and they are not on its allowlist. Never a folder, never outside it,
+    never a VM that changed since the scan (see ``ops.destroy_if_owned``)."""
+    folder = Folder.objects.select_related("vcenter").get(pk=folder_id)
+    with connect(Endpoint.from_vcenter(folder.vcenter)) as conn:
+        if swept := firstboot.sweep_seeds(conn, vcenter_id=folder.vcenter_id):  # ISOs crashed workers left
+            job.log(f"deleted {swept} stale seed ISOs")
+        strays = find_strays(folder, ops.list_folder_vms(conn, folder.moid))
+        for stray in strays:
+            if not stray.destroy:
+                job.log(f"{stray.kind} {stray.name} ({stray.moid}) left alone: {stray.reason}")
+                continue
+            _purge_one(job, conn, folder, stray)
+    job.log(f"{len(strays)} stray VMs in {folder.path}")
+
+
+def _purge_one(job: runner.JobContext, conn: Connection, folder: Folder, stray: Stray) -> None:
+    what = f"{stray.kind} {stray.name} ({stray.moid})"
+    if not still_stray(folder, stray):
+        job.log(f"{what} left alone: a VM row claimed it since the scan")
+        return
+    try:
+        outcome = ops.destroy_if_owned(conn, stray.moid, expected_owner=stray.owner, folder_moid=folder.moid)
+    except VSphereError as exc:
+        job.log(f"{what}: could not destroy: {exc}")
+        return
+    if outcome.gone:
+        job.log(f"{what} was already gone")
+    elif outcome.skipped:
+        job.log(f"{what} left alone: it changed since the scan: {outcome.skipped}")
+        audit.record("purge.skip", message=f"{what} in {folder.path} changed since the scan: {outcome.skipped}",
+                     after={"moid": stray.moid, "name": stray.name, "folder": folder.path})
+    else:
+        job.log(f"destroyed {what}")
+        audit.record("purge.destroy", message=f"{stray.kind} {stray.name} in {folder.path}",
+                     after={"moid": stray.moid, "name": stray.name, "folder": folder.path})
