@@ -37,7 +37,7 @@ from apps.jobs.models import Job
 from apps.leases.models import Lease
 from apps.pools import templates
 from apps.pools.instance import instance_id
-from apps.pools.models import VM, Pool, TemplateStatus, VMState
+from apps.pools.models import VM, Pool, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
 
 log = logging.getLogger(__name__)
 
@@ -249,24 +249,48 @@ def _our_row_id(owner: str | None) -> int | None:
     return int(rest) if rest != (owner or "") and rest.isdigit() else None
 
 
-def _claimed(vcenter_id: int, vms: list[tuple[str, str | None]]) -> set[str]:
-    """The moids of ``vms`` (moid, marker) that a VM row accounts for: by the moid it
-    recorded, or, for a clone whose row is mid-clone and has no moid yet, by our marker."""
+def _claimed(vcenter_id: int, vms: list[tuple[str, str, str | None]]) -> set[str]:
+    """The moids of ``vms`` (moid, name, marker) that a row accounts for: a VM row by the moid
+    it recorded, or, for a clone whose row is mid-clone and has no moid yet, by our marker;
+    and template work (see ``_template_claims``)."""
     rows = VM.objects.filter(vcenter=vcenter_id)
-    claimed = set(rows.exclude(state=VMState.DESTROYED).filter(moid__in=[moid for moid, _ in vms])
+    claimed = set(rows.exclude(state=VMState.DESTROYED).filter(moid__in=[moid for moid, _, _ in vms])
                   .values_list("moid", flat=True))
-    by_row = {row_id: moid for moid, owner in vms if (row_id := _our_row_id(owner)) is not None}
+    by_row = {row_id: moid for moid, _, owner in vms if (row_id := _our_row_id(owner)) is not None}
     claimed.update(by_row[pk] for pk in rows.live().filter(pk__in=by_row).values_list("pk", flat=True))
+    template_moids, template_names = _template_claims(vcenter_id)
+    claimed.update(moid for moid, name, _ in vms if moid in template_moids or name in template_names)
     return claimed
+
+
+def _template_claims(vcenter_id: int) -> tuple[set[str], set[str]]:
+    """Moids, and names while their clone runs, of the template work on one vCenter: copies and
+    build VMs. Not templates yet, they look like unknown VMs; a build VM (an admin's work) or a
+    capture may even carry a pool VM's marker, copied from the VM or template it was cloned from,
+    and pass for a leaked clone once that VM is gone. Purge never destroys them: discarding a
+    build, or failing a copy, removes its VM."""
+    builds = TemplateBuild.objects.filter(vcenter=vcenter_id).exclude(status=TemplateBuild.Status.DISCARDED)
+    copies = TemplateCopy.objects.filter(template__vcenter=vcenter_id)
+    moids = set(builds.exclude(moid="").values_list("moid", flat=True))
+    moids.update(copies.exclude(moid="").values_list("moid", flat=True))
+    in_flight = (TemplateStatus.PENDING, TemplateStatus.DEPLOYING, TemplateStatus.PREPARING)
+    names = set(builds.filter(status__in=(TemplateBuild.Status.CLONING, TemplateBuild.Status.CAPTURING))
+                .values_list("vm_name", flat=True))
+    names.update(Template.objects.filter(vcenter=vcenter_id, status__in=in_flight).values_list("name", flat=True))
+    for template_name, cluster_name in copies.filter(status__in=in_flight).values_list("template__name",
+                                                                                      "cluster__name"):
+        names.add(f"{template_name}-{cluster_name}"[:80])  # as templates.copy_to_cluster_job names it
+    return moids, names
 
 
 def find_strays(folder: Folder, vms: list) -> list[Stray]:
     """Which of ``vms`` (apps.vsphere VMInfo of one folder) no pool knows, and which of those
     purge destroys: our leaked clones, and unknown VMs when the folder allows it. Never a
-    template, a name on the folder's allowlist, or a VM carrying another installation's marker
-    (two installations may share a folder; each purges only its own)."""
+    template or template work (a copy, a build VM), a name on the folder's allowlist, or a VM
+    carrying another installation's marker (two installations may share a folder; each purges
+    only its own)."""
     vms = [vm for vm in vms if not vm.is_template]
-    claimed = _claimed(folder.vcenter_id, [(vm.moid, vm.owner) for vm in vms])
+    claimed = _claimed(folder.vcenter_id, [(vm.moid, vm.name, vm.owner) for vm in vms])
     allowlist = set(folder.purge_allowlist or [])
     strays = []
     for vm in vms:
@@ -287,8 +311,8 @@ def find_strays(folder: Folder, vms: list) -> list[Stray]:
 
 
 def still_stray(folder: Folder, stray: Stray) -> bool:
-    """Whether no VM row has claimed ``stray`` since the scan (asked right before destroying it)."""
-    return not _claimed(folder.vcenter_id, [(stray.moid, stray.owner)])
+    """Whether no row has claimed ``stray`` since the scan (asked right before destroying it)."""
+    return not _claimed(folder.vcenter_id, [(stray.moid, stray.name, stray.owner)])
 
 
 # ----------------------------------------------------------------------- fill slots
