@@ -41,7 +41,7 @@ bench: venv services vcsim
 # Kill workers, stop vCenter and Redis, load the API; prove the invariants (README "After a
 # crash or an outage"). ARGS passes options, e.g. make chaos ARGS="--only kills --kills 5"
 chaos: venv services vcsim
-	$(PY) tools/chaos/run.py $(ARGS)
+	SECRET_KEY="$${SECRET_KEY:-vmportal-chaos-only-not-a-secret}" $(PY) tools/chaos/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var tools/vcsim/bin tools/oidc-provider/node_modules

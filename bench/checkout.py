@@ -157,6 +157,8 @@ def prepare_database() -> str:
         # The load is the point: no rate limit answers (their Redis counters still run).
         "VMPORTAL_API_RATE_LIMIT_PER_IP": "0", "VMPORTAL_API_RATE_LIMIT_PER_TOKEN": "0",
     })
+    # PostgreSQL needs an explicit key (vmportal/settings.py); a throwaway one for the bench.
+    os.environ.setdefault("SECRET_KEY", "vmportal-bench-only-not-a-secret")
     # The real settings, as gunicorn will use them: sessions must be made by the same engine.
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vmportal.settings")
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "migrate", "--verbosity", "0"], check=True, cwd=ROOT)

@@ -9,6 +9,9 @@ import os
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/vmportal")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+# PostgreSQL needs an explicit key (every host must share it); the processes tests start
+# inherit this one, so they read what the test process wrote.
+os.environ.setdefault("SECRET_KEY", "vmportal-tests-only-not-a-secret")  # noqa: S105 - a throwaway test key
 
 from vmportal.settings import *  # noqa: E402,F403
 

@@ -94,6 +94,6 @@ def test_sqlite_default_uses_wal_and_immediate_transactions(tmp_path):
 
 
 def test_postgres_url_is_used(tmp_path):
-    result = load_settings(tmp_path, DATABASE_URL="postgres://u@127.0.0.1:5432/x", DEBUG="yes")
+    result = load_settings(tmp_path, DATABASE_URL="postgres://u@127.0.0.1:5432/x", DEBUG="yes", SECRET_KEY="k" * 50)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["django.db.backends.postgresql", "True"]

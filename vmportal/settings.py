@@ -11,7 +11,18 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VMPORTAL_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_secret("SECRET_KEY") or generated_secret(VAR_DIR / "secret_key")
+_secret_key = env_secret("SECRET_KEY")
+_database_url = env_str("DATABASE_URL")
+if not _secret_key and _database_url.split("://", 1)[0] in {"postgres", "postgresql"}:
+    # A key generated into this host's var/ would differ from every other host's: sessions
+    # signed by one web host would be refused by the next, and vCenter passwords saved
+    # through one host unreadable on the others. Only the SQLite default (one host) may.
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set: with a PostgreSQL DATABASE_URL every host must share one key. Set SECRET_KEY "
+        "(or SECRET_KEY_FILE) to the same value on every web, worker and pool manager host, and "
+        "VMPORTAL_ENCRYPTION_KEY too if SECRET_KEY is ever rotated."
+    )
+SECRET_KEY = _secret_key or generated_secret(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -81,7 +92,6 @@ TEMPLATES = [
 # readers run beside the writer, and IMMEDIATE transactions take the write lock at BEGIN,
 # so a web process and workers sharing the file queue up instead of failing with
 # "database is locked" half-way through a transaction.
-_database_url = env_str("DATABASE_URL")
 if _database_url:
     if _database_url.split("://", 1)[0] not in {"postgres", "postgresql", "sqlite"}:
         raise ImproperlyConfigured(
