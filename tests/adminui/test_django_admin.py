@@ -31,14 +31,18 @@ def _pool_change(pool, **over) -> dict:
     return {**data, **over, "_save": "Save"}
 
 
-@pytest.mark.parametrize(("field", "value"), [("size", "501"), ("cpus", "99999999999"),
-                                              ("boot_timeout", "-00:10:00"), ("folder", "")])
-def test_pool_admin_refuses_what_the_pool_page_refuses(superuser_client, ready_pool, field, value):
+@pytest.mark.parametrize(("field", "value", "words"), [
+    ("size", "501", "between 0 and 500"), ("cpus", "99999999999", "less than or equal to 768"),
+    ("boot_timeout", "-00:10:00", "positive duration"), ("folder", "", "Choose the VM folder clones go into"),
+    ("lease_lifetime", "99999:00:00", "at most 8760 hours"),
+])
+def test_pool_admin_refuses_what_the_pool_page_refuses(superuser_client, ready_pool, field, value, words):
     pool_folder(ready_pool)
     before = Pool.objects.filter(pk=ready_pool.pk).values().get()
     url = reverse("admin:pools_pool_change", args=[ready_pool.pk])
+    assert superuser_client.post(url, _pool_change(ready_pool)).status_code == 302  # the form is complete
     response = superuser_client.post(url, _pool_change(ready_pool, **{field: value}))
-    assert response.status_code == 200 and "errornote" in response.content.decode()
+    assert response.status_code == 200 and words in response.content.decode()
     assert Pool.objects.filter(pk=ready_pool.pk).values().get() == before
     assert not AuditEvent.objects.exists()
 
