@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from functools import cache
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
@@ -45,17 +46,17 @@ class Secret(str):
 class EncryptedTextField(models.TextField):
     """Stores ciphertext; Python code sees a Secret (or "")."""
 
-    def from_db_value(self, value, expression, connection):
+    def from_db_value(self, value: str | None, expression: Any, connection: Any) -> Secret | str:
         if not value:
             return ""
         return Secret(decrypt(value))
 
-    def to_python(self, value):
+    def to_python(self, value: Any) -> Secret | str:
         if isinstance(value, Secret) or not value:
             return value or ""
         return Secret(value)
 
-    def get_prep_value(self, value):
+    def get_prep_value(self, value: Any) -> str:
         if not value:
             return ""
         return encrypt(str(value))

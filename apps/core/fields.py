@@ -6,6 +6,8 @@ scripts' digits ("٣" is 3), so a value a person never meant could be stored."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
+from typing import Any
 
 from django import forms
 
@@ -18,7 +20,7 @@ def _ascii_or_invalid(field: forms.Field, value: object) -> None:
 
 
 class AsciiIntegerField(forms.IntegerField):
-    def to_python(self, value):
+    def to_python(self, value: Any) -> int | None:
         # int() also reads "1_0" as 10.
         if isinstance(value, str) and value.strip() and not _WHOLE.fullmatch(value.strip()):
             raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
@@ -26,6 +28,6 @@ class AsciiIntegerField(forms.IntegerField):
 
 
 class AsciiDurationField(forms.DurationField):
-    def to_python(self, value):
+    def to_python(self, value: Any) -> timedelta | None:
         _ascii_or_invalid(self, value)
         return super().to_python(value)

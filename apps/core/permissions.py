@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
 
 
-def is_admin(user: AbstractBaseUser) -> bool:
+def is_admin(user: User | AnonymousUser) -> bool:
     return user.is_superuser or user.groups.filter(name=settings.VMPORTAL_ADMIN_GROUP).exists()

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.db import connections, models, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
@@ -70,12 +71,13 @@ def _history_values(*, model_label: str, field: str, old: str, new: str, reason:
     }
 
 
-def history_sql(connection, *, object_id: str = "%s") -> str:
+def history_sql(connection: BaseDatabaseWrapper, *, object_id: str = "%s") -> str:
     """``INSERT INTO <StateChange table> (...) SELECT ...``: the caller adds ``FROM <moved rows>``
     and passes ``history_params``. ``object_id`` is the SQL of the moved row's id: a
     parameter for one row, or a column of the moved rows for a bulk move (checkout)."""
     table = connection.ops.quote_name(StateChange._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(StateChange._meta.get_field(n).column) for n in _HISTORY_FIELDS)
+    column = {f.name: f.column for f in StateChange._meta.concrete_fields}
+    columns = ", ".join(connection.ops.quote_name(column[n]) for n in _HISTORY_FIELDS)
     select = ", ".join(object_id if n == "object_id" else "%s" for n in _HISTORY_FIELDS)
     return f"INSERT INTO {table} ({columns}) SELECT {select}"
 
@@ -129,6 +131,7 @@ def transition(
         # One round trip: the UPDATE and its history row in one statement (VMs move on
         # checkout's hot path), atomic even outside a transaction.
         query = rows.query.chain(UpdateQuery)
+        assert isinstance(query, UpdateQuery)  # chain(klass) swaps the class; the stubs cannot say so
         query.add_update_values(values)
         query.clear_select_clause()
         update_sql, update_params = query.get_compiler(db).as_sql()

@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.http import HttpRequest
 
 from apps.jobs.models import Job
 
@@ -9,5 +10,5 @@ class JobAdmin(admin.ModelAdmin):
     list_filter = ["status", "kind", "queue"]
     readonly_fields = [f.name for f in Job._meta.fields]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -52,7 +52,9 @@ _on_lost: dict[str, Hook] = {}
 _on_failure: dict[str, Hook] = {}
 
 
-def handler(kind: str, *, queue: str = "default", on_lost: Hook | None = None, on_failure: Hook | None = None):
+def handler(
+    kind: str, *, queue: str = "default", on_lost: Hook | None = None, on_failure: Hook | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``func(job: JobContext, **args)`` as the body of jobs of ``kind``.
 
     ``on_lost`` runs when the job's worker died (heartbeat stale); ``on_failure`` when the

@@ -61,7 +61,7 @@ def _transfer(conn: Connection, url: str, *, method: str, data: bytes | None = N
 
 def read_guest_file(conn: Connection, moid: str, path: str, *, username: str, password: str) -> bytes | None:
     """A file's content from inside the guest, or None when it does not exist."""
-    fm = conn.content.guestOperationsManager.fileManager
+    fm = conn.guest_file_manager
     try:
         info = conn.call(fm.InitiateFileTransferFromGuest, vm=conn.ref(vim.VirtualMachine, moid),
                          auth=_auth(username, password), guestFilePath=path,
@@ -77,7 +77,7 @@ def write_guest_file(
     conn: Connection, moid: str, path: str, data: bytes, *, username: str, password: str, mode: int = 0o600
 ) -> None:
     """Write (replace) a file inside the guest, creating its directory (mode 0700)."""
-    fm = conn.content.guestOperationsManager.fileManager
+    fm = conn.guest_file_manager
     vm = conn.ref(vim.VirtualMachine, moid)
     auth = _auth(username, password)
     with contextlib.suppress(DuplicateName):  # it exists: what we wanted

@@ -325,7 +325,7 @@ def fetch_inventory(conn: Connection) -> Inventory:
     specs = dict(_PATHS)
     specs[vim.VirtualMachine] = [*_PATHS[vim.VirtualMachine], MARKER_PATH if keyed_marker else EXTRA_CONFIG_PATH]
 
-    view = call(content.viewManager.CreateContainerView, content.rootFolder, list(_PATHS), True,
+    view = call(conn.view_manager.CreateContainerView, content.rootFolder, list(_PATHS), True,
                 operation="create an inventory view on")
     try:
         rows: list[tuple[Any, dict[str, Any]]] = []
@@ -425,7 +425,7 @@ def _build(rows: list[tuple[Any, dict[str, Any]]], extra_configs: dict[str, Any]
     return inv
 
 
-def read_objects(conn: Connection, kind: type, moids: Iterable[str], paths: list[str], *,
+def read_objects(conn: Connection, kind: type[Any], moids: Iterable[str], paths: list[str], *,
                  call: CallCounter | None = None) -> list[Any]:
     """ObjectContents of the given objects of one type, in one call; vanished ones left out."""
     call = call or CallCounter(conn)

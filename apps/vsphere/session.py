@@ -161,6 +161,17 @@ def _discover_version(endpoint: Endpoint) -> str:
     )
 
 
+def present(manager: T | None, what: str, *, obj: str = "") -> T:
+    """A manager of the ServiceContent, which the SDK types as optional.
+
+    An ESXi host or a cut-down endpoint may lack some; every vCenter has them, so a
+    missing one means vmportal points at the wrong kind of server.
+    """
+    if manager is None:
+        raise VSphereError(f"this server offers no {what}; point vmportal at a vCenter", obj=obj)
+    return manager
+
+
 class _CountingStub(SoapStubAdapter):
     """Counts SOAP calls by method name: the bench and tests prove round-trip budgets with it."""
 
@@ -191,22 +202,24 @@ class _Session:
             connectionPoolTimeout=SOCKET_IDLE_SECONDS,
         )
         if endpoint.pin and not endpoint.insecure:
-            self.stub.scheme = functools.partial(PinnedHTTPSConnection, pin=endpoint.pin)
+            # pyVmomi annotates scheme as a connection class, but only ever calls it.
+            self.stub.scheme = functools.partial(PinnedHTTPSConnection, pin=endpoint.pin)  # type: ignore[assignment]
         self.si = vim.ServiceInstance("ServiceInstance", self.stub)
         self.content = self.si.RetrieveContent()
+        self.sessions = present(self.content.sessionManager, "session manager", obj=endpoint.host)
         self.login()
 
     def login(self) -> None:
         # Login on the same stub replaces its cookie, so managed-object references the
         # caller already holds (they point at this stub) stay usable after a re-login.
-        self.content.sessionManager.Login(self.endpoint.username, self.endpoint.password, None)
+        self.sessions.Login(self.endpoint.username, self.endpoint.password, None)
         self.last_ok = time.monotonic()
         self.logins = getattr(self, "logins", 0) + 1
 
     def alive(self) -> bool:
         """Cheap health check: one property read. False means the session expired."""
         try:
-            current = self.content.sessionManager.currentSession
+            current = self.sessions.currentSession
         except vim.fault.NotAuthenticated:
             return False
         # A real vCenter returns an unset currentSession (no fault) for an expired one.
@@ -217,7 +230,7 @@ class _Session:
 
     def logout(self) -> None:
         with contextlib.suppress(Exception):  # best effort: the session may be gone already
-            self.content.sessionManager.Logout()
+            self.sessions.Logout()
         self.stub.DropConnections()
 
 
@@ -413,6 +426,27 @@ class Connection:
     @property
     def content(self) -> vim.ServiceInstanceContent:
         return self._session.content
+
+    @property
+    def search_index(self) -> vim.SearchIndex:
+        return present(self.content.searchIndex, "search index", obj=self.endpoint.host)
+
+    @property
+    def view_manager(self) -> vim.view.ViewManager:
+        return present(self.content.viewManager, "view manager", obj=self.endpoint.host)
+
+    @property
+    def file_manager(self) -> vim.FileManager:
+        return present(self.content.fileManager, "file manager", obj=self.endpoint.host)
+
+    @property
+    def ovf_manager(self) -> vim.OvfManager:
+        return present(self.content.ovfManager, "OVF manager", obj=self.endpoint.host)
+
+    @property
+    def guest_file_manager(self) -> vim.vm.guest.FileManager:
+        guest = present(self.content.guestOperationsManager, "guest operations manager", obj=self.endpoint.host)
+        return present(guest.fileManager, "guest file manager", obj=self.endpoint.host)
 
     @property
     def logins(self) -> int:

@@ -125,7 +125,7 @@ def wait_for_condition(
             propSet=[PC.PropertySpec(type=type(obj), pathSet=list(paths))],
         )
         conn.call(pc.CreateFilter, spec, partialUpdates=False, operation=operation, obj=label)
-        values: dict[str, Any] = {}
+        values = {}
         version = ""
         first = True
         while True:
@@ -244,7 +244,12 @@ def wait_for_tasks(
     return [_outcome(h, by_moid[h.moid], h.moid in gone, timeout) for h in handles]
 
 
-def _report_progress(handles, by_moid, reported: dict[str, int], on_progress) -> None:
+def _report_progress(
+    handles: Sequence[TaskHandle],
+    by_moid: dict[str, dict[str, Any]],
+    reported: dict[str, int],
+    on_progress: Callable[[TaskHandle, int], None],
+) -> None:
     for h in handles:
         values = by_moid[h.moid]
         percent = 100 if values.get("info.state") == "success" else values.get("info.progress")

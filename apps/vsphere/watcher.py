@@ -224,7 +224,7 @@ class Watcher:
         views = []
         try:
             for kind, (_, paths) in _TYPES.items():
-                view = call(content.viewManager.CreateContainerView, content.rootFolder, [kind], True,
+                view = call(conn.view_manager.CreateContainerView, content.rootFolder, [kind], True,
                             operation="create a watch view on")
                 views.append(view)
                 traverse = PC.TraversalSpec(name="view", type=vim.view.ContainerView, path="view", skip=False)

@@ -60,11 +60,11 @@ def _vm(conn: Connection, moid: str) -> vim.VirtualMachine:
 
 
 def _find_by_path(conn: Connection, path: str, *, operation: str) -> Any:
-    return conn.call(conn.content.searchIndex.FindByInventoryPath, path, operation=operation, obj=path)
+    return conn.call(conn.search_index.FindByInventoryPath, path, operation=operation, obj=path)
 
 
 def _find_child(conn: Connection, parent: Any, name: str, *, operation: str) -> Any:
-    return conn.call(conn.content.searchIndex.FindChild, parent, name, operation=operation, obj=name)
+    return conn.call(conn.search_index.FindChild, parent, name, operation=operation, obj=name)
 
 
 

@@ -137,7 +137,7 @@ def _clone_spec(conn: Connection, spec: CloneSpec) -> vim.vm.CloneSpec:
     if spec.cpus:
         config.numCPUs = spec.cpus
     if spec.memory_mb:
-        config.memoryMB = spec.memory_mb
+        config.memoryMB = spec.memory_mb  # type: ignore[assignment]  # pyVmomi's long is made at run time; mypy sees None
     if spec.annotation:
         config.annotation = spec.annotation
     # Powering on inside the clone task saves a task per VM. vCenters (and simulators)

@@ -41,7 +41,7 @@ def _datastore_location(conn: Connection, datastore_moid: str) -> _Location:
     name = found[datastore_moid][1].get("name", "")
     names: list[str] = []
     dc_moid = ""
-    moid: str | None = datastore_moid
+    moid = datastore_moid
     while moid in found:
         obj, values = found[moid]
         parent = values.get("parent")
@@ -71,7 +71,7 @@ def upload_datastore_file(conn: Connection, datastore_moid: str, path: str, data
     if folder:
         with contextlib.suppress(DuplicateName):
             conn.call(
-                conn.content.fileManager.MakeDirectory,
+                conn.file_manager.MakeDirectory,
                 name=f"[{ds_name}] {folder}",
                 datacenter=conn.ref(vim.Datacenter, dc_moid),
                 createParentDirectories=True,
@@ -109,7 +109,7 @@ def delete_datastore_file(conn: Connection, datastore_moid: str, path: str, *, t
     try:
         tasks.run_task(
             conn,
-            conn.content.fileManager.DeleteDatastoreFile_Task,
+            conn.file_manager.DeleteDatastoreFile_Task,
             name=name,
             datacenter=conn.ref(vim.Datacenter, dc_moid),
             operation="delete datastore file",

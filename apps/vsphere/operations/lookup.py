@@ -39,7 +39,7 @@ def find_vm(conn: Connection, *, path: str | None = None, instance_uuid: str | N
             raise InvalidSpec(f"'{path}' is a {_kind(found)}, not a VM", operation="find VM", obj=path)
     else:
         found = conn.call(
-            conn.content.searchIndex.FindByUuid,
+            conn.search_index.FindByUuid,
             None,
             instance_uuid,
             True,

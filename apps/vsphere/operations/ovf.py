@@ -167,7 +167,7 @@ def _resolve_networks(conn: Connection, mapping: Mapping[str, str]) -> list[vim.
     # A network moid alone does not say whether it is a Network or a DV portgroup, and
     # the SOAP reference must carry the right type; one view lookup resolves both.
     view = conn.call(
-        conn.content.viewManager.CreateContainerView,
+        conn.view_manager.CreateContainerView,
         conn.content.rootFolder,
         [vim.Network],
         True,
@@ -259,7 +259,7 @@ def deploy_ovf(
             networkMapping=_resolve_networks(conn, mapping),
         )
         isr = conn.call(
-            conn.content.ovfManager.CreateImportSpec,
+            conn.ovf_manager.CreateImportSpec,
             ovfDescriptor=package.descriptor,
             resourcePool=pool,
             datastore=conn.ref(vim.Datastore, datastore_moid),

@@ -12,7 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.core.management import call_command
@@ -23,7 +26,7 @@ from vmportal.config import env_int, env_str
 SIM_USER = "vmportal"
 
 
-def _interrupt(signum, frame):
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     # SIGTERM (e.g. from a process manager) stops the demo the same way Ctrl-C does.
     raise KeyboardInterrupt
 
@@ -31,7 +34,7 @@ def _interrupt(signum, frame):
 class Command(BaseCommand):
     help = "Run vmportal with a vSphere simulator, seeded with demo users and pools."
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         port = env_int("DEMO_PORT", 8000, minimum=1)
         sim_port = env_int("DEMO_VCSIM_PORT", 18989, minimum=1)
         password = env_str("VMPORTAL_DEMO_PASSWORD", "demo")
@@ -69,7 +72,7 @@ class Command(BaseCommand):
         finally:
             self.stop_all()
 
-    def optional_daemons(self):
+    def optional_daemons(self) -> Iterator[tuple[str, str]]:
         """Long-running commands of other apps, present once those apps provide them."""
         from django.core.management import get_commands
 
@@ -89,8 +92,10 @@ class Command(BaseCommand):
             # The simulator's VMs survive a demo restart, like the database's rows do.
             "-save", str(state), "-load", str(state),
         ], stdout=subprocess.PIPE, stderr=open(Path(settings.VAR_DIR) / "vcsim.log", "ab"))  # noqa: SIM115
+        out = proc.stdout
+        assert out is not None  # stdout=PIPE above
         sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(out, selectors.EVENT_READ)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -98,11 +103,11 @@ class Command(BaseCommand):
                     f"The simulator exited (code {proc.returncode}); is port {port} in use? "
                     "Set DEMO_VCSIM_PORT to another port."
                 )
-            if sel.select(timeout=0.5) and proc.stdout.readline().startswith("VCSIM_URL="):
+            if sel.select(timeout=0.5) and out.readline().startswith("VCSIM_URL="):
                 return
         raise CommandError("The simulator did not start within 60 s.")
 
-    def spawn(self, name: str, argv: list[str], **kwargs) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(argv, env=env, start_new_session=True, text=True, **kwargs)
         self.procs.append((name, proc))

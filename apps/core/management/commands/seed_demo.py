@@ -6,10 +6,11 @@ Idempotent: a second run updates what exists and creates nothing twice.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group, User
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.core.errors import VmPortalError
 from apps.inventory.models import Cluster, Folder, VCenter
@@ -32,13 +33,14 @@ DEMO_POOLS = [
 class Command(BaseCommand):
     help = "Create or update the demo users, vCenter, templates and pools."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--vcsim", default="127.0.0.1:18989", help="simulator host:port")
         parser.add_argument("--vcsim-user", default="vmportal")
         parser.add_argument("--vcsim-password", required=True)
         parser.add_argument("--password", default="demo", help="password of the demo users")
 
-    def handle(self, *args, vcsim, vcsim_user, vcsim_password, password, **options):
+    def handle(self, *args: Any, vcsim: str, vcsim_user: str, vcsim_password: str, password: str,
+               **options: Any) -> None:
         admins, _ = Group.objects.get_or_create(name=settings.VMPORTAL_ADMIN_GROUP)
         for username, is_admin in (("admin", True), ("engineer", False)):
             user, _ = User.objects.get_or_create(username=username)
