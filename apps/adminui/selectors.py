@@ -194,7 +194,7 @@ def queue_stats() -> dict[str, Any]:
                 "workers": None, "scheduler_workers": None}
 
 
-def _has_scheduler(worker) -> bool:
+def _has_scheduler(worker: Any) -> bool:
     # rq ≥ 2 workers started --with-scheduler report a scheduler pid or attribute; be lenient.
     return bool(getattr(worker, "scheduler_pid", None) or getattr(worker, "scheduler", None))
 

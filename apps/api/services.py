@@ -6,6 +6,8 @@ else (locking, validation, audit, nudging the pool manager) is apps.pools.reconf
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -18,7 +20,7 @@ from apps.pools.manager import discard_vm
 from apps.pools.models import VM, Pool, Template, VMState
 
 
-def _reconfigure(pool_id: int, action: str, **changes) -> Pool | None:
+def _reconfigure(pool_id: int, action: str, **changes: Any) -> Pool | None:
     """Through the one pool-reconfigure service (lock, validation, audit, nudge); the pool
     as it was before, or None when nothing changed."""
     pool = Pool.objects.select_for_update(of=("self",), no_key=True).select_related("template").get(pk=pool_id)

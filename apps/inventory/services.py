@@ -182,7 +182,7 @@ class _Mirror:
         self.seen: set[str] = set()
 
     def write(self, rows: Mapping[str, Mapping[str, Any]], *, want_ids: bool = True) -> dict[str, int]:
-        qs = self.model.objects.filter(vcenter=self.vcenter)
+        qs = self.model._default_manager.filter(vcenter=self.vcenter)
         self.existing = {moid: (pk, tuple(values)) for pk, moid, *values in qs.values_list("pk", "moid", *self.fields)}
         self.seen = set(rows)
         pending = []
@@ -199,7 +199,7 @@ class _Mirror:
         if pending:
             # INSERT .. ON CONFLICT DO UPDATE: also right if the watcher inserted the row
             # since we read the table.
-            self.model.objects.bulk_create(
+            self.model._default_manager.bulk_create(
                 pending, batch_size=BATCH_SIZE, update_conflicts=True, unique_fields=["vcenter", "moid"],
                 update_fields=[*self.fields, "synced_at"],
             )
@@ -215,7 +215,7 @@ class _Mirror:
             return
         try:
             with transaction.atomic():
-                self.counts.removed += self.model.objects.filter(pk__in=gone).delete()[1].get(
+                self.counts.removed += self.model._default_manager.filter(pk__in=gone).delete()[1].get(
                     self.model._meta.label, 0)
             return
         except ProtectedError:
@@ -223,7 +223,7 @@ class _Mirror:
         for pk in gone:  # some are protected (a pool points at them): keep just those
             try:
                 with transaction.atomic():
-                    self.model.objects.filter(pk=pk).delete()
+                    self.model._default_manager.filter(pk=pk).delete()
                 self.counts.removed += 1
             except ProtectedError:
                 self.counts.kept += 1
@@ -306,14 +306,14 @@ def _write_inventory(vcenter: VCenter, inv: Inventory, report: SyncReport, now: 
 
 
 def _write_links(through: type[models.Model], target: str, vcenter: VCenter, wanted: set[tuple[int, int]]) -> None:
-    rows = through.objects.filter(host__vcenter=vcenter).values_list("pk", "host_id", target)
+    rows = through._default_manager.filter(host__vcenter=vcenter).values_list("pk", "host_id", target)
     have = {(host, other): pk for pk, host, other in rows}
     stale = [pk for pair, pk in have.items() if pair not in wanted]
     if stale:
-        through.objects.filter(pk__in=stale).delete()
+        through._default_manager.filter(pk__in=stale).delete()
     missing = [through(host_id=host, **{target: other}) for host, other in wanted if (host, other) not in have]
     if missing:
-        through.objects.bulk_create(missing, batch_size=BATCH_SIZE, ignore_conflicts=True)
+        through._default_manager.bulk_create(missing, batch_size=BATCH_SIZE, ignore_conflicts=True)
 
 
 # --- load history ------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def _coalesce(events: Iterable[VMChange | HostChange]) -> dict[str, tuple[str, d
         kind, values = net.get(event.moid, (None, {}))
         if event.kind == "leave":
             net[event.moid] = ("leave", {})
-        elif event.kind == "enter" or kind in (None, "leave"):
+        elif event.kind == "enter" or kind is None or kind == "leave":
             net[event.moid] = (event.kind, dict(event.values))
         else:
             net[event.moid] = (kind, {**values, **event.values})

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import transaction
@@ -99,8 +100,8 @@ def fill_pool(pool_id: int, job: runner.JobContext) -> None:
     nudge.nudge(pool_id)
 
 
-def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters, job: runner.JobContext,
-                on_progress=None) -> list[VM]:
+def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters: Executor, job: runner.JobContext,
+                on_progress: Callable[[VM, int], None] | None = None) -> list[VM]:
     """Clone and power on ``batch``; returns the VMs now booting (with their moids).
 
     ``on_progress(vm, percent)`` hears the clone tasks' progress."""
