@@ -270,6 +270,14 @@ for _net in VMPORTAL_METRICS_ALLOW_IPS:
         ipaddress.ip_network(_net, strict=False)
     except ValueError:
         raise ImproperlyConfigured(f"VMPORTAL_METRICS_ALLOW_IPS: {_net!r} is not an address or CIDR.") from None
+# Reverse proxies (IPs/CIDRs, comma-separated) whose X-Forwarded-For names the client: the
+# rate limit and the /metrics allowlist then see the client's address, not the proxy's.
+VMPORTAL_TRUSTED_PROXIES = env_list("VMPORTAL_TRUSTED_PROXIES", [])
+for _net in VMPORTAL_TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_net, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"VMPORTAL_TRUSTED_PROXIES: {_net!r} is not an address or CIDR.") from None
 # Rate limits and body limits run before any view, so they go after the other middleware.
 MIDDLEWARE.append("apps.api.guard.ApiGuardMiddleware")
 

@@ -7,6 +7,7 @@ tokens is limited too). When Redis is unreachable the API stays up without limit
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from functools import cache
@@ -37,10 +38,38 @@ def _client_for(url: str):
     return django_rq.get_connection("default")
 
 
+@cache
+def _trusted_proxies(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def _is_trusted_proxy(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in _trusted_proxies(tuple(settings.VMPORTAL_TRUSTED_PROXIES)))
+
+
 def client_ip(request: HttpRequest) -> str:
-    # REMOTE_ADDR only: X-Forwarded-For is whatever the client says unless a trusted
-    # proxy rewrites REMOTE_ADDR (gunicorn --forwarded-allow-ips does).
-    return request.META.get("REMOTE_ADDR", "") or "unknown"
+    """The client's address: the direct peer, unless that peer is a trusted proxy
+    (VMPORTAL_TRUSTED_PROXIES); then the last X-Forwarded-For hop no trusted proxy added.
+
+    Behind a reverse proxy every request comes from the proxy, so one address would carry
+    everyone's rate limit; but X-Forwarded-For is whatever the client wrote unless a proxy
+    we trust appended to it, so it is read only from those, right to left.
+    """
+    peer = request.META.get("REMOTE_ADDR", "") or "unknown"
+    if not settings.VMPORTAL_TRUSTED_PROXIES or not _is_trusted_proxy(peer):
+        return peer
+    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted_proxy(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage where the client's address should be: count it on the proxy
+    return hops[0] if hops else peer
 
 
 def _over_limit(keys_and_limits: list[tuple[str, int]]) -> int | None:
