@@ -25,8 +25,8 @@ from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
 from apps.core.permissions import is_admin
 from apps.jobs import runner
 from apps.leases.models import Lease, OnDemandRequest
-from apps.leases.services import LeaseLimitReached, check_lease_limits
-from apps.pools.manager import discard_vm, end_lease
+from apps.leases.services import LeaseLimitReached, check_lease_limits, end_lease
+from apps.pools.manager import discard_vm
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would let "abc\n" through

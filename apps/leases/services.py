@@ -18,7 +18,7 @@ from apps.core.permissions import is_admin
 from apps.core.states import history_params, history_sql, record_history
 from apps.leases.models import GroupLeaseLimit, Lease, OnDemandRequest
 from apps.pools import nudge
-from apps.pools.manager import end_lease
+from apps.pools.manager import ReconcileReport, discard_vm
 from apps.pools.models import VM, Pool, VMState
 
 
@@ -268,3 +268,23 @@ def return_lease(*, user: AbstractBaseUser, lease_id: int) -> Lease:
         nudge.nudge(lease.pool_id)
     lease.refresh_from_db()
     return lease
+
+
+def end_lease(lease: Lease, *, reason: str) -> None:
+    """End a lease and destroy its VM. Call inside a transaction."""
+    changed = Lease.objects.filter(pk=lease.pk, ended_at__isnull=True).update(
+        ended_at=timezone.now(), end_reason=reason
+    )
+    if not changed:
+        return
+    audit.record(f"lease.{reason}", target=lease, pool=lease.pool_id)
+    discard_vm(lease.vm, f"Lease {reason}.")
+
+
+def expire_leases(pool: Pool, report: ReconcileReport) -> None:
+    """End the pool's leases past their expiry: the pool manager's first step in each reconcile
+    (registered by LeasesConfig.ready), inside its transaction with the pool row locked."""
+    now = timezone.now()
+    for lease in Lease.objects.active().filter(pool=pool, expires_at__lte=now).select_related("vm").order_by("vm_id"):
+        end_lease(lease, reason=Lease.EndReason.EXPIRED)
+        report.expired_leases.append(lease.pk)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -34,7 +35,6 @@ from apps.firstboot import services as firstboot
 from apps.inventory.models import Folder, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
-from apps.leases.models import Lease
 from apps.pools import templates
 from apps.pools.instance import instance_id
 from apps.pools.models import VM, Pool, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
@@ -59,6 +59,25 @@ class ReconcileReport:
             f"destroy {len(self.destroy)}, boot timeouts {len(self.timed_out)}, "
             f"expired leases {len(self.expired_leases)}"
         )
+
+
+# Work of the layers above that reconcile runs without importing them (leases registers lease
+# expiry and on-demand recovery from its AppConfig.ready): a pool step runs first in each
+# reconcile_pool, inside its transaction with the pool row locked; a cycle step once per
+# reconcile_all, after the pools.
+PoolStep = Callable[[Pool, ReconcileReport], None]
+_pool_steps: list[PoolStep] = []
+_cycle_steps: list[Callable[[], object]] = []
+
+
+def on_reconcile(step: PoolStep) -> None:
+    if step not in _pool_steps:
+        _pool_steps.append(step)
+
+
+def on_cycle(step: Callable[[], object]) -> None:
+    if step not in _cycle_steps:
+        _cycle_steps.append(step)
 
 
 def global_clone_limit() -> int:
@@ -113,8 +132,8 @@ def _destroy(vm: VM, reason: str, report: ReconcileReport | None = None) -> None
 
 
 def discard_vm(vm: VM, reason: str) -> None:
-    """Destroy a VM that is not leased (e.g. an on-demand request's, once withdrawn).
-    Call inside a transaction."""
+    """Destroy a VM the pool no longer hands out: its lease ended, or its on-demand request
+    was withdrawn. Call inside a transaction."""
     _destroy(vm, reason)
 
 
@@ -133,9 +152,8 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
     # drained here (their request's job owns them until they are leased or failed).
     own = vms.filter(on_demand=False)
 
-    for lease in Lease.objects.active().filter(pool=pool, expires_at__lte=now).select_related("vm").order_by("vm_id"):
-        end_lease(lease, reason=Lease.EndReason.EXPIRED)
-        report.expired_leases.append(lease.pk)
+    for step in _pool_steps:
+        step(pool, report)
 
     for vm in vms.filter(state=VMState.BOOTING, state_changed_at__lt=now - pool.boot_timeout):
         vm.move_to(VMState.FAILED, state_reason=f"The guest did not become usable within {pool.boot_timeout}.")
@@ -203,9 +221,8 @@ def reconcile_all() -> list[ReconcileReport]:
         except Exception:  # one broken pool must not stop the others
             log.exception("Reconcile of pool %s failed", pool_id)
     schedule_purges()
-    from apps.leases import ondemand  # noqa: PLC0415 - leases builds on pools
-
-    ondemand.recover_stale()
+    for step in _cycle_steps:
+        step()
     templates.sweep_uploads()
     runner.requeue_lost()
     return reports
@@ -464,16 +481,3 @@ def record_reachable(*, vcenter_id: int) -> int:
             recovered += 1
     return recovered
 
-
-# ----------------------------------------------------------------------- leases
-
-
-def end_lease(lease: Lease, *, reason: str) -> None:
-    """End a lease and destroy its VM. Call inside a transaction."""
-    changed = Lease.objects.filter(pk=lease.pk, ended_at__isnull=True).update(
-        ended_at=timezone.now(), end_reason=reason
-    )
-    if not changed:
-        return
-    audit.record(f"lease.{reason}", target=lease, pool=lease.pool_id)
-    _destroy(lease.vm, f"Lease {reason}.")
