@@ -401,6 +401,8 @@ def record_clone_failure(vm: VM, reason: str, *, permanent: bool, outage: bool =
     with transaction.atomic():
         # FOR NO KEY UPDATE: only non-key columns change, and a checkout's foreign-key
         # check (KEY SHARE) on this pool row must not wait for it.
+        if vm.pool_id is None:
+            raise Pool.DoesNotExist(f"the pool of {vm.name} was deleted")
         pool = Pool.objects.select_for_update(no_key=True).get(pk=vm.pool_id)
         vm.move_to(VMState.FAILED, state_reason=reason)
         if outage:
@@ -423,6 +425,8 @@ def record_clone_failure(vm: VM, reason: str, *, permanent: bool, outage: bool =
 
 
 def record_clone_success(vm: VM) -> None:
+    if vm.pool_id is None:
+        return  # the pool was deleted meanwhile: no health to reset
     Pool.objects.filter(pk=vm.pool_id).filter(
         ~Q(consecutive_failures=0) | ~Q(health=Pool.Health.OK) | Q(unreachable_since__isnull=False)
     ).exclude(health=Pool.Health.FAILING).update(
@@ -468,7 +472,7 @@ def record_reachable(*, vcenter_id: int) -> int:
         with transaction.atomic():
             pool = Pool.objects.select_for_update(no_key=True).filter(
                 pk=pool_id, unreachable_since__isnull=False).first()
-            if pool is None:
+            if pool is None or pool.unreachable_since is None:
                 continue  # another process saw vCenter answer first
             lasted = int((now - pool.unreachable_since).total_seconds())
             if pool.health == Pool.Health.DEGRADED:
