@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
@@ -40,6 +41,11 @@ def unauthorized(message: str = "Authentication required: send an X-AUTH-TOKEN h
 _WHOLE = re.compile(r"-?[0-9]+")
 # Beyond any count, size or number of hours we take, and small enough for timedelta and SQL.
 _LARGEST = 999_999_999
+
+
+def hours(delta: timedelta) -> float:
+    """A duration as both APIs show it: hours, to two decimals."""
+    return round(delta.total_seconds() / 3600, 2)
 
 
 def strict_int(value: object, what: str) -> int:

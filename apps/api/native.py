@@ -19,7 +19,7 @@ from ninja.security import APIKeyHeader, HttpBearer
 from pydantic import Field
 
 from apps.api import auth
-from apps.api.http import is_json, strict_json, unauthorized
+from apps.api.http import hours, is_json, strict_json, unauthorized
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken
 from apps.core.errors import NotFound, VmPortalError
@@ -28,7 +28,7 @@ from apps.leases import services as leases
 from apps.leases import tags as lease_tags
 from apps.leases.models import Lease, OnDemandRequest, VMTask
 from apps.pools.models import VM, Pool, Template, VMState
-from apps.pools.selectors import pools_with_counts
+from apps.pools.selectors import pool_named, pools_named, pools_with_counts
 
 
 class XAuthToken(APIKeyHeader):
@@ -187,16 +187,12 @@ class TagsIn(Schema):
     tags: dict[str, str]
 
 
-def _hours(d: timedelta) -> float:
-    return round(d.total_seconds() / 3600, 2)
-
-
 def _pool_out(p: Pool) -> dict:
     return {
         "name": p.name, "description": p.description, "template": p.template.name, "os_name": p.template.os_name,
         "size": p.size, "ready": p.ready_count, "booting": p.booting_count, "leased": p.leased_count,
-        "enabled": p.enabled, "health": p.health, "lease_lifetime_hours": _hours(p.lease_lifetime),
-        "lease_max_lifetime_hours": _hours(p.lease_max_lifetime),
+        "enabled": p.enabled, "health": p.health, "lease_lifetime_hours": hours(p.lease_lifetime),
+        "lease_max_lifetime_hours": hours(p.lease_max_lifetime),
     }
 
 
@@ -220,10 +216,7 @@ def list_pools(request):
 
 @api.get("/pools/{name}", response={200: PoolOut, **ERRORS}, tags=["pools"])
 def get_pool(request, name: str):
-    pool = pools_with_counts().filter(name=name).first()
-    if pool is None:
-        raise NotFound(f"No such pool: {name[:64]}.")
-    return _pool_out(pool)
+    return _pool_out(pool_named(name, pools_with_counts()))
 
 
 @api.get("/templates", response=list[TemplateOut], tags=["pools"])
@@ -251,10 +244,7 @@ def list_leases(request, all: bool = False):  # noqa: A002 - the query parameter
 
 def _pools_for(names: list[str]) -> list[Pool]:
     """One pool per entry of ``names`` (a name may repeat); 404 naming any unknown ones."""
-    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=names)}
-    unknown = sorted(set(names) - set(pools))
-    if unknown:
-        raise NotFound(f"No such pool: {', '.join(unknown)}.")
+    pools = pools_named(names, Pool.objects.select_related("template"))
     return [pools[n] for n in names]
 
 

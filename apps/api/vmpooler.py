@@ -23,7 +23,7 @@ from django.utils import timezone
 from apps.api import auth, tokens
 from apps.api import services as api_services
 from apps.api.decorators import api_view
-from apps.api.http import ApiError, json_body, ok, strict_int
+from apps.api.http import ApiError, hours, json_body, ok, strict_int
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken, PoolOverride
 from apps.core.errors import VmPortalError
@@ -33,16 +33,12 @@ from apps.leases import services as leases
 from apps.leases import tags as lease_tags
 from apps.leases.models import Lease, OnDemandRequest
 from apps.pools.models import VM, Pool, VMState
-from apps.pools.selectors import pools_with_counts
+from apps.pools.selectors import NoSuchPool, pool_named, pools_named, pools_with_counts
 
 STATE_NAMES = {
     VMState.CLONING: "pending", VMState.BOOTING: "pending", VMState.READY: "ready", VMState.LEASED: "running",
     VMState.DESTROYING: "destroyed", VMState.DESTROYED: "destroyed", VMState.FAILED: "destroyed",
 }
-
-
-def _hours(delta: timedelta) -> float:
-    return round(delta.total_seconds() / 3600, 2)
 
 
 def _count(value: object, what: str) -> int:
@@ -69,9 +65,8 @@ def _serving(names: set[str]) -> dict[str, list[Pool]]:
         for pool in Pool.objects.select_related("template").filter(enabled=True).exclude(aliases=""):
             for alias in set(pool.alias_list) & aliases:
                 serving.setdefault(alias, []).append(pool)
-    unknown = sorted(names - set(serving))
-    if unknown:
-        raise ApiError(f"No such pool: {', '.join(unknown)}.", 404)
+    if unknown := names - set(serving):
+        raise NoSuchPool(unknown)
     return serving
 
 
@@ -181,7 +176,7 @@ def _vm_detail(request: HttpRequest, hostname: str) -> HttpResponse:
     lease = Lease.objects.active().filter(vm=vm).first()
     data: dict = {
         "template": vm.pool.name if vm.pool else (vm.template.name if vm.template else ""),
-        "lifetime": int(round(_hours(vm.pool.lease_lifetime))) if vm.pool else 0,
+        "lifetime": int(round(hours(vm.pool.lease_lifetime))) if vm.pool else 0,
         "state": STATE_NAMES.get(vm.state, "destroyed"),
         "tags": {}, "snapshots": [], "disk": [],
         "ip": vm.ip_address,
@@ -194,9 +189,9 @@ def _vm_detail(request: HttpRequest, hostname: str) -> HttpResponse:
     if lease is not None:
         now = timezone.now()
         data.update(
-            lifetime=int(round(_hours(lease.expires_at - lease.started_at))),
-            running=_hours(now - lease.started_at),
-            remaining=max(0.0, _hours(lease.expires_at - now)),
+            lifetime=int(round(hours(lease.expires_at - lease.started_at))),
+            running=hours(now - lease.started_at),
+            remaining=max(0.0, hours(lease.expires_at - now)),
             start_time=lease.started_at.isoformat(),
             end_time=lease.expires_at.isoformat(),
         )
@@ -242,9 +237,9 @@ def _lifetime_in(body: dict, lease: Lease, failure: list[str]) -> timedelta | No
     if hours < 1:
         failure.append(f"lifetime {hours}: give a positive number of hours.")
     elif timedelta(hours=hours) > cap:
-        failure.append(f"lifetime {hours}: the most this pool allows is {_hours(cap):g} hours.")
+        failure.append(f"lifetime {hours}: the most this pool allows is {hours(cap):g} hours.")
     elif timedelta(hours=hours) <= ran:
-        failure.append(f"lifetime {hours}: the VM has run {_hours(ran):g} hours already; give more, "
+        failure.append(f"lifetime {hours}: the VM has run {hours(ran):g} hours already; give more, "
                        "or DELETE it to return it.")
     else:
         return timedelta(hours=hours)
@@ -632,7 +627,7 @@ def _config(request: HttpRequest) -> HttpResponse:
     return ok({"pool_configuration": [{
         "name": p.name, "template": p.template.name, "size": p.size, "clone_target": p.cluster.name,
         "enabled": p.enabled, "template_ready": p.template.status == "ready",
-        "lease_lifetime_hours": _hours(p.lease_lifetime), "lease_max_lifetime_hours": _hours(p.lease_max_lifetime),
+        "lease_lifetime_hours": hours(p.lease_lifetime), "lease_max_lifetime_hours": hours(p.lease_max_lifetime),
     } for p in pools], "status": {"ok": True}})
 
 
@@ -641,10 +636,7 @@ def _config_poolsize(request: HttpRequest) -> HttpResponse:
     if not isinstance(body, dict) or not body:
         raise ApiError('Send an object of pool: size, e.g. {"debian-12": "5"}.')
     sizes = {str(k): _count(v, str(k)[:64]) for k, v in body.items()}
-    pools = {p.name: p.pk for p in Pool.objects.filter(name__in=sizes)}
-    unknown = sorted(set(sizes) - set(pools))
-    if unknown:
-        raise ApiError(f"No such pool: {', '.join(unknown)}.", 404)
+    pools = {name: p.pk for name, p in pools_named(sizes).items()}
     changed = [api_services.set_pool_size(pool_id=pools[n], size=s) for n, s in sizes.items()]
     return ok(status=201 if any(changed) else 200)
 
@@ -653,10 +645,7 @@ def _pool_map(request: HttpRequest, example: str) -> dict[str, str]:
     body = json_body(request)
     if not isinstance(body, dict) or not body or not all(isinstance(v, str) and v for v in body.values()):
         raise ApiError(f"Send an object of pool: {example}.")
-    pools = {p.name: p.pk for p in Pool.objects.filter(name__in=[str(k) for k in body])}
-    unknown = sorted(set(map(str, body)) - set(pools))
-    if unknown:
-        raise ApiError(f"No such pool: {', '.join(unknown)}.", 404)
+    pools = {name: p.pk for name, p in pools_named(map(str, body)).items()}
     return {pools[str(k)]: v for k, v in body.items()}
 
 
@@ -674,10 +663,7 @@ def _config_clonetarget(request: HttpRequest) -> HttpResponse:
 
 
 def _pool_id(name: str) -> int:
-    pool_id = Pool.objects.filter(name=name).values_list("pk", flat=True).first()
-    if pool_id is None:
-        raise ApiError(f"No such pool: {name[:64]}.", 404)
-    return pool_id
+    return pool_named(name).pk
 
 
 def _undo_poolsize(request: HttpRequest, pool: str) -> HttpResponse:

@@ -18,6 +18,7 @@ from apps.pools import nudge
 from apps.pools.manager import UNREACHABLE_RETRY_MAX, UNREACHABLE_RETRY_MIN, claim_slots, fail_orphaned_clones
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.provisioning import check_boots, clone_batch, vcenter_answers
+from apps.pools.selectors import NoSuchPool, pools_named
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Endpoint, connect
@@ -62,11 +63,11 @@ def provision(job: runner.JobContext, *, request_pk: int) -> None:
 
 def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
     """Make every VM of ``req`` and lease them; the reason it could not, or ''."""
-    pools = {p.name: p for p in Pool.objects.select_related("template__vcenter", "cluster", "folder", "datastore")
-             .filter(name__in=req.wanted)}
-    missing = sorted(set(req.wanted) - set(pools))
-    if missing:
-        return f"No such pool any more: {', '.join(missing)}."
+    try:
+        pools = pools_named(req.wanted, Pool.objects.select_related("template__vcenter", "cluster", "folder",
+                                                                    "datastore"))
+    except NoSuchPool as exc:
+        return str(exc)
     need = dict(req.wanted)
     failures = dict.fromkeys(pools, 0)
     booting: dict[str, dict[str, VM]] = {name: {} for name in pools}  # by pool, by moid

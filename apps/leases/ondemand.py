@@ -28,6 +28,7 @@ from apps.leases.models import Lease, OnDemandRequest
 from apps.leases.services import LeaseLimitReached, check_lease_limits, end_lease
 from apps.pools.manager import discard_vm
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
+from apps.pools.selectors import pools_named
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would let "abc\n" through
 # A request whose job has not beaten its heart for this long has lost its worker.
@@ -109,10 +110,7 @@ def retry(*, user: AbstractBaseUser, request_id: str) -> OnDemandRequest:
     old = get_request_for(user, request_id)
     if old.is_pending or old.status == Status.READY:
         raise Conflict("Only a failed or cancelled request can be retried.")
-    pools = {p.name: p for p in Pool.objects.select_related("template").filter(name__in=old.wanted)}
-    missing = sorted(set(old.wanted) - set(pools))
-    if missing:
-        raise NotFound(f"No such pool any more: {', '.join(missing)}.")
+    pools = pools_named(old.wanted, Pool.objects.select_related("template"))
     return request_vms(user=user, pools=[pools[n] for n, k in old.wanted.items() for _ in range(k)],
                        lifetime=old.lifetime, note=old.note, tags=old.tags)
 

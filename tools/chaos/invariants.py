@@ -56,6 +56,8 @@ class Snapshot:
 
     counts: dict[str, int]
     details: dict[str, list[str]] = field(default_factory=dict)
+    identities: dict[str, set[str]] = field(default_factory=dict)  # everything found, for the next fault
+    carried: dict[str, int] = field(default_factory=dict)  # found, but left by an earlier fault
     pools: dict[str, str] = field(default_factory=dict)  # name -> "ready/size health"
     pools_full: bool = False
     leftovers: int = 0  # rows in flight that were in flight before the fault ended
@@ -75,27 +77,28 @@ def _vsphere_vms() -> list:
     return vms
 
 
-def _stuck(now: datetime, bound: timedelta) -> list[str]:
+def _stuck(now: datetime, bound: timedelta) -> dict[str, str]:
     cutoff = now - bound
-    out = []
+    out = {}
     for vm in VM.objects.filter(state__in=TRANSIENT_VM).select_related("pool"):
         limit = bound + (vm.pool.boot_timeout if vm.pool and vm.state == VMState.BOOTING else timedelta(0))
         if vm.state_changed_at < now - limit:
-            out.append(f"VM {vm.name} {vm.state} since {vm.state_changed_at:%H:%M:%S} ({vm.state_reason[:80]})")
+            out[f"VM#{vm.pk}"] = (f"VM {vm.name} {vm.state} since {vm.state_changed_at:%H:%M:%S} "
+                                  f"({vm.state_reason[:80]})")
     for job in Job.objects.filter(status__in=UNFINISHED_JOB):
         last = job.heartbeat_at or job.started_at or job.created_at
         if last < cutoff:
-            out.append(f"Job {job.kind} #{job.pk} {job.status} since {last:%H:%M:%S}")
+            out[f"Job#{job.pk}"] = f"Job {job.kind} #{job.pk} {job.status} since {last:%H:%M:%S}"
     for req in OnDemandRequest.objects.filter(status__in=(OnDemandRequest.Status.QUEUED,
                                                           OnDemandRequest.Status.PROVISIONING),
                                               created_at__lt=cutoff):
-        out.append(f"on-demand request {req.request_id} {req.status} since {req.created_at:%H:%M:%S}")
+        out[f"request#{req.pk}"] = f"on-demand request {req.request_id} {req.status} since {req.created_at:%H:%M:%S}"
     for task in VMTask.objects.filter(status=VMTask.Status.QUEUED, created_at__lt=cutoff):
-        out.append(f"VM task {task.kind} #{task.pk} queued since {task.created_at:%H:%M:%S}")
+        out[f"task#{task.pk}"] = f"VM task {task.kind} #{task.pk} queued since {task.created_at:%H:%M:%S}"
     for copy in TemplateCopy.objects.filter(status__in=UNFINISHED_TEMPLATE, status_changed_at__lt=cutoff):
-        out.append(f"template copy {copy} {copy.status} since {copy.status_changed_at:%H:%M:%S}")
+        out[f"copy#{copy.pk}"] = f"template copy {copy} {copy.status} since {copy.status_changed_at:%H:%M:%S}"
     for t in Template.objects.filter(status__in=UNFINISHED_TEMPLATE, status_changed_at__lt=cutoff):
-        out.append(f"template {t} {t.status} since {t.status_changed_at:%H:%M:%S}")
+        out[f"template#{t.pk}"] = f"template {t} {t.status} since {t.status_changed_at:%H:%M:%S}"
     return out
 
 
@@ -139,15 +142,17 @@ def pools_state() -> tuple[dict[str, str], bool]:
     return out, full
 
 
-def check(*, errors_5xx: int = 0, fault_ended_at: datetime | None = None,
-          bound: timedelta | None = None, originals: frozenset[str] = frozenset()) -> Snapshot:
-    """Read every invariant once. ``originals`` are the simulator's own VMs (its templates)."""
+def check(*, errors_5xx: int = 0, fault_ended_at: datetime | None = None, bound: timedelta | None = None,
+          originals: frozenset[str] = frozenset(), carried: dict[str, set[str]] | None = None) -> Snapshot:
+    """Read every invariant once. ``originals`` are the simulator's own VMs (its templates);
+    ``carried`` the violations an earlier fault left, by invariant and identity: they are
+    reported apart, so each fault is judged by what it did."""
     close_old_connections()
     bound = bound or stuck_after()
+    carried = carried or {}
     now = timezone.now()
-    counts = dict.fromkeys((key for key, _, _ in ROWS), 0)
-    details: dict[str, list[str]] = {}
-    snap = Snapshot(counts, details)
+    found: dict[str, dict[str, str]] = {key: {} for key, _, _ in ROWS}
+    snap = Snapshot(dict.fromkeys(found, 0))
     try:
         inventory = _vsphere_vms()
     except VSphereError as exc:
@@ -156,42 +161,43 @@ def check(*, errors_5xx: int = 0, fault_ended_at: datetime | None = None,
         inventory = None
     rows = _rows_by_vcenter()
     if inventory is not None:
-        orphans = [f"{rec.name} ({rec.moid}, marker {rec.marker or '-'})" for vc, rec in inventory
-                   if rec.moid not in originals and not _known(vc, rec, rows)]
+        found["orphans"] = {f"vm:{vc}:{rec.moid}": f"{rec.name} ({rec.moid}, marker {rec.marker or '-'})"
+                            for vc, rec in inventory if rec.moid not in originals and not _known(vc, rec, rows)}
         present = {(vc, rec.moid) for vc, rec in inventory}
-        ghosts = [f"VM {vm.name} {vm.state} ({vm.moid})" for vm in
-                  VM.objects.filter(state__in=(VMState.READY, VMState.LEASED)).exclude(moid="")
-                  if (vm.vcenter_id, vm.moid) not in present]
-        details["orphans"], details["ghosts"] = orphans, ghosts
-        counts["orphans"], counts["ghosts"] = len(orphans), len(ghosts)
-    details["stuck"] = _stuck(now, bound)
-    counts["stuck"] = len(details["stuck"])
-    doubled = list(Lease.objects.values("vm_id").annotate(n=Count("pk")).filter(n__gt=1).values_list("vm_id",
-                                                                                                     flat=True))
-    counts["doubled"] = len(doubled)
-    details["doubled"] = [f"VM id {pk}" for pk in doubled]
-    lost = [f"VM {vm.name} leased, no active lease" for vm in
-            VM.objects.filter(state=VMState.LEASED).exclude(lease__ended_at__isnull=True)]
-    lost += [f"lease {lease.pk} active on {lease.vm.name} ({lease.vm.state})" for lease in
-             Lease.objects.active().exclude(vm__state=VMState.LEASED).select_related("vm")]
-    counts["lost"], details["lost"] = len(lost), lost
-    addresses = [f"{a.address} held by destroyed {a.vm.name}" for a in
-                 IPAllocation.objects.filter(vm__state=VMState.DESTROYED).select_related("vm")]
-    counts["addresses"], details["addresses"] = len(addresses), addresses
-    counts["errors_5xx"] = errors_5xx
+        found["ghosts"] = {f"VM#{vm.pk}": f"VM {vm.name} {vm.state} ({vm.moid})" for vm in
+                           VM.objects.filter(state__in=(VMState.READY, VMState.LEASED)).exclude(moid="")
+                           if (vm.vcenter_id, vm.moid) not in present}
+    found["stuck"] = _stuck(now, bound)
+    doubled = Lease.objects.values("vm_id").annotate(n=Count("pk")).filter(n__gt=1).values_list("vm_id", flat=True)
+    found["doubled"] = {f"VM#{pk}": f"VM id {pk}" for pk in doubled}
+    found["lost"] = {f"VM#{vm.pk}": f"VM {vm.name} leased, no active lease" for vm in
+                     VM.objects.filter(state=VMState.LEASED).exclude(lease__ended_at__isnull=True)}
+    found["lost"] |= {f"lease#{lease.pk}": f"lease {lease.pk} active on {lease.vm.name} ({lease.vm.state})"
+                      for lease in Lease.objects.active().exclude(vm__state=VMState.LEASED).select_related("vm")}
+    found["addresses"] = {f"ip#{a.pk}": f"{a.address} held by destroyed {a.vm.name}" for a in
+                          IPAllocation.objects.filter(vm__state=VMState.DESTROYED).select_related("vm")}
+    for key, items in found.items():
+        new = {k: v for k, v in items.items() if k not in carried.get(key, set())}
+        snap.counts[key] = len(new)
+        snap.details[key] = list(new.values())
+        snap.identities[key] = set(items)
+        if len(new) < len(items):
+            snap.carried[key] = len(items) - len(new)
+    snap.counts["errors_5xx"] = errors_5xx
     snap.pools, snap.pools_full = pools_state()
     if fault_ended_at is not None:
-        snap.leftovers = (
-            VM.objects.filter(state__in=TRANSIENT_VM, state_changed_at__lte=fault_ended_at).count()
-            + Job.objects.filter(status__in=UNFINISHED_JOB, created_at__lte=fault_ended_at)
-            .exclude(kind="pools.purge").count()
-        )
+        old = set(carried.get("stuck", set()))
+        left = [f"VM#{pk}" for pk in VM.objects.filter(state__in=TRANSIENT_VM, state_changed_at__lte=fault_ended_at)
+                .values_list("pk", flat=True)]
+        left += [f"Job#{pk}" for pk in Job.objects.filter(status__in=UNFINISHED_JOB, created_at__lte=fault_ended_at)
+                 .exclude(kind="pools.purge").values_list("pk", flat=True)]
+        snap.leftovers = len([x for x in left if x not in old])
     return snap
 
 
 def wait_for_recovery(*, fault_ended_at: datetime, deadline_s: float, errors_5xx=lambda: 0,
                       bound: timedelta | None = None, originals: frozenset[str] = frozenset(),
-                      progress=print) -> tuple[Snapshot, float | None]:
+                      carried: dict[str, set[str]] | None = None, progress=print) -> tuple[Snapshot, float | None]:
     """Poll until every invariant is 0, every pool is full and healthy and nothing in flight
     dates from before the fault ended; returns the last reading and the seconds it took
     (None when the deadline passed first, in which case the reading is taken with the
@@ -200,7 +206,8 @@ def wait_for_recovery(*, fault_ended_at: datetime, deadline_s: float, errors_5xx
     offset = (timezone.now() - fault_ended_at).total_seconds()
     last_print = 0.0
     while True:
-        snap = check(errors_5xx=errors_5xx(), fault_ended_at=fault_ended_at, bound=bound, originals=originals)
+        snap = check(errors_5xx=errors_5xx(), fault_ended_at=fault_ended_at, bound=bound, originals=originals,
+                     carried=carried)
         elapsed = time.monotonic() - started + offset
         # 5xx answers are history, not state: they fail the scenario but do not delay recovery.
         settled = not any(snap.counts[k] for k, _, _ in ROWS if k != "errors_5xx")
@@ -223,6 +230,9 @@ def table(title: str, snap: Snapshot, recovery: float | None) -> str:
     rec = f"{recovery:.1f} s" if recovery is not None else "NOT RECOVERED"
     lines.append(f"    {'time to recover (fault end -> invariants 0, pools full)':<70} {rec:>6}")
     lines.append(f"    pools: {', '.join(f'{k} {v}' for k, v in snap.pools.items())}")
+    if snap.carried:
+        lines.append("    not counted, left by an earlier fault: "
+                     + ", ".join(f"{k} {v}" for k, v in snap.carried.items()))
     for key, items in snap.details.items():
         for item in items[:8]:
             lines.append(f"      {key}: {item}")

@@ -46,14 +46,14 @@ sys.path.insert(0, str(ROOT))
 
 from procs import RedisServer, Supervisor, free_port, gunicorn, manage, wait_for_port  # noqa: E402
 
-SIM_DELAYS = ("CloneVM_Task:1500,PowerOnVM_Task:300,PowerOffVM_Task:300,Destroy_Task:800,"
+SIM_DELAYS = ("CloneVM_Task:1500,PowerOnVM_Task:300,PowerOffVM_Task:200,Destroy_Task:600,"
               "CreateSnapshot_Task:1500,RevertToSnapshot_Task:1000,ReconfigVM_Task:800,MarkAsTemplate:500")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Detected|Fault|Unreachable|Timeout)\b: ")
 KINDS = ("fill", "destroy", "ondemand", "copy", "vmtask")
 JOB_KIND = {"fill": "pools.fill", "destroy": "pools.destroy", "ondemand": "leases.ondemand",
             "copy": "templates.copy_to_cluster", "vmtask": "leases.vm_task"}
 # How long into a job a kill may land, by kind: roughly how long the job's slow calls take.
-KILL_WINDOW = {"fill": 3.0, "destroy": 1.2, "ondemand": 3.0, "copy": 2.5, "vmtask": 1.5}
+KILL_WINDOW = {"fill": 3.0, "destroy": 0.9, "ondemand": 3.0, "copy": 2.5, "vmtask": 1.5}
 
 
 @dataclass
@@ -64,15 +64,16 @@ class Profile:
     load_seconds: float
     load_clients: int
     load_pool_size: int
+    load_hold: float = 2.0  # a client keeps its VM up to this long (uniform) before returning it
     fixed_size: int = 4
     plain_size: int = 3
     # VMPORTAL_JOB_STALE_AFTER for every process; None: the app's default.
     job_stale_after: int | None = None
 
 
-FULL = Profile(kills=20, vcenter_outage=60, redis_outage=30, load_seconds=60, load_clients=32, load_pool_size=40)
+FULL = Profile(kills=20, vcenter_outage=60, redis_outage=30, load_seconds=60, load_clients=32, load_pool_size=60)
 # A shorter heartbeat bound keeps the quick run short; the rule it tests is the same.
-QUICK = Profile(kills=5, vcenter_outage=10, redis_outage=5, load_seconds=10, load_clients=32, load_pool_size=16,
+QUICK = Profile(kills=5, vcenter_outage=10, redis_outage=5, load_seconds=10, load_clients=32, load_pool_size=24,
                 job_stale_after=15)
 
 
@@ -126,6 +127,7 @@ class Harness:
         self.copy_targets: list[tuple[int, int]] = []
         self.originals: frozenset[str] = frozenset()
         self.log_offsets: dict[str, int] = {}
+        self.carried: dict[str, set[str]] = {}  # violations already reported, by invariant
 
     # processes ---------------------------------------------------------------
     def start(self) -> None:
@@ -190,7 +192,7 @@ class Harness:
         from apps.vsphere.session import Endpoint, connect
 
         vc = VCenter.objects.create(name="chaos", host=self.sim.address, username=self.sim.username,
-                                    password=self.sim.password, insecure=True, task_limit=8)
+                                    password=self.sim.password, insecure=True, task_limit=16)
         assert sync_inventory(vc).ok, "the simulator's inventory could not be synced"
         with connect(Endpoint.from_vcenter(vc)) as conn:
             self.originals = frozenset(rec.moid for rec in fetch_inventory(conn).vms)
@@ -262,7 +264,9 @@ class Harness:
         # Past the rows' bound, whatever the fault left in flight is stuck by definition.
         deadline = stuck_after().total_seconds() + 15
         snap, took = wait_for_recovery(fault_ended_at=fault_ended_at, deadline_s=deadline, errors_5xx=errors,
-                                       originals=self.originals, progress=say)
+                                       originals=self.originals, carried=self.carried, progress=say)
+        for key, ids in snap.identities.items():
+            self.carried.setdefault(key, set()).update(ids)
         result = Result(name, fault, dict(snap.counts), took, list(notes), {k: v for k, v in snap.details.items() if v})
         if snap.vsphere_error:
             result.notes.append(f"simulator unreadable at the end: {snap.vsphere_error}")
@@ -432,13 +436,18 @@ def scenario_redis(h: Harness) -> Result:
     time.sleep(2)
     h.redis.kill9()
     # Work asked for while Redis is gone: its jobs must not be lost.
-    hosts = checkout_and_return(h, "plain", 2)
+    api = h.api()
+    hosts = [host for host in (api.checkout("plain") for _ in range(2)) if host]
+    for host in hosts:
+        api.give_back(host)
+    asked = dict(api.stats.statuses)
+    api.close()
     time.sleep(seconds)
     h.redis.start()
     ended = _now()
     time.sleep(3)
     stats = bg.stop()
-    note = f"returned {len(hosts)} VMs of plain while Redis was down"
+    note = f"while Redis was down the driver checked out and returned {len(hosts)} VMs of plain (answers {asked})"
     say(f"  {note}; background clients: {stats.summary()}")
     return h.recover("redis", f"Redis down {seconds:.0f}s, back empty", ended,
                      errors=lambda: len(stats.errors_5xx), notes=[note, stats.summary(), *stats.errors_5xx[:5]])
@@ -455,7 +464,7 @@ def scenario_load(h: Harness) -> Result:
     Pool.objects.filter(name="load").update(size=p.load_pool_size)
     full = h.wait_full(180)
     say(f"  pool load {'full' if full else 'NOT full'}; clients start")
-    loop = Loop(h.web_port, h.tokens, ["load"], clients=p.load_clients).start()
+    loop = Loop(h.web_port, h.tokens, ["load"], clients=p.load_clients, hold=p.load_hold).start()
     time.sleep(p.load_seconds)
     stats = loop.stop()
     ended = _now()
