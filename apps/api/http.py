@@ -43,7 +43,7 @@ _WHOLE = re.compile(r"-?[0-9]+")
 _LARGEST = 999_999_999
 
 
-def hours(delta: timedelta) -> float:
+def as_hours(delta: timedelta) -> float:
     """A duration as both APIs show it: hours, to two decimals."""
     return round(delta.total_seconds() / 3600, 2)
 

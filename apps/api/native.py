@@ -19,7 +19,7 @@ from ninja.security import APIKeyHeader, HttpBearer
 from pydantic import Field
 
 from apps.api import auth
-from apps.api.http import hours, is_json, strict_json, unauthorized
+from apps.api.http import as_hours, is_json, strict_json, unauthorized
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken
 from apps.core.errors import NotFound, VmPortalError
@@ -191,8 +191,8 @@ def _pool_out(p: Pool) -> dict:
     return {
         "name": p.name, "description": p.description, "template": p.template.name, "os_name": p.template.os_name,
         "size": p.size, "ready": p.ready_count, "booting": p.booting_count, "leased": p.leased_count,
-        "enabled": p.enabled, "health": p.health, "lease_lifetime_hours": hours(p.lease_lifetime),
-        "lease_max_lifetime_hours": hours(p.lease_max_lifetime),
+        "enabled": p.enabled, "health": p.health, "lease_lifetime_hours": as_hours(p.lease_lifetime),
+        "lease_max_lifetime_hours": as_hours(p.lease_max_lifetime),
     }
 
 

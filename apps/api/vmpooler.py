@@ -23,7 +23,7 @@ from django.utils import timezone
 from apps.api import auth, tokens
 from apps.api import services as api_services
 from apps.api.decorators import api_view
-from apps.api.http import ApiError, hours, json_body, ok, strict_int
+from apps.api.http import ApiError, as_hours, json_body, ok, strict_int
 from apps.api.metrics import CHECKOUT_SECONDS
 from apps.api.models import ApiToken, PoolOverride
 from apps.core.errors import VmPortalError
@@ -176,7 +176,7 @@ def _vm_detail(request: HttpRequest, hostname: str) -> HttpResponse:
     lease = Lease.objects.active().filter(vm=vm).first()
     data: dict = {
         "template": vm.pool.name if vm.pool else (vm.template.name if vm.template else ""),
-        "lifetime": int(round(hours(vm.pool.lease_lifetime))) if vm.pool else 0,
+        "lifetime": int(round(as_hours(vm.pool.lease_lifetime))) if vm.pool else 0,
         "state": STATE_NAMES.get(vm.state, "destroyed"),
         "tags": {}, "snapshots": [], "disk": [],
         "ip": vm.ip_address,
@@ -189,9 +189,9 @@ def _vm_detail(request: HttpRequest, hostname: str) -> HttpResponse:
     if lease is not None:
         now = timezone.now()
         data.update(
-            lifetime=int(round(hours(lease.expires_at - lease.started_at))),
-            running=hours(now - lease.started_at),
-            remaining=max(0.0, hours(lease.expires_at - now)),
+            lifetime=int(round(as_hours(lease.expires_at - lease.started_at))),
+            running=as_hours(now - lease.started_at),
+            remaining=max(0.0, as_hours(lease.expires_at - now)),
             start_time=lease.started_at.isoformat(),
             end_time=lease.expires_at.isoformat(),
         )
@@ -237,9 +237,9 @@ def _lifetime_in(body: dict, lease: Lease, failure: list[str]) -> timedelta | No
     if hours < 1:
         failure.append(f"lifetime {hours}: give a positive number of hours.")
     elif timedelta(hours=hours) > cap:
-        failure.append(f"lifetime {hours}: the most this pool allows is {hours(cap):g} hours.")
+        failure.append(f"lifetime {hours}: the most this pool allows is {as_hours(cap):g} hours.")
     elif timedelta(hours=hours) <= ran:
-        failure.append(f"lifetime {hours}: the VM has run {hours(ran):g} hours already; give more, "
+        failure.append(f"lifetime {hours}: the VM has run {as_hours(ran):g} hours already; give more, "
                        "or DELETE it to return it.")
     else:
         return timedelta(hours=hours)
@@ -627,7 +627,7 @@ def _config(request: HttpRequest) -> HttpResponse:
     return ok({"pool_configuration": [{
         "name": p.name, "template": p.template.name, "size": p.size, "clone_target": p.cluster.name,
         "enabled": p.enabled, "template_ready": p.template.status == "ready",
-        "lease_lifetime_hours": hours(p.lease_lifetime), "lease_max_lifetime_hours": hours(p.lease_max_lifetime),
+        "lease_lifetime_hours": as_hours(p.lease_lifetime), "lease_max_lifetime_hours": as_hours(p.lease_max_lifetime),
     } for p in pools], "status": {"ok": True}})
 
 

@@ -141,6 +141,8 @@ class Harness:
             "VMPORTAL_API_RATE_LIMIT_PER_IP": "0", "VMPORTAL_API_RATE_LIMIT_PER_TOKEN": "0",
             "VMPORTAL_MAX_LEASES_PER_USER": "0",
         })
+        # PostgreSQL needs one explicit key for every process; a throwaway one for the run.
+        os.environ.setdefault("SECRET_KEY", "vmportal-chaos-only-not-a-secret")
         if self.profile.job_stale_after:
             os.environ["VMPORTAL_JOB_STALE_AFTER"] = str(self.profile.job_stale_after)
         import subprocess
