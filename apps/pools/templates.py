@@ -180,15 +180,27 @@ def start_ovf_deploy(*, name: str, target: DeployTarget, url: str = "", upload_p
     return template
 
 
+def _upload_file(upload_path: str) -> Path:
+    # The web host named the file under its own mount of the shared upload directory; this
+    # worker's may be mounted elsewhere, so the file is found by its name (as sweep_uploads
+    # does), or where the web host put it when the mounts agree. Names are random: no clash.
+    here = Path(settings.VMPORTAL_UPLOAD_DIR) / Path(upload_path).name
+    return here if here.is_file() or not Path(upload_path).is_file() else Path(upload_path)
+
+
 @contextlib.contextmanager
 def _ovf_source(url: str, upload_path: str, download: PackageDownload):
     """What deploy_ovf reads: the uploaded file or the OVA at ``url``, both through the
     download's byte count; or, for an .ovf, its URL (deploy_ovf fetches the disks next to it
     through ``download`` too)."""
     if upload_path:
-        path = Path(upload_path)
+        path = _upload_file(upload_path)
         if not path.is_file():
-            raise VmPortalError("The uploaded file is gone (deleted, or on another host's upload directory).")
+            raise VmPortalError(
+                f"The uploaded file {path.name} is not in VMPORTAL_UPLOAD_DIR ({path.parent}) on this worker host: "
+                "it was deleted, or the web server that took the upload keeps it on a disk of its own. With deploy "
+                "workers on other hosts than the web servers, VMPORTAL_UPLOAD_DIR must be shared storage mounted "
+                "on all of them. Upload the file again once it is.")
         with open(path, "rb") as f:
             yield io.BufferedReader(download.wrap(f, path.name))
         return
@@ -282,7 +294,7 @@ def deploy_ovf_job(job: runner.JobContext, *, template_id: int, copy_id: int, ur
     if template.status != TemplateStatus.DEPLOYING:
         job.log(f"{template} is {template.status}; nothing to do")
         if upload_path:
-            Path(upload_path).unlink(missing_ok=True)
+            _upload_file(upload_path).unlink(missing_ok=True)
         return
     started = time.monotonic()
     logged = [-1]
@@ -318,7 +330,7 @@ def deploy_ovf_job(job: runner.JobContext, *, template_id: int, copy_id: int, ur
         raise
     finally:
         if upload_path:
-            Path(upload_path).unlink(missing_ok=True)
+            _upload_file(upload_path).unlink(missing_ok=True)
     try:
         _mark_ready(template, copy, info)
     except StaleState as lost:
