@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from datetime import timedelta
 from functools import cache
+from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, User
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -48,9 +51,9 @@ def _history_in_statement() -> bool:
 @cache
 def _checkout_sql() -> dict[str, str]:
     """The checkout's hot statements, as SQL: each costs a fraction of its ORM form in Python."""
-    user_model = Lease._meta.get_field("user").related_model
-    memberships = user_model._meta.get_field("groups").remote_field.through._meta.db_table
-    group_table = user_model._meta.get_field("groups").related_model._meta.db_table
+    user_model = get_user_model()
+    memberships = user_model.groups.through._meta.db_table
+    group_table = Group._meta.db_table
     features = connection.features
     # SQLite (the demo) has no row locks; its IMMEDIATE transactions serialize writers.
     lock_user = " FOR NO KEY UPDATE OF u" if features.has_select_for_no_key_update else ""
@@ -87,7 +90,7 @@ def _checkout_sql() -> dict[str, str]:
 PENDING = (OnDemandRequest.Status.QUEUED, OnDemandRequest.Status.PROVISIONING)
 
 
-def _vms_in(wanted_rows) -> int:
+def _vms_in(wanted_rows: Iterable[str | dict[str, int]]) -> int:
     # A raw cursor returns JSON as text; the ORM (and some drivers) as a dict.
     return sum(sum((json.loads(w) if isinstance(w, str) else w).values()) for w in wanted_rows)
 
@@ -99,7 +102,7 @@ def _held(active: int, pending: int) -> str:
     return held
 
 
-def check_lease_limits(user: AbstractBaseUser, adding: int) -> None:
+def check_lease_limits(user: User, adding: int) -> None:
     """Refuse ``adding`` more VMs that would take the user, or any of their groups, over a limit.
 
     The one limit check, for browser and API checkouts, on-demand requests and their
@@ -156,7 +159,7 @@ def check_lease_limits(user: AbstractBaseUser, adding: int) -> None:
 
 
 @transaction.atomic
-def checkout(*, user: AbstractBaseUser, pools: list[Pool], lifetime: timedelta | None = None,
+def checkout(*, user: User, pools: list[Pool], lifetime: timedelta | None = None,
              note: str = "", tags: dict | None = None) -> list[Lease]:
     """Lease one ready VM from each entry of ``pools`` (a pool may repeat), all or nothing.
 
@@ -178,7 +181,9 @@ def checkout(*, user: AbstractBaseUser, pools: list[Pool], lifetime: timedelta |
         # On-demand VMs are ready for their requester only, for the moment before their
         # request's job leases them. Taken VMs are already LEASED; a short pool rolls the
         # whole checkout back.
-        history = dict(model_label=VM._meta.label_lower, field="state", old=VMState.READY, new=VMState.LEASED)
+        history: dict[str, Any] = dict(
+            model_label=VM._meta.label_lower, field="state", old=VMState.READY, new=VMState.LEASED
+        )
         params = [pool_id, VMState.READY, wanted, VMState.LEASED, now, VMState.READY]
         if _history_in_statement():
             params += history_params(**history)
@@ -203,7 +208,7 @@ def checkout(*, user: AbstractBaseUser, pools: list[Pool], lifetime: timedelta |
     return leases
 
 
-def get_lease_for(user: AbstractBaseUser, lease_id: int) -> Lease:
+def get_lease_for(user: User, lease_id: int) -> Lease:
     """A lease the user may act on: their own, or any for an admin."""
     lease = Lease.objects.select_related("vm", "pool", "user").filter(pk=lease_id).first()
     if lease is None or (lease.user_id != user.pk and not is_admin(user)):
@@ -214,7 +219,7 @@ def get_lease_for(user: AbstractBaseUser, lease_id: int) -> Lease:
 
 
 @transaction.atomic
-def extend(*, user: AbstractBaseUser, lease_id: int, by: timedelta) -> Lease:
+def extend(*, user: User, lease_id: int, by: timedelta) -> Lease:
     lease = get_lease_for(user, lease_id)
     lease = Lease.objects.select_for_update(of=("self",), no_key=True).select_related("pool").get(pk=lease.pk)
     if not lease.is_active:
@@ -234,7 +239,7 @@ def extend(*, user: AbstractBaseUser, lease_id: int, by: timedelta) -> Lease:
 
 
 @transaction.atomic
-def set_lifetime(*, user: AbstractBaseUser, lease_id: int, lifetime: timedelta) -> Lease:
+def set_lifetime(*, user: User, lease_id: int, lifetime: timedelta) -> Lease:
     """End the lease ``lifetime`` after it started, sooner or later than now set, up to its
     pool's maximum lifetime and never in the past (vmpooler's absolute lifetime)."""
     lease = get_lease_for(user, lease_id)
@@ -256,7 +261,7 @@ def set_lifetime(*, user: AbstractBaseUser, lease_id: int, lifetime: timedelta) 
 
 
 @transaction.atomic
-def return_lease(*, user: AbstractBaseUser, lease_id: int) -> Lease:
+def return_lease(*, user: User, lease_id: int) -> Lease:
     lease = get_lease_for(user, lease_id)
     # The lease row only (not its VM by the join): end_lease then moves the VM, in the
     # order reconcile ends expired leases (lease, then VM), and neither locks the pool.
