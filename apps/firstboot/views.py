@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 from apps.adminui.permissions import admin_required
 from apps.audit import services as audit
 from apps.core.errors import VmPortalError
+from apps.core.htmx import htmx_partial
 from apps.firstboot import services
 from apps.firstboot.forms import AddressRangeForm, PoolFirstBootForm, SSHKeyForm
 from apps.firstboot.models import AddressRange, PoolFirstBoot, SSHKey
@@ -128,7 +129,7 @@ def lease_password(request: HttpRequest, lease_id: int) -> HttpResponse:
         secret = services.lease_credentials(user=request.user, lease_id=lease_id)
     except VmPortalError as exc:
         return render(request, "error.html", {"message": str(exc)}, status=exc.http_status)
-    template = "firstboot/partials/_password.html" if request.htmx else "firstboot/password_page.html"
+    template = "firstboot/partials/_password.html" if htmx_partial(request) else "firstboot/password_page.html"
     response = render(request, template, {"secret": secret, "lease_id": lease_id})
     response["Cache-Control"] = "no-store"  # a password must not sit in a browser or proxy cache
     return response

@@ -12,9 +12,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from apps.core.errors import VmPortalError
 from apps.core.fields import AsciiIntegerField
+from apps.core.htmx import htmx_partial, render_polled
 from apps.leases import ondemand, services
 from apps.leases.models import Lease, OnDemandRequest
 from apps.pools.models import Pool
@@ -110,14 +112,13 @@ def ondemand_status(request: HttpRequest, request_id: str) -> HttpResponse:
     req = _request_or_404(request, request_id)
     if isinstance(req, HttpResponse):
         return req
-    if req.status == OnDemandRequest.Status.READY and request.htmx:
+    if req.status == OnDemandRequest.Status.READY and htmx_partial(request):
         ids = ondemand.lease_ids(req)
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = reverse("lease-detail", args=[ids[0]]) if len(ids) == 1 else reverse("my-leases")
-        return response
-    # 286 tells htmx to stop polling: a failed or cancelled request will not change by itself.
-    status = 200 if req.is_pending or not request.htmx else 286
-    return render(request, "leases/partials/_ondemand_status.html", ondemand.describe(req), status=status)
+        return HttpResponseClientRedirect(reverse("lease-detail", args=[ids[0]]) if len(ids) == 1
+                                          else reverse("my-leases"))
+    # A failed or cancelled request will not change by itself: its poll is told to stop.
+    return render_polled(request, "leases/partials/_ondemand_status.html", ondemand.describe(req),
+                         settled=htmx_partial(request) and not req.is_pending)
 
 
 def _refused(request: HttpRequest, exc: VmPortalError, back: HttpResponse) -> HttpResponse:

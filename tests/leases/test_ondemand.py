@@ -47,7 +47,7 @@ def test_request_clones_boots_and_leases_outside_the_pool(vcsim_factory, redis_c
     page = client.get(reverse("ondemand-detail", args=[req.request_id]))
     assert page.status_code == 200 and b"Ready" in page.content
     poll = client.get(reverse("ondemand-status", args=[req.request_id]), HTTP_HX_REQUEST="true")
-    assert poll.status_code == 204 and poll["HX-Redirect"] == reverse("my-leases")
+    assert poll.status_code == 200 and poll["HX-Redirect"] == reverse("my-leases")
 
     # Returning them destroys them like any leased VM.
     for lease in leases:
