@@ -32,6 +32,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from apps.audit.context import SYSTEM, Actor, acting_as
+from apps.core.errors import VmPortalError
 from apps.jobs.models import Job
 
 log = logging.getLogger(__name__)
@@ -192,11 +193,17 @@ def run(job_id: int) -> str:
             log=Concat(F("log"), Value(traceback.format_exc(limit=5)[-4000:])),
         )
         if failed and (hook := _on_failure.get(job.kind)):
-            _call_hook(hook, job, reason)
+            _call_hook(hook, job, failure_reason(exc))
         return "failed"
     if not running.update(status=Job.Status.SUCCEEDED, finished_at=timezone.now()):
         return "lost"
     return "succeeded"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What an ``on_failure`` hook is told: a domain error's own message (written for people,
+    who read it where the hook records it), else the exception's type and text."""
+    return str(exc) if isinstance(exc, VmPortalError) else f"{type(exc).__name__}: {exc}"[:4000]
 
 
 def _call_hook(hook: Hook, job: Job, reason: str) -> None:

@@ -19,8 +19,8 @@ from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases import services as leases
 from apps.leases.models import OnDemandRequest
-from apps.pools import templates
 from apps.pools.models import VM, TemplateBuild, TemplateCopy, TemplateStatus, VMState
+from apps.pools.templates import recovery
 from tests import factories
 from tests.api.conftest import auth_client, ready_pool, token_for
 
@@ -67,7 +67,7 @@ def test_a_job_failing_its_template_leaves_one_that_became_ready_meanwhile_alone
     template = factories.template(status=TemplateStatus.READY)
     copy = TemplateCopy.objects.create(template=template, cluster=factories.cluster(template.vcenter),
                                        status=TemplateStatus.READY)
-    assert templates._fail_template(template.pk, "late failure", copy_id=copy.pk) is False
+    assert recovery.fail_template(template.pk, "late failure", copy_id=copy.pk) is False
     template.refresh_from_db()
     copy.refresh_from_db()
     assert (template.status, copy.status) == (TemplateStatus.READY, TemplateStatus.READY)
