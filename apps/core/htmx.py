@@ -16,7 +16,9 @@ def htmx_partial(request: HttpRequest) -> bool:
     A boosted link or form is an htmx request too, but it swaps the whole body, so it gets the page.
     """
     htmx = getattr(request, "htmx", None)
-    return bool(htmx) and not htmx.boosted
+    if not htmx:
+        return False
+    return not htmx.boosted
 
 
 def render_polled(request: HttpRequest, template: str, context: dict[str, Any], *, settled: bool) -> HttpResponse:
