@@ -53,7 +53,7 @@ def _validation_messages(exc: ValidationError) -> list[str]:
 @require_GET
 def pool_list(request: HttpRequest) -> HttpResponse:
     pools = pools_with_counts().select_related("template", "cluster")
-    template = "adminui/partials/_pool_rows.html" if _polled(request) else "adminui/pool_list.html"
+    template = "pools/partials/_pool_rows.html" if _polled(request) else "pools/pool_list.html"
     return render(request, template, {"pools": pools})
 
 
@@ -70,7 +70,7 @@ def pool_create(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Pool {pool.name} created; the pool manager starts filling it.")
             return redirect("adminui:pool-detail", pool_id=pool.pk)
     status = 400 if form.errors else 200
-    return render(request, "adminui/pool_form.html", {"form": form, "creating": True}, status=status)
+    return render(request, "pools/pool_form.html", {"form": form, "creating": True}, status=status)
 
 
 @admin_required
@@ -88,7 +88,7 @@ def pool_detail(request: HttpRequest, pool_id: int) -> HttpResponse:
             messages.success(request, f"Saved {pool.name}: {result.summary}." if changes else "Nothing changed.")
             return redirect("adminui:pool-detail", pool_id=pool.pk)
         pool = Pool.objects.select_related("template", "cluster").get(pk=pool_id)
-    return render(request, "adminui/pool_detail.html", _pool_context(pool, form=form),
+    return render(request, "pools/pool_detail.html", _pool_context(pool, form=form),
                   status=400 if form.errors else 200)
 
 
@@ -122,7 +122,7 @@ def pool_preview(request: HttpRequest, pool_id: int) -> HttpResponse:
             counts=services.pool_counts(pool, cluster_id=shape.cluster_id), current=services.shape_of(pool),
             new=shape,
         )
-    return render(request, "adminui/partials/_preview.html", {"preview": preview, "reconfigure_form": form})
+    return render(request, "pools/partials/_preview.html", {"preview": preview, "reconfigure_form": form})
 
 
 @admin_required
@@ -141,7 +141,7 @@ def pool_reconfigure(request: HttpRequest, pool_id: int) -> HttpResponse:
         else:
             messages.success(request, f"{pool.name} reconfigured: {result.summary}.")
             return redirect("adminui:pool-detail", pool_id=pool.pk)
-    return render(request, "adminui/pool_detail.html", _pool_context(pool, reconfigure_form=form), status=400)
+    return render(request, "pools/pool_detail.html", _pool_context(pool, reconfigure_form=form), status=400)
 
 
 @admin_required
@@ -190,7 +190,7 @@ def audit_list(request: HttpRequest) -> HttpResponse:
     query = params.urlencode()
     ctx = {"form": form, "page": page, "query": query,
            "first_page": not request.GET.get("after")}
-    template = "adminui/partials/_audit_rows.html" if _polled(request) else "adminui/audit_list.html"
+    template = "audit/partials/_audit_rows.html" if _polled(request) else "audit/audit_list.html"
     return render(request, template, ctx, status=400 if form.errors else 200)
 
 
@@ -204,7 +204,7 @@ class _Echo:
 def audit_export(request: HttpRequest) -> HttpResponse:
     form, events = _audit_events(request)
     if form.errors:
-        return render(request, "adminui/audit_list.html",
+        return render(request, "audit/audit_list.html",
                       {"form": form, "page": selectors.Page([], None), "query": "", "first_page": True}, status=400)
     writer = csv.writer(_Echo())
 
@@ -229,7 +229,7 @@ def audit_export(request: HttpRequest) -> HttpResponse:
 @require_GET
 def audit_detail(request: HttpRequest, event_id: int) -> HttpResponse:
     event = get_object_or_404(AuditEvent, pk=event_id)
-    return render(request, "adminui/audit_detail.html", {"event": event, "diff": selectors.audit_diff(event)})
+    return render(request, "audit/audit_detail.html", {"event": event, "diff": selectors.audit_diff(event)})
 
 
 # --- hosts, templates, health ----------------------------------------------------------
@@ -239,7 +239,7 @@ def audit_detail(request: HttpRequest, event_id: int) -> HttpResponse:
 @require_GET
 def host_load(request: HttpRequest) -> HttpResponse:
     ctx = {"clusters": selectors.host_load(), "spark_w": selectors.SPARK_W, "spark_h": selectors.SPARK_H}
-    template = "adminui/partials/_hosts.html" if _polled(request) else "adminui/host_load.html"
+    template = "inventory/partials/_hosts.html" if _polled(request) else "inventory/host_load.html"
     return render(request, template, ctx)
 
 
@@ -267,17 +267,17 @@ def template_list(request: HttpRequest) -> HttpResponse:
             else:
                 messages.success(request, f"Template {template.name} registered; preparing it now.")
                 return redirect("adminui:templates")
-        return render(request, "adminui/template_list.html", _templates_context(form), status=400)
+        return render(request, "pools/template_list.html", _templates_context(form), status=400)
     if _polled(request):
-        return render(request, "adminui/partials/_template_rows.html", _templates_context())
-    return render(request, "adminui/template_list.html", _templates_context())
+        return render(request, "pools/partials/_template_rows.html", _templates_context())
+    return render(request, "pools/template_list.html", _templates_context())
 
 
 @admin_required
 @require_GET
 def health(request: HttpRequest) -> HttpResponse:
     facts = selectors.system_health()
-    template = "adminui/partials/_health.html" if _polled(request) else "adminui/health.html"
+    template = "pools/partials/_health.html" if _polled(request) else "pools/health.html"
     return render(request, template, {"facts": facts, "json_url": reverse("adminui:health-json")})
 
 
@@ -326,7 +326,7 @@ def _template_deploy(request: HttpRequest, handler: LimitedDiskUploadHandler) ->
             return redirect("adminui:template-detail", template_id=template.pk)
     if isinstance(upload, StoredUpload):
         upload.discard()
-    return render(request, "adminui/template_list.html", _templates_context(deploy_form=form), status=400)
+    return render(request, "pools/template_list.html", _templates_context(deploy_form=form), status=400)
 
 
 def _template_jobs(template: Template):
@@ -362,8 +362,8 @@ def template_detail(request: HttpRequest, template_id: int) -> HttpResponse:
     ctx = _template_detail_context(template)
     if _polled(request):
         # 286 tells HTMX to stop polling: the deploy or build has settled.
-        return render(request, "adminui/partials/_template_live.html", ctx, status=200 if ctx["in_flight"] else 286)
-    return render(request, "adminui/template_detail.html", ctx)
+        return render(request, "pools/partials/_template_live.html", ctx, status=200 if ctx["in_flight"] else 286)
+    return render(request, "pools/template_detail.html", ctx)
 
 
 @admin_required
@@ -384,7 +384,7 @@ def template_derive(request: HttpRequest, template_id: int) -> HttpResponse:
             messages.success(request, f"Cloning build VM {build.vm_name} from {source.name}; "
                                       "its name and IP show below when it is up.")
             return redirect("adminui:template-detail", template_id=build.template_id)
-    return render(request, "adminui/template_detail.html", _template_detail_context(source, form), status=400)
+    return render(request, "pools/template_detail.html", _template_detail_context(source, form), status=400)
 
 
 @admin_required
@@ -403,7 +403,7 @@ def template_copy(request: HttpRequest, template_id: int) -> HttpResponse:
             messages.success(request, f"Copying {template.name} to {copy.cluster}; pools there can use it once "
                                       "the copy is ready.")
             return redirect("adminui:template-detail", template_id=template.pk)
-    return render(request, "adminui/template_detail.html", _template_detail_context(template, copy_form=form),
+    return render(request, "pools/template_detail.html", _template_detail_context(template, copy_form=form),
                   status=400)
 
 
@@ -469,5 +469,5 @@ def vm_capture(request: HttpRequest, vm_id: int) -> HttpResponse:
                                       "the VM and its lease carry on untouched.")
             return redirect("adminui:template-detail", template_id=build.template_id)
     lease = getattr(vm, "lease", None) if vm.state == "leased" else None
-    return render(request, "adminui/vm_capture.html", {"vm": vm, "form": form, "lease": lease},
+    return render(request, "pools/vm_capture.html", {"vm": vm, "form": form, "lease": lease},
                   status=400 if form.errors else 200)

@@ -13,7 +13,7 @@ from apps.pools.selectors import pools_with_counts
 
 def home(request: HttpRequest) -> HttpResponse:
     pools = pools_with_counts().filter(enabled=True)
-    template = "ui/partials/_pool_rows.html" if request.htmx and not request.htmx.boosted else "ui/home.html"
+    template = "leases/partials/_pool_rows.html" if request.htmx and not request.htmx.boosted else "leases/home.html"
     return render(request, template, {"pools": pools, "max_per_checkout": settings.VMPORTAL_MAX_VMS_PER_CHECKOUT})
 
 
