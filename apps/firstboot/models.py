@@ -11,6 +11,7 @@ import ipaddress
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 
 from apps.core.crypto import EncryptedTextField
 from apps.inventory.models import Datastore, VCenter
@@ -179,16 +180,20 @@ class PoolFirstBoot(models.Model):
 
 
 class IPAllocation(models.Model):
-    """An address of a range held by one VM, from the moment its row exists until it is destroyed."""
+    """An address of a range held by one VM, from the moment its row exists until it is destroyed;
+    or, with no VM, kept back until ``quarantined_until`` (see ``services.release``)."""
 
     address_range = models.ForeignKey(AddressRange, on_delete=models.PROTECT, related_name="allocations")
     address = models.GenericIPAddressField(protocol="IPv4")
-    vm = models.OneToOneField(VM, on_delete=models.CASCADE, related_name="ip_allocation")
+    vm = models.OneToOneField(VM, on_delete=models.CASCADE, null=True, blank=True, related_name="ip_allocation")
     allocated_at = models.DateTimeField(auto_now_add=True)
+    quarantined_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["address_range", "address"], name="ipallocation_unique_address"),
+            models.CheckConstraint(condition=Q(vm__isnull=False) | Q(quarantined_until__isnull=False),
+                                   name="ipallocation_held_or_quarantined"),
         ]
 
     def __str__(self) -> str:

@@ -16,12 +16,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
 
-from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -51,9 +49,6 @@ from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Connection, Endpoint, connect
 from apps.vsphere.types import Customization, GuestExpectation, GuestInfo
 
-if TYPE_CHECKING:
-    from apps.leases.models import Lease
-
 log = logging.getLogger(__name__)
 
 SEED_FOLDER = "vmportal-seeds"
@@ -79,8 +74,10 @@ class RangeExhausted(FirstBootError):
 
 def _take_addresses(rng: AddressRange, count: int) -> list[str]:
     """The ``count`` lowest free addresses of a locked range (fewer when it runs out)."""
-    # Addresses of VMs that are gone are free, whichever path destroyed them.
+    # Addresses of VMs that are gone are free, whichever path destroyed them, and kept-back
+    # ones once their quarantine is over.
     IPAllocation.objects.filter(address_range=rng, vm__state=VMState.DESTROYED).delete()
+    IPAllocation.objects.filter(address_range=rng, vm__isnull=True, quarantined_until__lte=timezone.now()).delete()
     taken = {int(ipaddress.IPv4Address(a)) for a in rng.allocations.values_list("address", flat=True)}
     first, last = int(ipaddress.IPv4Address(rng.first)), int(ipaddress.IPv4Address(rng.last))
     free: list[str] = []
@@ -114,7 +111,8 @@ def allocate_addresses(pool: Pool, vms: list[VM]) -> list[VM]:
         VM.objects.filter(pk__in=[vm.pk for vm in surplus]).delete()
         reason = (
             f"Address range {rng.name} is exhausted: all {rng.size} addresses ({rng.first}–{rng.last}) are held by "
-            "live VMs. Widen the range, give the pool another one, or make the pool smaller."
+            "live VMs (or kept back after clones that failed unseen, until no such clone can appear). Widen the "
+            "range, give the pool another one, or make the pool smaller."
         )
         changed = Pool.objects.filter(pk=pool.pk).exclude(health=Pool.Health.FAILING).exclude(
             health_reason=reason
@@ -127,13 +125,19 @@ def allocate_addresses(pool: Pool, vms: list[VM]) -> list[VM]:
     return kept
 
 
-def release(vm: VM) -> int:
+def release(vm: VM, *, keep_back_until: datetime | None = None) -> int:
     """A destroyed VM gives back its address and forgets its password; how many addresses.
 
     Call in the transaction that makes the row destroyed: only a destroyed VM's address
     goes, and a second call (a destroy run twice) finds nothing left to release.
+    ``keep_back_until``: no other VM gets the address before then (a clone of this VM that
+    vCenter may still finish would boot with it).
     """
-    released, _ = IPAllocation.objects.filter(vm=vm, vm__state=VMState.DESTROYED).delete()
+    held = IPAllocation.objects.filter(vm=vm, vm__state=VMState.DESTROYED)
+    if keep_back_until and keep_back_until > timezone.now():
+        released = held.update(vm=None, quarantined_until=keep_back_until)
+    else:
+        released, _ = held.delete()
     VMSecret.objects.filter(vm=vm, vm__state=VMState.DESTROYED).delete()
     return released
 
@@ -295,9 +299,7 @@ def expectations(vms: Iterable[VM]) -> dict[str, GuestExpectation]:
     """By moid: what each booting VM must report to be usable (only pools with a method)."""
     vms = [vm for vm in vms if vm.moid]
     pools = {vm.pool_id for vm in vms}
-    configs: dict[int | None, PoolFirstBoot] = {
-        c.pool_id: c for c in PoolFirstBoot.objects.filter(pool_id__in=pools).exclude(method=Method.NONE)
-    }
+    configs = {c.pool_id: c for c in PoolFirstBoot.objects.filter(pool_id__in=pools).exclude(method=Method.NONE)}
     if not configs:
         return {}
     addresses = dict(IPAllocation.objects.filter(vm__in=vms).values_list("vm_id", "address"))
@@ -325,7 +327,7 @@ def finish_usable(
     usable = [booting[m] for m, o in seen.items() if not isinstance(o, str)]
     if not usable:
         return out
-    seeds: dict[int | None, list[SeedISO]] = {}
+    seeds: dict[int, list[SeedISO]] = {}
     for iso in SeedISO.objects.filter(vm__in=usable):
         seeds.setdefault(iso.vm_id, []).append(iso)
     guestinfo_pools = set(
@@ -348,7 +350,7 @@ def finish_usable(
 # ---------------------------------------------------------------- access
 
 
-def lease_credentials(*, user: User, lease_id: int) -> VMSecret | None:
+def lease_credentials(*, user, lease_id: int) -> VMSecret | None:
     """The first-boot password of a leased VM, for its lessee (active lease) or an admin.
 
     Raises NotFound like the lease pages for anyone else; None when the VM has none.
@@ -367,7 +369,7 @@ def lease_credentials(*, user: User, lease_id: int) -> VMSecret | None:
     return secret
 
 
-def add_ssh_key(*, user: User, name: str, public_key: str) -> SSHKey:
+def add_ssh_key(*, user, name: str, public_key: str) -> SSHKey:
     from apps.core.errors import Conflict, VmPortalError  # noqa: PLC0415
     from apps.firstboot.secrets import InvalidKey, parse_public_key  # noqa: PLC0415
 
@@ -384,7 +386,7 @@ def add_ssh_key(*, user: User, name: str, public_key: str) -> SSHKey:
     return row
 
 
-def delete_ssh_key(*, user: User, key_id: int) -> None:
+def delete_ssh_key(*, user, key_id: int) -> None:
     from apps.core.errors import NotFound  # noqa: PLC0415
 
     with transaction.atomic():
@@ -404,9 +406,9 @@ def _guest_login(cfg: PoolFirstBoot, vm: VM) -> tuple[str, str] | None:
     return (cfg.guest_username, secret.password) if secret else None
 
 
-def lease_created(sender: type[Lease], instance: Lease, created: bool, **kwargs: Any) -> None:
+def lease_created(sender, instance, created: bool, **kwargs) -> None:
     """post_save of Lease: queue the lessee's keys for the guest when the pool can take them."""
-    if not created or instance.pool_id is None:
+    if not created:
         return
     cfg = PoolFirstBoot.objects.filter(pool_id=instance.pool_id).exclude(guest_username="").first()
     if cfg is None:
@@ -418,7 +420,7 @@ def lease_created(sender: type[Lease], instance: Lease, created: bool, **kwargs:
 KEY_ATTEMPTS = 5
 
 
-def deliver_keys(lease_id: int, *, say: Callable[[str], None] = log.info) -> KeyDelivery:
+def deliver_keys(lease_id: int, *, say=log.info) -> KeyDelivery:
     """Append the lessee's SSH keys to the guest's authorized_keys (guest operations)."""
     from apps.leases.models import Lease  # noqa: PLC0415
 

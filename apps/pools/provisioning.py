@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -21,6 +22,7 @@ from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.pools import instance, nudge, placement
 from apps.pools.manager import (
+    PURGE_EVERY,
     Stray,
     claim_slots,
     fail_orphaned_clones,
@@ -39,6 +41,11 @@ from apps.vsphere.types import OWNER_KEY, CloneSpec
 
 log = logging.getLogger(__name__)
 BOOT_POLL = 0.5  # seconds between looks at booting guests when there is nothing to clone
+# A clone whose moid was never recorded (its worker was killed, or the connection broke while
+# it ran) may still be running in vCenter after its row is destroyed. It lands within the clone
+# deadline, carrying our marker, and the next purge destroys it; until then its address is kept
+# back, or the late clone would boot with an address another VM has.
+LATE_CLONE_BOUND = timedelta(seconds=ops.TASK_TIMEOUT) + PURGE_EVERY
 
 
 def marker_for(vm: VM) -> str:
@@ -224,12 +231,14 @@ def destroy_vm(vm_id: int, job: runner.JobContext) -> None:
         return
     with connect(Endpoint.from_vcenter(vm.vcenter)) as conn:
         moid = vm.moid
+        seen = bool(moid)
         if not moid and vm.pool and vm.pool.folder:
             # The clone may exist though its moid was never recorded (worker killed
             # mid-clone): look for it in the pool's folder by name and our marker.
             found = [v for v in ops.list_folder_vms(conn, vm.pool.folder.moid)
                      if v.name == vm.name and v.owner == marker_for(vm)]
             moid = found[0].moid if found else ""
+            seen = bool(found)
         if moid:
             ops.destroy_vm(conn, moid, expected_owner=marker_for(vm))
         firstboot.discard_seeds(conn, [vm])  # a seed ISO a failed clone or a crash left
@@ -241,7 +250,10 @@ def destroy_vm(vm_id: int, job: runner.JobContext) -> None:
         except TransitionError:
             job.log(f"{vm.name}: another job recorded its end first")
             return
-        firstboot.release(vm)
+        lands_by = vm.created_at + LATE_CLONE_BOUND  # its clone started after its row was made
+        keep_back_until = lands_by if not seen and lands_by > timezone.now() else None
+        if firstboot.release(vm, keep_back_until=keep_back_until) and keep_back_until:
+            job.log(f"{vm.name}: its clone was never seen; its address is kept back until {keep_back_until:%H:%M}")
         audit.record("vm.destroyed", target=vm, pool=vm.pool_id)
         if vm.pool_id:
             nudge.nudge(vm.pool_id)
