@@ -16,10 +16,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -48,6 +50,9 @@ from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Connection, Endpoint, connect
 from apps.vsphere.types import Customization, GuestExpectation, GuestInfo
+
+if TYPE_CHECKING:
+    from apps.leases.models import Lease
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +304,9 @@ def expectations(vms: Iterable[VM]) -> dict[str, GuestExpectation]:
     """By moid: what each booting VM must report to be usable (only pools with a method)."""
     vms = [vm for vm in vms if vm.moid]
     pools = {vm.pool_id for vm in vms}
-    configs = {c.pool_id: c for c in PoolFirstBoot.objects.filter(pool_id__in=pools).exclude(method=Method.NONE)}
+    configs: dict[int | None, PoolFirstBoot] = {
+        c.pool_id: c for c in PoolFirstBoot.objects.filter(pool_id__in=pools).exclude(method=Method.NONE)
+    }
     if not configs:
         return {}
     addresses = dict(IPAllocation.objects.filter(vm__in=vms).values_list("vm_id", "address"))
@@ -327,7 +334,7 @@ def finish_usable(
     usable = [booting[m] for m, o in seen.items() if not isinstance(o, str)]
     if not usable:
         return out
-    seeds: dict[int, list[SeedISO]] = {}
+    seeds: dict[int | None, list[SeedISO]] = {}
     for iso in SeedISO.objects.filter(vm__in=usable):
         seeds.setdefault(iso.vm_id, []).append(iso)
     guestinfo_pools = set(
@@ -350,7 +357,7 @@ def finish_usable(
 # ---------------------------------------------------------------- access
 
 
-def lease_credentials(*, user, lease_id: int) -> VMSecret | None:
+def lease_credentials(*, user: User, lease_id: int) -> VMSecret | None:
     """The first-boot password of a leased VM, for its lessee (active lease) or an admin.
 
     Raises NotFound like the lease pages for anyone else; None when the VM has none.
@@ -369,7 +376,7 @@ def lease_credentials(*, user, lease_id: int) -> VMSecret | None:
     return secret
 
 
-def add_ssh_key(*, user, name: str, public_key: str) -> SSHKey:
+def add_ssh_key(*, user: User, name: str, public_key: str) -> SSHKey:
     from apps.core.errors import Conflict, VmPortalError  # noqa: PLC0415
     from apps.firstboot.secrets import InvalidKey, parse_public_key  # noqa: PLC0415
 
@@ -386,7 +393,7 @@ def add_ssh_key(*, user, name: str, public_key: str) -> SSHKey:
     return row
 
 
-def delete_ssh_key(*, user, key_id: int) -> None:
+def delete_ssh_key(*, user: User, key_id: int) -> None:
     from apps.core.errors import NotFound  # noqa: PLC0415
 
     with transaction.atomic():
@@ -406,9 +413,9 @@ def _guest_login(cfg: PoolFirstBoot, vm: VM) -> tuple[str, str] | None:
     return (cfg.guest_username, secret.password) if secret else None
 
 
-def lease_created(sender, instance, created: bool, **kwargs) -> None:
+def lease_created(sender: type[Lease], instance: Lease, created: bool, **kwargs: Any) -> None:
     """post_save of Lease: queue the lessee's keys for the guest when the pool can take them."""
-    if not created:
+    if not created or instance.pool_id is None:
         return
     cfg = PoolFirstBoot.objects.filter(pool_id=instance.pool_id).exclude(guest_username="").first()
     if cfg is None:
@@ -420,7 +427,7 @@ def lease_created(sender, instance, created: bool, **kwargs) -> None:
 KEY_ATTEMPTS = 5
 
 
-def deliver_keys(lease_id: int, *, say=log.info) -> KeyDelivery:
+def deliver_keys(lease_id: int, *, say: Callable[[str], None] = log.info) -> KeyDelivery:
     """Append the lessee's SSH keys to the guest's authorized_keys (guest operations)."""
     from apps.leases.models import Lease  # noqa: PLC0415
 
