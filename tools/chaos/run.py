@@ -73,7 +73,7 @@ class Profile:
 
 FULL = Profile(kills=20, vcenter_outage=60, redis_outage=30, load_seconds=60, load_clients=32, load_pool_size=60)
 # A shorter heartbeat bound keeps the quick run short; the rule it tests is the same.
-QUICK = Profile(kills=5, vcenter_outage=10, redis_outage=5, load_seconds=10, load_clients=32, load_pool_size=24,
+QUICK = Profile(kills=5, vcenter_outage=10, redis_outage=5, load_seconds=10, load_clients=32, load_pool_size=16,
                 job_stale_after=15)
 
 
