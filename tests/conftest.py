@@ -64,3 +64,15 @@ def engineer(db):
 @pytest.fixture
 def other_engineer(db):
     return User.objects.create_user("carol-engineer", password="pw-engineer")
+
+
+@pytest.fixture
+def ready_pool(db):
+    """A pool whose template has a ready copy in its cluster (so it may be reconfigured)."""
+    from apps.pools.models import TemplateCopy, TemplateStatus  # noqa: PLC0415 - Django is set up only once tests run
+    from tests import factories  # noqa: PLC0415 - its model imports need Django set up
+
+    pool = factories.pool(size=2)
+    TemplateCopy.objects.create(template=pool.template, cluster=pool.cluster, moid="vm-1",
+                                status=TemplateStatus.READY, progress=100)
+    return pool

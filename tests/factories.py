@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from apps.inventory.models import Cluster, Datacenter, VCenter
+from apps.inventory.models import Cluster, Datacenter, Host, VCenter
 from apps.pools.models import VM, Pool, Template, TemplateStatus
 
 _seq = itertools.count(1)
@@ -21,6 +21,14 @@ def cluster(vc: VCenter | None = None, **kw) -> Cluster:
     n = next(_seq)
     dc, _ = Datacenter.objects.get_or_create(vcenter=vc, moid="datacenter-2", defaults={"name": "DC0"})
     return Cluster.objects.create(vcenter=vc, datacenter=dc, moid=f"domain-c{n}", name=f"C{n}", **kw)
+
+
+def host(cluster: Cluster, **kw) -> Host:
+    n = Host.objects.count() + 1
+    defaults = {"moid": f"host-{n}", "name": f"esx{n}.example", "cpu_capacity_mhz": 10_000,
+                "memory_capacity_mb": 65_536}
+    return Host.objects.create(vcenter=cluster.vcenter, datacenter=cluster.datacenter, cluster=cluster,
+                               **{**defaults, **kw})
 
 
 def template(vc: VCenter | None = None, **kw) -> Template:

@@ -45,9 +45,7 @@ INSTALLED_APPS = [
     "apps.inventory",
     "apps.pools",
     "apps.leases",
-    "apps.ui",
     "apps.api",
-    "apps.adminui",
     "apps.firstboot",
 ]
 

@@ -1,13 +1,23 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from apps.audit import urls as audit_urls
+from apps.inventory import urls as inventory_urls
+from apps.jobs import dashboard
+from apps.pools import urls as pool_urls
+
+# The admin pages live in the apps that own their data; together they keep the manage/ prefix
+# and the one "adminui" URL namespace they have always been reversed by.
+manage_pages = [*pool_urls.urlpatterns, *audit_urls.urlpatterns, *inventory_urls.urlpatterns]
+
 urlpatterns = [
     path("", include("apps.accounts.urls")),  # sign-in and sign-out, local and directory
+    path("admin/r/<str:content_type_id>/<path:object_id>/", admin.site.admin_view(dashboard.admin_shortcut)),
     path("admin/", admin.site.urls),
-    path("django-rq/", include("django_rq.urls")),
+    path("django-rq/", include(dashboard.urls())),  # django_rq.urls, with 404s for ids that do not exist
     path("", include("apps.firstboot.urls")),  # before manage/: its pages live under /manage/ too
-    path("manage/", include("apps.adminui.urls")),
+    path("manage/", include((manage_pages, "adminui"))),
     path("", include("apps.api.urls")),
     path("", include("apps.leases.urls")),
-    path("", include("apps.ui.urls")),
+    path("", include("apps.core.urls")),  # healthz
 ]

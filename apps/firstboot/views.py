@@ -10,10 +10,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from apps.adminui.permissions import admin_required
 from apps.audit import services as audit
 from apps.core.errors import VmPortalError
 from apps.core.htmx import htmx_partial
+from apps.core.permissions import admin_required
 from apps.firstboot import services
 from apps.firstboot.forms import AddressRangeForm, PoolFirstBootForm, SSHKeyForm
 from apps.firstboot.models import AddressRange, PoolFirstBoot, SSHKey

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.db.models import Count, QuerySet
+from django.utils import timezone
 
 from apps.inventory.models import Cluster, Host, HostLoadSample
 from apps.vsphere.placement import HostCandidate
@@ -27,3 +32,79 @@ def host_candidates(cluster: Cluster | int) -> list[HostCandidate]:
 def load_history(host: Host, *, limit: int = 288) -> QuerySet[HostLoadSample]:
     """The host's newest load samples, newest first (for charts)."""
     return host.load_samples.order_by("-at")[:limit]
+
+
+# --- host load ---------------------------------------------------------------------------
+
+SPARK_W, SPARK_H = 120, 24
+
+
+def sparkline_points(values: list[float | None], *, width: int = SPARK_W, height: int = SPARK_H) -> str:
+    """SVG polyline points for percentages 0–100, oldest first; unknown samples are skipped."""
+    if not values:
+        return ""
+    step = width / max(1, len(values) - 1)
+    points = []
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        v = max(0.0, min(100.0, v))
+        points.append(f"{i * step:.1f},{height - v * height / 100:.1f}")
+    return " ".join(points)
+
+
+def _pct(used: int | None, capacity: int | None) -> float | None:
+    if used is None or not capacity:
+        return None
+    return 100.0 * used / capacity
+
+
+@dataclass
+class HostRow:
+    host: Host
+    vm_count: int
+    cpu_points: str = ""
+    mem_points: str = ""
+
+    @property
+    def badges(self) -> list[tuple[str, str]]:
+        h = self.host
+        out = []
+        if h.connection_state != "connected":
+            out.append(("bad", h.connection_state))
+        if h.in_maintenance:
+            out.append(("warn", "maintenance"))
+        if h.config_issues:
+            out.append(("warn", f"{h.config_issues} config issue{'s' if h.config_issues != 1 else ''}"))
+        if h.overall_status in ("red", "yellow"):
+            out.append(("bad" if h.overall_status == "red" else "warn", f"status {h.overall_status}"))
+        return out
+
+
+@dataclass
+class ClusterLoad:
+    cluster: Cluster | None
+    hosts: list[HostRow] = field(default_factory=list)
+
+
+def host_load(*, window: timedelta = timedelta(hours=1)) -> list[ClusterLoad]:
+    """Every host by cluster, with VM counts and the last ``window`` of load, in three queries."""
+    hosts = list(
+        Host.objects.select_related("cluster", "vcenter")
+        .annotate(vm_count=Count("vms"))
+        .order_by("cluster__name", "name")
+    )
+    since = timezone.now() - window
+    samples: dict[int, list[HostLoadSample]] = defaultdict(list)
+    for s in HostLoadSample.objects.filter(host__in=[h.pk for h in hosts], at__gte=since).order_by("at"):
+        samples[s.host_id].append(s)
+    groups: dict[int | None, ClusterLoad] = {}
+    for h in hosts:
+        group = groups.setdefault(h.cluster_id, ClusterLoad(cluster=h.cluster))
+        history = samples.get(h.pk, [])
+        group.hosts.append(HostRow(
+            host=h, vm_count=h.vm_count,
+            cpu_points=sparkline_points([_pct(s.cpu_usage_mhz, h.cpu_capacity_mhz) for s in history]),
+            mem_points=sparkline_points([_pct(s.memory_usage_mb, h.memory_capacity_mb) for s in history]),
+        ))
+    return list(groups.values())

@@ -3,6 +3,7 @@ from django.urls import path
 from apps.leases import views
 
 urlpatterns = [
+    path("", views.home, name="home"),
     path("checkout", views.checkout_many, name="checkout-many"),
     path("pools/<slug:pool_name>/checkout", views.checkout, name="checkout"),
     path("pools/<slug:pool_name>/ondemand", views.request_on_demand, name="ondemand-create"),

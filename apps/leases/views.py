@@ -20,6 +20,7 @@ from apps.core.htmx import htmx_partial, render_polled
 from apps.leases import ondemand, services
 from apps.leases.models import Lease, OnDemandRequest
 from apps.pools.models import Pool
+from apps.pools.selectors import pools_with_counts
 
 EXTEND_CHOICES = {"1": timedelta(hours=1), "4": timedelta(hours=4), "24": timedelta(hours=24)}
 
@@ -36,6 +37,13 @@ class MultiCheckoutForm(forms.Form):
         self.fields["count"].max_value = limit
         self.fields["count"].validators.append(MaxValueValidator(limit))
         self.fields["count"].widget.attrs["max"] = limit
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """The start page: every enabled pool with its ready VMs, to check out from (polled for counts)."""
+    pools = pools_with_counts().filter(enabled=True)
+    template = "leases/partials/_pool_rows.html" if htmx_partial(request) else "leases/home.html"
+    return render(request, template, {"pools": pools, "max_per_checkout": settings.VMPORTAL_MAX_VMS_PER_CHECKOUT})
 
 
 @require_POST

@@ -1,8 +1,8 @@
 from django.contrib import admin
 
-from apps.adminui.forms import PoolForm
 from apps.pools import models
 from apps.pools import reconfigure as services
+from apps.pools.forms import PoolForm
 
 
 class TemplateCopyInline(admin.TabularInline):

@@ -6,7 +6,7 @@ import yaml
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from apps.adminui.importer import import_config
+from apps.pools.importer import import_config
 
 
 class _DryRun(Exception):

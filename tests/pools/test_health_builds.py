@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from apps.pools.models import Template, TemplateBuild, TemplateStatus
 from tests import factories
-from tests.adminui.test_template_jobs import run_worker
 from tests.live import GUEST, make_pool, site
+from tests.pools.test_template_jobs import run_worker
 
 S = TemplateBuild.Status
 

@@ -11,14 +11,3 @@ register = template.Library()
 def is_portal_admin(user) -> bool:
     """The same rule the admin pages enforce (superuser or admin group), for nav links."""
     return bool(user and user.is_authenticated and is_admin(user))
-
-
-@register.filter
-def percent_class(value: float | None) -> str:
-    if value is None:
-        return "unknown"
-    if value >= 90:
-        return "bad"
-    if value >= 75:
-        return "warn"
-    return "ok"

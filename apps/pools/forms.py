@@ -1,12 +1,11 @@
-from __future__ import annotations
+"""Forms of the pool and template pages (and Django admin's pool form)."""
 
-from datetime import datetime, time, timedelta
+from __future__ import annotations
 
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
-from django.utils import timezone
 
 from apps.core.errors import VmPortalError
 from apps.core.fields import AsciiDurationField, AsciiIntegerField
@@ -101,32 +100,6 @@ class ReconfigureForm(forms.Form):
         d = self.cleaned_data
         return services.PoolShape(size=d["size"], template_id=d["template"].pk, cluster_id=d["cluster"].pk,
                                   enabled=self.pool.enabled)
-
-
-class AuditFilterForm(forms.Form):
-    actor = forms.CharField(required=False, max_length=150)
-    action = forms.CharField(required=False, max_length=64, help_text='A prefix such as "pool." works too.')
-    pool = forms.ModelChoiceField(queryset=Pool.objects.order_by("name"), required=False)
-    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    until = forms.DateField(required=False, label="To (inclusive)", widget=forms.DateInput(attrs={"type": "date"}))
-    q = forms.CharField(required=False, max_length=200, label="Search")
-
-    def clean(self):
-        data = super().clean()
-        if data.get("since") and data.get("until") and data["since"] > data["until"]:
-            raise ValidationError("The start date is after the end date.")
-        return data
-
-    def filters(self) -> dict:
-        d = self.cleaned_data
-        tz = timezone.get_current_timezone()
-        since = timezone.make_aware(datetime.combine(d["since"], time.min), tz) if d.get("since") else None
-        until = (
-            timezone.make_aware(datetime.combine(d["until"], time.min), tz) + timedelta(days=1)
-            if d.get("until") else None
-        )
-        return {"actor": d.get("actor", "").strip(), "action": d.get("action", "").strip(), "pool": d.get("pool"),
-                "since": since, "until": until, "q": d.get("q", "").strip()}
 
 
 class InventoryTemplateChoice(forms.ModelChoiceField):

@@ -15,8 +15,8 @@ from apps.pools.models import VM, Template, TemplateBuild, TemplateStatus, VMSta
 from apps.vsphere import operations as ops
 from apps.vsphere.session import Endpoint, connect
 from apps.vsphere.types import CloneSpec
-from tests.adminui.test_template_jobs import run_worker, vm_in_vsphere
 from tests.live import GUEST, make_pool, settle, site
+from tests.pools.test_template_jobs import run_worker, vm_in_vsphere
 
 pytestmark = [pytest.mark.vcsim, pytest.mark.django_db(transaction=True)]
 

@@ -16,8 +16,8 @@ from apps.jobs.models import Job
 from apps.pools.manager import reconcile_all
 from apps.pools.models import Template, TemplateStatus
 from apps.pools.templates import sweep_uploads
-from tests.adminui.test_template_jobs import deploy_fields, run_worker
 from tests.live import site
+from tests.pools.test_template_jobs import deploy_fields, run_worker
 from tests.vsphere.test_templates import ova_bytes
 
 DAY = 24 * 3600

@@ -1,8 +1,8 @@
+"""Pool, template and health pages, under manage/ (vmportal/urls.py)."""
+
 from django.urls import path
 
-from apps.adminui import views
-
-app_name = "adminui"
+from apps.pools import views
 
 urlpatterns = [
     path("", views.pool_list, name="pools"),
@@ -12,10 +12,6 @@ urlpatterns = [
     path("pools/<int:pool_id>/reconfigure/", views.pool_reconfigure, name="pool-reconfigure"),
     path("pools/<int:pool_id>/drain/", views.pool_drain, name="pool-drain"),
     path("pools/<int:pool_id>/reset/", views.pool_reset, name="pool-reset"),
-    path("audit/", views.audit_list, name="audit"),
-    path("audit/export.csv", views.audit_export, name="audit-export"),
-    path("audit/<int:event_id>/", views.audit_detail, name="audit-detail"),
-    path("hosts/", views.host_load, name="hosts"),
     path("templates/", views.template_list, name="templates"),
     path("templates/deploy/", views.template_deploy, name="template-deploy"),
     path("templates/<int:template_id>/", views.template_detail, name="template-detail"),

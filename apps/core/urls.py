@@ -1,8 +1,7 @@
 from django.urls import path
 
-from apps.ui import views
+from apps.core import views
 
 urlpatterns = [
-    path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
 ]

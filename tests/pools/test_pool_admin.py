@@ -16,7 +16,6 @@ from apps.pools import reconfigure as services
 from apps.pools.manager import reconcile_pool
 from apps.pools.models import Pool, TemplateCopy, TemplateStatus, VMState
 from tests import factories
-from tests.adminui.conftest import make_host
 
 pytestmark = pytest.mark.django_db
 
@@ -171,7 +170,7 @@ def test_create_pool_explains_every_problem(client, admin_user, ready_pool):
 
 
 def test_create_pool_with_valid_input(client, admin_user, ready_pool):
-    host = make_host(ready_pool.cluster)
+    host = factories.host(ready_pool.cluster)
     ds = Datastore.objects.create(vcenter=ready_pool.cluster.vcenter, datacenter=ready_pool.cluster.datacenter,
                                   moid="datastore-1", name="shared-ds")
     host.datastores.add(ds)
@@ -241,7 +240,7 @@ def test_reconfigure_is_serialised_per_pool_and_sees_the_committed_row(ready_poo
 def test_cluster_change_drains_vms_of_the_old_cluster_by_host_or_claim(ready_pool):
     old, new = ready_pool.cluster, factories.cluster(ready_pool.template.vcenter)
     TemplateCopy.objects.create(template=ready_pool.template, cluster=new, moid="vm-2", status=TemplateStatus.READY)
-    host_in_old = make_host(old)
+    host_in_old = factories.host(old)
     by_claim = factories.vm(ready_pool, state=VMState.READY, cluster=old)  # no host known yet
     by_host = factories.vm(ready_pool, state=VMState.READY, host=host_in_old)  # a row from before VM.cluster
     unknown = factories.vm(ready_pool, state=VMState.READY)  # nowhere known: left alone

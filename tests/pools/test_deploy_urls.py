@@ -17,8 +17,8 @@ from django.urls import reverse
 from apps.jobs.models import Job
 from apps.pools.downloads import PackageDownload, PackageTooLarge, UrlPolicy, UrlRefused, check_url
 from apps.pools.models import Template, TemplateStatus
-from tests.adminui.test_template_jobs import deploy_fields, run_worker, vm_in_vsphere
 from tests.live import site
+from tests.pools.test_template_jobs import deploy_fields, run_worker, vm_in_vsphere
 from tests.vsphere.test_templates import DISK, OVF, ova_bytes
 
 METADATA = "http://169.254.169.254/latest/meta-data/x.ova"

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.adminui import selectors
+from apps.audit import selectors
 from apps.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db

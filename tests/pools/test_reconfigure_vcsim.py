@@ -11,8 +11,8 @@ from apps.inventory.models import Cluster
 from apps.leases import services as leases
 from apps.pools.models import VM, Pool, TemplateStatus, VMState
 from apps.pools.templates import register_template, start_copy_to_cluster
-from tests.adminui.test_template_jobs import run_worker
 from tests.live import GUEST, make_pool, settle, site, vms_in_folder
+from tests.pools.test_template_jobs import run_worker
 
 pytestmark = [pytest.mark.vcsim, pytest.mark.django_db(transaction=True)]
 

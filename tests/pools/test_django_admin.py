@@ -14,7 +14,7 @@ from apps.audit.models import AuditEvent
 from apps.leases.models import GroupLeaseLimit, Lease
 from apps.pools.models import Pool, VMState
 from tests import factories
-from tests.adminui.test_pool_admin import _create_form, pool_folder
+from tests.pools.test_pool_admin import _create_form, pool_folder
 
 pytestmark = pytest.mark.django_db
 

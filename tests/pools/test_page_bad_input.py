@@ -13,8 +13,8 @@ from django.urls import reverse
 
 from apps.audit.models import AuditEvent
 from apps.pools.models import Pool
-from tests.adminui.conftest import make_host
-from tests.adminui.test_pool_admin import _create_form, pool_folder
+from tests import factories
+from tests.pools.test_pool_admin import _create_form, pool_folder
 
 pytestmark = pytest.mark.django_db
 
@@ -66,8 +66,8 @@ def test_pool_edit_form_refuses_absurd_values_and_changes_nothing(client, admin_
 
 
 def test_memory_above_the_clusters_largest_host_is_refused_naming_it(client, admin_user, ready_pool):
-    make_host(ready_pool.cluster, memory_capacity_mb=65_536)
-    make_host(ready_pool.cluster, memory_capacity_mb=131_072)
+    factories.host(ready_pool.cluster, memory_capacity_mb=65_536)
+    factories.host(ready_pool.cluster, memory_capacity_mb=131_072)
     client.force_login(admin_user)
     response = client.post(reverse("adminui:pool-create"), _create_form(ready_pool, memory_mb="200000"))
     assert response.status_code == 400

@@ -2,19 +2,9 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
-
-from apps.pools.selectors import pools_with_counts
-
-
-def home(request: HttpRequest) -> HttpResponse:
-    pools = pools_with_counts().filter(enabled=True)
-    template = "leases/partials/_pool_rows.html" if request.htmx and not request.htmx.boosted else "leases/home.html"
-    return render(request, template, {"pools": pools, "max_per_checkout": settings.VMPORTAL_MAX_VMS_PER_CHECKOUT})
+from django.http import HttpRequest, JsonResponse
 
 
 @login_not_required

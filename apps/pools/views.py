@@ -1,22 +1,24 @@
-"""Admin pages. Each page view also serves its live partial to HTMX polls (STYLE.md)."""
+"""Pool and template pages for admins, and the system health page. Each page view also
+serves its live partial to htmx polls (STYLE.md)."""
 
 from __future__ import annotations
-
-import csv
-import json
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.adminui import selectors
-from apps.adminui.forms import (
-    AuditFilterForm,
+from apps.audit.models import AuditEvent
+from apps.core.errors import VmPortalError
+from apps.core.htmx import htmx_partial, render_polled
+from apps.core.permissions import admin_required
+from apps.jobs.models import Job
+from apps.pools import reconfigure as services
+from apps.pools.forms import (
     CaptureVMForm,
     CopyTemplateForm,
     DeployOvfForm,
@@ -25,19 +27,21 @@ from apps.adminui.forms import (
     ReconfigureForm,
     RegisterTemplateForm,
 )
-from apps.adminui.permissions import admin_required
-from apps.adminui.uploads import LimitedDiskUploadHandler, StoredUpload
-from apps.audit.export import csv_row
-from apps.audit.models import AuditEvent
-from apps.core.errors import VmPortalError
-from apps.jobs.models import Job
-from apps.pools import reconfigure as services
+from apps.pools.health import system_health, system_health_json
 from apps.pools.models import VM, Pool, Template, TemplateBuild
 from apps.pools.selectors import pools_with_counts
-
-
-def _polled(request: HttpRequest) -> bool:
-    return bool(request.htmx) and not request.htmx.boosted
+from apps.pools.templates import (
+    DeployTarget,
+    discard_build,
+    forget_failed_template,
+    register_template,
+    request_capture,
+    start_copy_to_cluster,
+    start_derive,
+    start_ovf_deploy,
+    start_vm_capture,
+)
+from apps.pools.uploads import LimitedDiskUploadHandler, StoredUpload
 
 
 def _validation_messages(exc: ValidationError) -> list[str]:
@@ -53,7 +57,7 @@ def _validation_messages(exc: ValidationError) -> list[str]:
 @require_GET
 def pool_list(request: HttpRequest) -> HttpResponse:
     pools = pools_with_counts().select_related("template", "cluster")
-    template = "pools/partials/_pool_rows.html" if _polled(request) else "pools/pool_list.html"
+    template = "pools/partials/_pool_rows.html" if htmx_partial(request) else "pools/pool_list.html"
     return render(request, template, {"pools": pools})
 
 
@@ -168,79 +172,7 @@ def pool_reset(request: HttpRequest, pool_id: int) -> HttpResponse:
     return redirect("adminui:pool-detail", pool_id=pool_id)
 
 
-# --- audit log ---------------------------------------------------------------------------
-
-
-def _audit_events(request: HttpRequest):
-    form = AuditFilterForm(request.GET or None)
-    if form.is_bound and form.is_valid():
-        return form, selectors.filter_audit(**form.filters())
-    if form.is_bound:
-        return form, AuditEvent.objects.none()
-    return form, selectors.filter_audit()
-
-
-@admin_required
-@require_GET
-def audit_list(request: HttpRequest) -> HttpResponse:
-    form, events = _audit_events(request)
-    page = selectors.audit_page(events, after=request.GET.get("after", ""))
-    params = request.GET.copy()
-    params.pop("after", None)
-    query = params.urlencode()
-    ctx = {"form": form, "page": page, "query": query,
-           "first_page": not request.GET.get("after")}
-    template = "audit/partials/_audit_rows.html" if _polled(request) else "audit/audit_list.html"
-    return render(request, template, ctx, status=400 if form.errors else 200)
-
-
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
-@admin_required
-@require_GET
-def audit_export(request: HttpRequest) -> HttpResponse:
-    form, events = _audit_events(request)
-    if form.errors:
-        return render(request, "audit/audit_list.html",
-                      {"form": form, "page": selectors.Page([], None), "query": "", "first_page": True}, status=400)
-    writer = csv.writer(_Echo())
-
-    def rows():
-        yield writer.writerow(["at", "actor", "action", "target_type", "target_id", "target", "pool_id",
-                               "request_id", "message", "before", "after"])
-        # iterator(): constant memory however many rows match.
-        for e in events.iterator(chunk_size=2000):
-            yield writer.writerow(csv_row([
-                e.at.isoformat(), e.actor_name, e.action, e.target_type, e.target_id, e.target_repr,
-                e.pool_id or "", e.request_id, e.message,
-                json.dumps(e.before, sort_keys=True) if e.before is not None else "",
-                json.dumps(e.after, sort_keys=True) if e.after is not None else "",
-            ]))
-
-    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = 'attachment; filename="vmportal-audit.csv"'
-    return response
-
-
-@admin_required
-@require_GET
-def audit_detail(request: HttpRequest, event_id: int) -> HttpResponse:
-    event = get_object_or_404(AuditEvent, pk=event_id)
-    return render(request, "audit/audit_detail.html", {"event": event, "diff": selectors.audit_diff(event)})
-
-
-# --- hosts, templates, health ----------------------------------------------------------
-
-
-@admin_required
-@require_GET
-def host_load(request: HttpRequest) -> HttpResponse:
-    ctx = {"clusters": selectors.host_load(), "spark_w": selectors.SPARK_W, "spark_h": selectors.SPARK_H}
-    template = "inventory/partials/_hosts.html" if _polled(request) else "inventory/host_load.html"
-    return render(request, template, ctx)
+# --- templates, health ----------------------------------------------------------
 
 
 def _templates_context(form: RegisterTemplateForm | None = None, deploy_form: DeployOvfForm | None = None) -> dict:
@@ -256,8 +188,6 @@ def template_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = RegisterTemplateForm(request.POST)
         if form.is_valid():
-            from apps.pools.templates import register_template
-
             d = form.cleaned_data
             try:
                 template = register_template(vcenter=d["vcenter"], name=d["name"],
@@ -268,7 +198,7 @@ def template_list(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Template {template.name} registered; preparing it now.")
                 return redirect("adminui:templates")
         return render(request, "pools/template_list.html", _templates_context(form), status=400)
-    if _polled(request):
+    if htmx_partial(request):
         return render(request, "pools/partials/_template_rows.html", _templates_context())
     return render(request, "pools/template_list.html", _templates_context())
 
@@ -276,16 +206,16 @@ def template_list(request: HttpRequest) -> HttpResponse:
 @admin_required
 @require_GET
 def health(request: HttpRequest) -> HttpResponse:
-    facts = selectors.system_health()
-    template = "pools/partials/_health.html" if _polled(request) else "pools/health.html"
+    facts = system_health()
+    template = "pools/partials/_health.html" if htmx_partial(request) else "pools/health.html"
     return render(request, template, {"facts": facts, "json_url": reverse("adminui:health-json")})
 
 
 @admin_required
 @require_GET
 def health_json(request: HttpRequest) -> JsonResponse:
-    facts = selectors.system_health()
-    return JsonResponse(selectors.system_health_json(facts), status=200 if facts["ok"] else 503)
+    facts = system_health()
+    return JsonResponse(system_health_json(facts), status=200 if facts["ok"] else 503)
 
 
 # --- templates: deploy, detail, derive, capture -----------------------------------------------
@@ -309,8 +239,6 @@ def _template_deploy(request: HttpRequest, handler: LimitedDiskUploadHandler) ->
     form = DeployOvfForm(request.POST, request.FILES, upload_error=handler.error)
     upload = request.FILES.get("file")
     if form.is_valid():
-        from apps.pools.templates import DeployTarget, start_ovf_deploy
-
         d = form.cleaned_data
         try:
             template = start_ovf_deploy(
@@ -360,9 +288,8 @@ def _template_detail_context(template: Template, derive_form: DeriveTemplateForm
 def template_detail(request: HttpRequest, template_id: int) -> HttpResponse:
     template = get_object_or_404(Template.objects.select_related("vcenter", "parent"), pk=template_id)
     ctx = _template_detail_context(template)
-    if _polled(request):
-        # 286 tells HTMX to stop polling: the deploy or build has settled.
-        return render(request, "pools/partials/_template_live.html", ctx, status=200 if ctx["in_flight"] else 286)
+    if htmx_partial(request):
+        return render_polled(request, "pools/partials/_template_live.html", ctx, settled=not ctx["in_flight"])
     return render(request, "pools/template_detail.html", ctx)
 
 
@@ -372,8 +299,6 @@ def template_derive(request: HttpRequest, template_id: int) -> HttpResponse:
     source = get_object_or_404(Template.objects.select_related("vcenter"), pk=template_id)
     form = DeriveTemplateForm(request.POST, source=source)
     if form.is_valid():
-        from apps.pools.templates import start_derive
-
         d = form.cleaned_data
         try:
             build = start_derive(source=source, cluster=d["cluster"], name=d["name"], os_name=d["os_name"],
@@ -393,8 +318,6 @@ def template_copy(request: HttpRequest, template_id: int) -> HttpResponse:
     template = get_object_or_404(Template.objects.select_related("vcenter"), pk=template_id)
     form = CopyTemplateForm(request.POST, template=template)
     if form.is_valid():
-        from apps.pools.templates import start_copy_to_cluster
-
         try:
             copy = start_copy_to_cluster(template=template, cluster=form.cleaned_data["cluster"])
         except VmPortalError as exc:
@@ -410,8 +333,6 @@ def template_copy(request: HttpRequest, template_id: int) -> HttpResponse:
 @admin_required
 @require_POST
 def template_forget(request: HttpRequest, template_id: int) -> HttpResponse:
-    from apps.pools.templates import forget_failed_template
-
     template = get_object_or_404(Template, pk=template_id)
     try:
         name = forget_failed_template(template_id=template.pk)
@@ -438,16 +359,12 @@ def _build_action(request: HttpRequest, build_id: int, action) -> HttpResponse:
 @admin_required
 @require_POST
 def build_capture(request: HttpRequest, build_id: int) -> HttpResponse:
-    from apps.pools.templates import request_capture
-
     return _build_action(request, build_id, request_capture)
 
 
 @admin_required
 @require_POST
 def build_discard(request: HttpRequest, build_id: int) -> HttpResponse:
-    from apps.pools.templates import discard_build
-
     return _build_action(request, build_id, discard_build)
 
 
@@ -457,8 +374,6 @@ def vm_capture(request: HttpRequest, vm_id: int) -> HttpResponse:
     vm = get_object_or_404(VM.objects.select_related("template", "pool", "vcenter"), pk=vm_id)
     form = CaptureVMForm(request.POST or None, vm=vm)
     if request.method == "POST" and form.is_valid():
-        from apps.pools.templates import start_vm_capture
-
         try:
             build = start_vm_capture(vm=vm, name=form.cleaned_data["name"], os_name=form.cleaned_data["os_name"],
                                      user=request.user)

@@ -1,0 +1,19 @@
+"""The host load page for admins: every host by cluster, its state and the last hour of load."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from apps.core.htmx import htmx_partial
+from apps.core.permissions import admin_required
+from apps.inventory import selectors
+
+
+@admin_required
+@require_GET
+def host_load(request: HttpRequest) -> HttpResponse:
+    ctx = {"clusters": selectors.host_load(), "spark_w": selectors.SPARK_W, "spark_h": selectors.SPARK_H}
+    template = "inventory/partials/_hosts.html" if htmx_partial(request) else "inventory/host_load.html"
+    return render(request, template, ctx)
