@@ -43,6 +43,8 @@ from apps.pools.templates import (
 )
 from apps.pools.uploads import LimitedDiskUploadHandler, StoredUpload
 
+IN_FLIGHT = ("pending", "deploying", "preparing")  # template and copy statuses that move by themselves
+
 
 def _validation_messages(exc: ValidationError) -> list[str]:
     if hasattr(exc, "message_dict"):
@@ -176,9 +178,11 @@ def pool_reset(request: HttpRequest, pool_id: int) -> HttpResponse:
 
 
 def _templates_context(form: RegisterTemplateForm | None = None, deploy_form: DeployOvfForm | None = None) -> dict:
-    templates = (Template.objects.select_related("vcenter", "parent").prefetch_related("copies__cluster")
-                 .order_by("name"))
-    return {"templates": templates, "form": form or RegisterTemplateForm(),
+    templates = list(Template.objects.select_related("vcenter", "parent").prefetch_related("copies__cluster")
+                     .order_by("name"))
+    # Once no template or copy is on its way, nothing on the list changes by itself: no polling.
+    in_flight = any(t.status in IN_FLIGHT or any(c.status in IN_FLIGHT for c in t.copies.all()) for t in templates)
+    return {"templates": templates, "in_flight": in_flight, "form": form or RegisterTemplateForm(),
             "deploy_form": deploy_form or DeployOvfForm()}
 
 
@@ -199,7 +203,8 @@ def template_list(request: HttpRequest) -> HttpResponse:
                 return redirect("adminui:templates")
         return render(request, "pools/template_list.html", _templates_context(form), status=400)
     if htmx_partial(request):
-        return render(request, "pools/partials/_template_rows.html", _templates_context())
+        ctx = _templates_context()
+        return render_polled(request, "pools/partials/_template_rows.html", ctx, settled=not ctx["in_flight"])
     return render(request, "pools/template_list.html", _templates_context())
 
 
@@ -219,9 +224,6 @@ def health_json(request: HttpRequest) -> JsonResponse:
 
 
 # --- templates: deploy, detail, derive, capture -----------------------------------------------
-
-IN_FLIGHT = ("pending", "deploying", "preparing")
-
 
 @csrf_exempt  # only so the upload handler can be swapped before the body is read; see below
 @admin_required

@@ -106,3 +106,22 @@ def test_health_links_failed_jobs(client, admin_user, monkeypatch):
     client.force_login(admin_user)
     body = client.get(reverse("adminui:health")).content.decode()
     assert reverse("django_rq:failed_jobs", args=[0]) in body
+
+
+def test_templates_poll_stops_once_no_template_or_copy_is_on_its_way(client, admin_user, ready_pool):
+    client.force_login(admin_user)
+    url = reverse("adminui:templates")
+    # Every template and copy is ready: nothing on the list changes by itself.
+    assert 'hx-trigger="every' not in client.get(url).content.decode()
+    settled = client.get(url, HTTP_HX_REQUEST="true")
+    assert settled.status_code == 286 and ready_pool.template.name in settled.content.decode()
+
+    other_cluster = factories.cluster(ready_pool.template.vcenter)
+    copy = TemplateCopy.objects.create(template=ready_pool.template, cluster=other_cluster,
+                                       status=TemplateStatus.DEPLOYING, progress=10)
+    assert 'hx-trigger="every' in client.get(url).content.decode()
+    assert client.get(url, HTTP_HX_REQUEST="true").status_code == 200  # htmx keeps polling
+
+    copy.status = TemplateStatus.READY
+    copy.save(update_fields=["status"])
+    assert client.get(url, HTTP_HX_REQUEST="true").status_code == 286
