@@ -147,7 +147,7 @@ def copy_failed(job: Job, reason: str) -> None:
 runner.compensate(*TEMPLATE_JOB_KINDS, on_lost=job_lost)
 
 
-UPLOAD_NAME = re.compile(r"[0-9a-f]{32}-.+")  # what apps/adminui/uploads.py names a stored upload
+UPLOAD_NAME = re.compile(r"[0-9a-f]{32}-.+")  # what apps/pools/uploads.py names a stored upload
 
 
 def sweep_uploads(*, now: float | None = None) -> list[Path]:
