@@ -12,7 +12,7 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.forms import AuthenticationForm
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, resolve_url
 from django.utils.decorators import method_decorator
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
@@ -71,6 +71,12 @@ class LogoutView(auth_views.LogoutView):
         return HttpResponseRedirect(f"{endpoint}?{urlencode(params)}")
 
 
+def _require_oidc() -> None:
+    if not oidc.enabled():
+        raise Http404("Signing in with single sign-on (OIDC) is not set up here; sign in with your account "
+                      "on the sign-in page.")
+
+
 @method_decorator(login_not_required, name="dispatch")
 class OIDCAuthenticateView(OIDCAuthenticationRequestView):
     """Sends the browser to the provider (with PKCE); endpoints are discovered here, not at start-up."""
@@ -81,6 +87,7 @@ class OIDCAuthenticateView(OIDCAuthenticationRequestView):
         super(OIDCAuthenticationRequestView, self).__init__(**kwargs)
 
     def get(self, request: HttpRequest) -> HttpResponse:
+        _require_oidc()
         try:
             self.OIDC_OP_AUTH_ENDPOINT = self.get_settings("OIDC_OP_AUTHORIZATION_ENDPOINT")
         except oidc.ProviderUnavailable as exc:
@@ -101,6 +108,7 @@ class OIDCCallbackView(OIDCAuthenticationCallbackView):
         return resolve_url("login")
 
     def get(self, request: HttpRequest) -> HttpResponse:
+        _require_oidc()
         name = oidc.provider_name()
         try:
             return super().get(request)

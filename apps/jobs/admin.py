@@ -1,7 +1,10 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
+from apps.jobs import dashboard
 from apps.jobs.models import Job
+
+dashboard.register(admin.site)
 
 
 @admin.register(Job)
