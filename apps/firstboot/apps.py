@@ -11,8 +11,11 @@ class FirstBootConfig(AppConfig):
 
         from apps.firstboot import services  # noqa: PLC0415
         from apps.leases.models import Lease  # noqa: PLC0415
+        from apps.pools import guest_setup
 
         # A checkout creates the lease; the lessee's SSH keys follow through guest
         # operations. A signal keeps the hook out of the checkout service itself.
         post_save.connect(services.lease_created, sender=Lease, dispatch_uid="firstboot-lease-keys")
+        # Clones get their addresses, seeds and readiness checks from here (pools sit below).
+        guest_setup.register(services)
         from apps.firstboot import api  # noqa: F401, PLC0415 - registers the native API route

@@ -20,14 +20,14 @@ import pycdlib
 import yaml
 from django.template import Context, Engine, TemplateSyntaxError
 
-from apps.core.errors import VmPortalError
+from apps.pools.guest_setup import GuestSetupError
 
 # Admin templates render YAML, not HTML: no autoescaping, and a missing variable is an
 # empty string rather than an error, as in Django pages.
 _ENGINE = Engine(autoescape=False)
 
 
-class FirstBootError(VmPortalError):
+class FirstBootError(GuestSetupError):
     """The pool's first-boot configuration cannot produce what a clone needs."""
 
     permanent = True

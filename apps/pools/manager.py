@@ -31,11 +31,10 @@ from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.core.states import TransitionError
-from apps.firstboot import services as firstboot
 from apps.inventory.models import Folder, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
-from apps.pools import templates
+from apps.pools import guest_setup, templates
 from apps.pools.instance import instance_id
 from apps.pools.models import VM, Pool, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
 
@@ -372,7 +371,7 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
         if n <= 0:
             return []
         # Fixed addresses are handed out in this same transaction (fewer VMs if the range runs out).
-        return firstboot.allocate_addresses(pool, VM.objects.bulk_create(
+        return guest_setup.guest().allocate_addresses(pool, VM.objects.bulk_create(
             VM(vcenter=vcenter, pool=pool, template=pool.template, cluster_id=pool.cluster_id,
                name=new_vm_name(pool), tries=1, on_demand=on_demand)
             for _ in range(n)

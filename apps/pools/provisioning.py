@@ -16,11 +16,10 @@ from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.core.states import TransitionError
-from apps.firstboot import services as firstboot
 from apps.inventory.models import Folder
 from apps.jobs import runner
 from apps.jobs.models import Job
-from apps.pools import instance, nudge, placement
+from apps.pools import guest_setup, instance, nudge, placement
 from apps.pools.manager import (
     PURGE_EVERY,
     Stray,
@@ -115,8 +114,8 @@ def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters: Execu
     try:
         source = placement.template_copy_for(pool)
         hosts = placement.choose_hosts(pool, len(batch))
-        boot = firstboot.plan_clones(pool, batch)  # passwords, user-data, seed ISOs (database only)
-    except (placement.NoPlacement, firstboot.FirstBootError) as exc:
+        boot = guest_setup.guest().plan_clones(pool, batch)  # passwords, user-data, seed ISOs (database only)
+    except (placement.NoPlacement, guest_setup.GuestSetupError) as exc:
         for vm in batch:
             record_clone_failure(vm, str(exc), permanent=exc.permanent)
         return []
@@ -142,13 +141,13 @@ def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters: Execu
     ]
     try:
         with connect(endpoint) as conn:
-            firstboot.upload_seeds(conn, boot.values())
+            guest_setup.guest().upload_seeds(conn, boot.values())
             # Names are unique by the database constraint on live VMs: no FindChild needed.
             results = ops.clone_many(
                 conn, specs, check_names=False, executor=starters,
                 on_progress=(lambda i, percent: on_progress(batch[i], percent)) if on_progress else None,
             )
-            firstboot.discard_seeds(conn, [vm for vm, r in zip(batch, results, strict=True)
+            guest_setup.guest().discard_seeds(conn, [vm for vm, r in zip(batch, results, strict=True)
                                            if isinstance(r, VSphereError)])
     except VSphereError as exc:  # the session itself failed: nothing was started
         results = [exc] * len(batch)
@@ -185,8 +184,8 @@ def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: run
     """One look at every booting VM: usable ones become ready, overdue ones fail."""
     try:
         with connect(endpoint) as conn:
-            seen = ops.check_usable(conn, list(booting), expect=firstboot.expectations(booting.values()))
-            seen = firstboot.finish_usable(conn, booting, seen)  # ejects seed ISOs, scrubs user-data
+            seen = ops.check_usable(conn, list(booting), expect=guest_setup.guest().expectations(booting.values()))
+            seen = guest_setup.guest().finish_usable(conn, booting, seen)  # ejects seed ISOs, scrubs user-data
     except VSphereError as exc:
         seen = dict.fromkeys(booting, str(exc))
         if exc.outage:
@@ -241,7 +240,7 @@ def destroy_vm(vm_id: int, job: runner.JobContext) -> None:
             seen = bool(found)
         if moid:
             ops.destroy_vm(conn, moid, expected_owner=marker_for(vm))
-        firstboot.discard_seeds(conn, [vm])  # a seed ISO a failed clone or a crash left
+        guest_setup.guest().discard_seeds(conn, [vm])  # a seed ISO a failed clone or a crash left
     # The row, its address and its audit event change together: a worker killed in between
     # leaves the VM destroying (retried), never destroyed with its address still held.
     with transaction.atomic():
@@ -252,7 +251,7 @@ def destroy_vm(vm_id: int, job: runner.JobContext) -> None:
             return
         lands_by = vm.created_at + LATE_CLONE_BOUND  # its clone started after its row was made
         keep_back_until = lands_by if not seen and lands_by > timezone.now() else None
-        if firstboot.release(vm, keep_back_until=keep_back_until) and keep_back_until:
+        if guest_setup.guest().release(vm, keep_back_until=keep_back_until) and keep_back_until:
             job.log(f"{vm.name}: its clone was never seen; its address is kept back until {keep_back_until:%H:%M}")
         audit.record("vm.destroyed", target=vm, pool=vm.pool_id)
         if vm.pool_id:
@@ -266,7 +265,7 @@ def purge_folder(folder_id: int, job: runner.JobContext) -> None:
     never a VM that changed since the scan (see ``ops.destroy_if_owned``)."""
     folder = Folder.objects.select_related("vcenter").get(pk=folder_id)
     with connect(Endpoint.from_vcenter(folder.vcenter)) as conn:
-        if swept := firstboot.sweep_seeds(conn, vcenter_id=folder.vcenter_id):  # ISOs crashed workers left
+        if swept := guest_setup.guest().sweep_seeds(conn, vcenter_id=folder.vcenter_id):  # ISOs crashed workers left
             job.log(f"deleted {swept} stale seed ISOs")
         strays = find_strays(folder, ops.list_folder_vms(conn, folder.moid))
         for stray in strays:
