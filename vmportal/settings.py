@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "apps.leases",
     "apps.api",
     "apps.firstboot",
+    "apps.demo",
 ]
 
 MIDDLEWARE = [

@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from django.conf import settings
-from django.core.management import call_command
+from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandError
 
 from vmportal.config import env_int, env_str
@@ -74,8 +74,6 @@ class Command(BaseCommand):
 
     def optional_daemons(self) -> Iterator[tuple[str, str]]:
         """Long-running commands of other apps, present once those apps provide them."""
-        from django.core.management import get_commands
-
         commands = get_commands()
         for name, command in (("scheduler", "poolmanager"), ("watcher", "watch_inventory")):
             if command in commands:

@@ -13,6 +13,8 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.core.errors import VmPortalError
+from apps.firstboot.models import AddressRange, Delivery, Method, PoolFirstBoot, SSHKey
+from apps.firstboot.secrets import parse_public_key
 from apps.inventory.models import Cluster, Folder, VCenter
 from apps.inventory.services import sync_inventory
 from apps.pools.models import Pool
@@ -92,9 +94,6 @@ DEMO_ENGINEER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMpJUf0vm5yC+/EKyLYMG7B
 def seed_first_boot() -> None:
     """debian-12: guest customisation with fixed addresses; ubuntu-24-04: cloud-init from a seed
     ISO. Both set a per-VM password and take the engineer's key at checkout."""
-    from apps.firstboot.models import AddressRange, Delivery, Method, PoolFirstBoot, SSHKey  # noqa: PLC0415
-    from apps.firstboot.secrets import parse_public_key  # noqa: PLC0415
-
     ranges = {}
     for name, net, gateway in (("demo-lab", "10.21.0", "10.21.0.1"), ("demo-cloud", "10.22.0", "10.22.0.1")):
         ranges[name], _ = AddressRange.objects.update_or_create(name=name, defaults={
