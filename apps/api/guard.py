@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 import time
 from functools import cache
 
@@ -30,12 +31,20 @@ def _redis():
     # One client, and so one connection pool, per process (and Redis URL, which tests
     # switch): django_rq builds a new client (a new TCP connection, and a package-metadata
     # read for its client name) per call, which was a third of an API checkout's CPU.
-    return _client_for(settings.RQ_QUEUES["default"]["URL"])
+    url = settings.RQ_QUEUES["default"]["URL"]
+    client = _clients.get(url)
+    if client is None:
+        # Under a lock: a second client made by a racing thread would be garbage-collected,
+        # and a collected client closes the connections its pipelines are still using.
+        with _clients_lock:
+            client = _clients.get(url)
+            if client is None:
+                client = _clients[url] = django_rq.get_connection("default")
+    return client
 
 
-@cache
-def _client_for(url: str):
-    return django_rq.get_connection("default")
+_clients: dict[str, object] = {}
+_clients_lock = threading.Lock()
 
 
 @cache
@@ -77,7 +86,8 @@ def _over_limit(keys_and_limits: list[tuple[str, int]]) -> int | None:
     now = int(time.time())
     window = now - now % WINDOW
     try:
-        pipe = _redis().pipeline()
+        client = _redis()  # held until the pipeline is done with its connection
+        pipe = client.pipeline()
         for key, _ in keys_and_limits:
             full = f"{KEY_PREFIX}:{key}:{window}"
             pipe.incr(full)

@@ -18,4 +18,7 @@ class FirstBootConfig(AppConfig):
         post_save.connect(services.lease_created, sender=Lease, dispatch_uid="firstboot-lease-keys")
         # Clones get their addresses, seeds and readiness checks from here (pools sit below).
         guest_setup.register(services)
+        from apps.leases.signals import leases_inserted  # noqa: PLC0415
+
+        leases_inserted.connect(services.leases_inserted, sender=Lease, dispatch_uid="firstboot-checkout-keys")
         from apps.firstboot import api  # noqa: F401, PLC0415 - registers the native API route

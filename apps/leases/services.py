@@ -13,13 +13,17 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db import connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from apps.audit import services as audit
+from apps.audit.context import current_actor
+from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
 from apps.core.permissions import is_admin
 from apps.core.states import history_params, history_sql, record_history
 from apps.leases.models import GroupLeaseLimit, Lease, OnDemandRequest
+from apps.leases.signals import leases_inserted
 from apps.pools import nudge
 from apps.pools.manager import ReconcileReport, discard_vm
 from apps.pools.models import VM, Pool, VMState
@@ -62,6 +66,9 @@ def _checkout_sql() -> dict[str, str]:
     vm_columns = ", ".join(f.column for f in VM._meta.concrete_fields)
     move = f"""UPDATE {VM._meta.db_table} SET state = %s, state_changed_at = %s
                 WHERE id IN (SELECT id FROM picked) AND state = %s RETURNING {vm_columns}"""  # noqa: S608
+    lease_fields = ("vm", "pool", "user", "started_at", "expires_at", "end_reason", "note", "tags")
+    audit_fields = ("at", "actor", "actor_name", "action", "target_type", "target_id", "target_repr", "pool",
+                    "before", "after", "message", "request_id")
     move_and_log = f""", moved AS ({move}), logged AS ({history_sql(connection, object_id="id")} FROM moved)
             SELECT {vm_columns} FROM moved"""  # noqa: S608
     # Only table and column names from the models are formatted in; values are parameters.
@@ -84,7 +91,25 @@ def _checkout_sql() -> dict[str, str]:
                 SELECT id FROM {VM._meta.db_table} WHERE pool_id = %s AND state = %s AND NOT on_demand
                 ORDER BY ready_at, id LIMIT %s{lock_vms})
             {move_and_log if _history_in_statement() else move}""",  # noqa: S608
+        # PostgreSQL: the same, and the leases and their audit events, in one round trip.
+        "take_and_lease": f"""WITH picked AS MATERIALIZED (
+                SELECT id FROM {VM._meta.db_table} WHERE pool_id = %s AND state = %s AND NOT on_demand
+                ORDER BY ready_at, id LIMIT %s{lock_vms})
+            , moved AS ({move}), logged AS ({history_sql(connection, object_id="id")} FROM moved),
+            leased AS (INSERT INTO {Lease._meta.db_table} ({_columns(Lease, lease_fields)})
+                SELECT id, pool_id, %s, %s, %s, '', %s, %s::jsonb FROM moved RETURNING id, vm_id),
+            audited AS (INSERT INTO {AuditEvent._meta.db_table} ({_columns(AuditEvent, audit_fields)})
+                SELECT %s, %s, %s, %s, %s, l.id::text, left(m.name || %s, 255), m.pool_id, NULL,
+                       jsonb_build_object('vm', m.name, 'expires_at', %s::text), '', %s
+                FROM leased l JOIN moved m ON m.id = l.vm_id)
+            SELECT {", ".join(f"m.{c}" for c in vm_columns.split(", "))}, l.id AS taken_lease_id
+            FROM moved m JOIN leased l ON l.vm_id = m.id""",  # noqa: S608
     }
+
+
+def _columns(model: type[Model], names: tuple[str, ...]) -> str:
+    column = {f.name: f.column for f in model._meta.concrete_fields}
+    return ", ".join(column[n] for n in names)
 
 
 PENDING = (OnDemandRequest.Status.QUEUED, OnDemandRequest.Status.PROVISIONING)
@@ -158,6 +183,10 @@ def check_lease_limits(user: User, adding: int) -> None:
             )
 
 
+def _ordered(vms: Iterable[VM]) -> list[VM]:
+    return sorted(vms, key=lambda vm: (vm.ready_at is None, vm.ready_at, vm.pk))  # the ORM's order, NULLs last
+
+
 @transaction.atomic
 def checkout(*, user: User, pools: list[Pool], lifetime: timedelta | None = None,
              note: str = "", tags: dict | None = None) -> list[Lease]:
@@ -185,20 +214,36 @@ def checkout(*, user: User, pools: list[Pool], lifetime: timedelta | None = None
             model_label=VM._meta.label_lower, field="state", old=VMState.READY, new=VMState.LEASED
         )
         params = [pool_id, VMState.READY, wanted, VMState.LEASED, now, VMState.READY]
+        duration = min(lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
+        expires_at = now + duration
         if _history_in_statement():
+            actor = current_actor()
             params += history_params(**history)
-        vms = sorted(
-            VM.objects.raw(_checkout_sql()["take"], params),
-            key=lambda vm: (vm.ready_at is None, vm.ready_at, vm.pk),  # the ORM's order, NULLs last
-        )
-        if not _history_in_statement():
-            record_history(VM, [vm.pk for vm in vms], **history)
+            params += [user.pk, now, expires_at, note, json.dumps(tags or {}),
+                       now, actor.user_id, actor.name, "lease.checkout", Lease._meta.label_lower,
+                       f" → {user}", expires_at.isoformat(), actor.request_id]
+            vms = _ordered(VM.objects.raw(_checkout_sql()["take_and_lease"], params))
+            if len(vms) < wanted:
+                raise PoolEmpty(pool, wanted, len(vms))
+            taken = []
+            for vm in vms:
+                lease_id = vm.taken_lease_id  # type: ignore[attr-defined]  # a column of the raw query
+                lease = Lease(id=lease_id, vm=vm, pool=pool, user=user, started_at=now,
+                              expires_at=expires_at, note=note, tags=tags or {})
+                lease._state.adding, lease._state.db = False, connection.alias
+                taken.append(lease)
+            # Written by SQL, so no post_save: receivers (first boot's keys) hear of them here.
+            leases_inserted.send(sender=Lease, pool_id=pool_id, leases=taken)
+            leases += taken
+            nudge.nudge(pool_id)
+            continue
+        vms = _ordered(VM.objects.raw(_checkout_sql()["take"], params))
+        record_history(VM, [vm.pk for vm in vms], **history)
         if len(vms) < wanted:
             raise PoolEmpty(pool, wanted, len(vms))
-        duration = min(lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
         for vm in vms:
             lease = Lease.objects.create(
-                vm=vm, pool=pool, user=user, started_at=now, expires_at=now + duration,
+                vm=vm, pool=pool, user=user, started_at=now, expires_at=expires_at,
                 note=note, tags=tags or {},
             )
             audit.record("lease.checkout", target=lease, pool=pool_id,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from xml.etree import ElementTree
 
 from pyVmomi import SoapStubAdapter, vim
@@ -43,10 +43,20 @@ from apps.vsphere.errors import (
 )
 from apps.vsphere.tls import PinnedHTTPSConnection, https_connection, ssl_context
 
-if TYPE_CHECKING:
-    from apps.inventory.models import VCenter
-
 log = logging.getLogger(__name__)
+
+
+class VCenterRecord(Protocol):
+    """What an Endpoint is made from: apps.inventory's VCenter row (vsphere sits below
+    inventory, so it names only the fields it reads)."""
+
+    host: str
+    username: str
+    password: str
+    insecure: bool
+    ca_bundle: str
+    thumbprint: str
+
 
 T = TypeVar("T")
 
@@ -79,7 +89,7 @@ class Endpoint:
     timeout: float = 60.0
 
     @classmethod
-    def from_vcenter(cls, vc: VCenter) -> Endpoint:
+    def from_vcenter(cls, vc: VCenterRecord) -> Endpoint:
         from django.conf import settings
 
         return cls(

@@ -1,0 +1,76 @@
+"""A checkout's database work: the VM move, its history, the lease and its audit event are
+one statement on PostgreSQL, and an API checkout by token costs a fixed handful of queries."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from apps.api import tokens
+from apps.audit.models import AuditEvent
+from apps.core.models import StateChange
+from apps.leases import services
+from apps.leases.models import Lease
+from apps.pools.models import VMState
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+def _statements(ctx: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in ctx.captured_queries if not q["sql"].upper().startswith(("SAVEPOINT", "RELEASE"))]
+
+
+def test_a_checkout_moves_the_vm_and_writes_history_lease_and_audit_in_one_statement(engineer, redis_conn):
+    pool = factories.pool(size=2)
+    factories.vm(pool, state=VMState.READY)
+    with CaptureQueriesContext(connection) as ctx:
+        [lease] = services.checkout(user=engineer, pools=[pool])
+    writes = [sql for sql in _statements(ctx) if "INSERT INTO" in sql.upper() or sql.upper().startswith("UPDATE")]
+    assert len(writes) == 1, writes
+    assert all(t in writes[0] for t in ("pools_vm", "leases_lease", "audit_auditevent", StateChange._meta.db_table))
+    # The user lock and count, the statement itself, and first boot's look at the pool.
+    assert len(_statements(ctx)) <= 4, _statements(ctx)
+    assert Lease.objects.get(pk=lease.pk).vm.state == VMState.LEASED
+
+
+def test_the_checkouts_lease_and_audit_event_read_as_the_orm_wrote_them(engineer, redis_conn):
+    pool = factories.pool(size=2)
+    vm = factories.vm(pool, state=VMState.READY)
+    [lease] = services.checkout(user=engineer, pools=[pool], note="ci", tags={"build": "7"})
+    row = Lease.objects.select_related("vm", "user").get(pk=lease.pk)
+    assert (row.vm_id, row.pool_id, row.user_id, row.note, row.tags, row.end_reason, row.ended_at) == \
+        (vm.pk, pool.pk, engineer.pk, "ci", {"build": "7"}, "", None)
+    assert (row.started_at, row.expires_at) == (lease.started_at, lease.expires_at)
+    event = AuditEvent.objects.get(action="lease.checkout")
+    assert (event.target_type, event.target_id, event.target_repr, event.pool_id) == \
+        ("leases.lease", str(lease.pk), str(row), pool.pk)
+    assert event.after == {"vm": vm.name, "expires_at": lease.expires_at.isoformat()}
+    assert event.before is None and event.message == ""
+
+
+def test_an_api_checkout_by_token_costs_six_queries(engineer, redis_conn):
+    pool = factories.pool(name="deb", size=2)
+    factories.vm(pool, state=VMState.READY)
+    _, raw = tokens.create_token(user=engineer, name="ci")
+    client = Client(headers={"X-AUTH-TOKEN": raw})
+    client.get("/api/v3/status")  # the token's last_used_at, written once a minute, is written now
+    with CaptureQueriesContext(connection) as ctx:
+        answer = client.post("/api/v3/vm/deb")
+    assert answer.status_code == 200, answer.content
+    # Token and user (1), the pool by name (1), user lock and lease count (2), the checkout (1),
+    # first boot's look at the pool (1).
+    assert len(_statements(ctx)) <= 6, _statements(ctx)
+
+
+def test_a_revoked_token_stops_working_on_its_next_request(engineer, redis_conn):
+    pool = factories.pool(name="deb", size=2)
+    factories.vm(pool, state=VMState.READY)
+    factories.vm(pool, state=VMState.READY)
+    token, raw = tokens.create_token(user=engineer, name="ci")
+    client = Client(headers={"X-AUTH-TOKEN": raw})
+    assert client.post("/api/v3/vm/deb").status_code == 200
+    tokens.revoke_token(user=engineer, token=token)
+    assert client.post("/api/v3/vm/deb").status_code == 401
