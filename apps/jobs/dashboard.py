@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from typing import Any
 
 from django.contrib import admin
 from django.contrib.contenttypes import views as contenttype_views
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import URLPattern
 from django_rq import views
 from django_rq.admin import QueueAdmin
 from django_rq.models import Dashboard
@@ -40,7 +42,7 @@ def _guarded(view: Callable) -> Callable:
     errors, message = _NOT_FOUND[view]
 
     @wraps(view)
-    def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
             return view(request, *args, **kwargs)
         except errors:
@@ -58,7 +60,7 @@ class DashboardAdmin(QueueAdmin):
     """The dashboard in the admin. It has no objects: their pages are a 404, not a query of a table
     that does not exist."""
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         urls = super().get_urls()
         for pattern in urls:
             callback = getattr(pattern, "callback", None)
@@ -72,13 +74,13 @@ class DashboardAdmin(QueueAdmin):
         guarded = _guarded(view)
 
         @wraps(view)
-        def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             request.current_app = self.admin_site.name
             return self.admin_site.admin_view(guarded)(request, *args, **kwargs)
 
         return wrapper
 
-    def _no_objects(self, *args, **kwargs) -> HttpResponse:
+    def _no_objects(self, *args: Any, **kwargs: Any) -> HttpResponse:
         raise Http404("The queue dashboard has no objects; open it at /admin/django_rq/dashboard/.")
 
     change_view = delete_view = history_view = _no_objects
