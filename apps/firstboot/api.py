@@ -10,7 +10,7 @@ from ninja import Schema
 
 from apps.api.native import ERRORS, api
 from apps.core.errors import NotFound
-from apps.firstboot import services
+from apps.firstboot import access
 
 
 class CredentialsOut(Schema):
@@ -22,7 +22,7 @@ class CredentialsOut(Schema):
 @api.post("/leases/{lease_id}/credentials", response={200: CredentialsOut, **ERRORS}, tags=["leases"])
 def lease_credentials(request, lease_id: int):
     """The admin account first boot set on the leased VM (lessee or admin; audited)."""
-    secret = services.lease_credentials(user=request.user, lease_id=lease_id)
+    secret = access.lease_credentials(user=request.user, lease_id=lease_id)
     if secret is None:
         raise NotFound("This VM was not given a password at first boot.")
     return {"lease_id": lease_id, "username": secret.username, "password": secret.password}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from apps.firstboot import services
+from apps.firstboot import access
 from apps.firstboot.models import KeyDelivery
 from apps.jobs import runner
 from apps.jobs.models import Job
@@ -19,4 +19,4 @@ def keys_not_added(job: Job, reason: str) -> None:
 
 @runner.handler("firstboot.add_keys", queue="default", on_lost=keys_not_added, on_failure=keys_not_added)
 def add_keys(job: runner.JobContext, *, lease_id: int) -> None:
-    services.deliver_keys(lease_id, say=job.log)
+    access.deliver_keys(lease_id, say=job.log)

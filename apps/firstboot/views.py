@@ -14,7 +14,7 @@ from apps.audit import services as audit
 from apps.core.errors import VmPortalError
 from apps.core.htmx import htmx_partial
 from apps.core.permissions import admin_required
-from apps.firstboot import services
+from apps.firstboot import access
 from apps.firstboot.forms import AddressRangeForm, PoolFirstBootForm, SSHKeyForm
 from apps.firstboot.models import AddressRange, PoolFirstBoot, SSHKey
 from apps.pools.models import Pool
@@ -97,7 +97,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST" and form.is_valid():
         try:
-            key = services.add_ssh_key(user=request.user, name=form.cleaned_data["name"],
+            key = access.add_ssh_key(user=request.user, name=form.cleaned_data["name"],
                                        public_key=form.cleaned_data["public_key"])
         except VmPortalError as exc:
             form.add_error("public_key", str(exc))
@@ -114,7 +114,7 @@ def ssh_keys(request: HttpRequest) -> HttpResponse:
 @require_POST
 def ssh_key_delete(request: HttpRequest, key_id: int) -> HttpResponse:
     try:
-        services.delete_ssh_key(user=request.user, key_id=key_id)
+        access.delete_ssh_key(user=request.user, key_id=key_id)
     except VmPortalError as exc:
         messages.error(request, str(exc))
         return redirect("firstboot:ssh-keys")
@@ -126,7 +126,7 @@ def ssh_key_delete(request: HttpRequest, key_id: int) -> HttpResponse:
 def lease_password(request: HttpRequest, lease_id: int) -> HttpResponse:
     """The VM's first-boot password, behind a deliberate click (POST + CSRF, audited)."""
     try:
-        secret = services.lease_credentials(user=request.user, lease_id=lease_id)
+        secret = access.lease_credentials(user=request.user, lease_id=lease_id)
     except VmPortalError as exc:
         return render(request, "error.html", {"message": str(exc)}, status=exc.http_status)
     template = "firstboot/partials/_password.html" if htmx_partial(request) else "firstboot/password_page.html"

@@ -14,7 +14,7 @@ import time
 import pytest
 from django.db import close_old_connections, connection, transaction
 
-from apps.firstboot import services
+from apps.firstboot import provisioning
 from apps.firstboot.models import AddressRange, Delivery, IPAllocation, Method, PoolFirstBoot
 from apps.pools import manager as pool_manager
 from apps.pools.models import VM, VMState
@@ -69,7 +69,7 @@ def test_allocator_race(redis_conn):
                 with transaction.atomic():
                     vms = VM.objects.bulk_create(
                         VM(vcenter=vc, pool=pool, template=pool.template, name=f"r{i}-{n}-{k}") for k in range(2))
-                    kept.extend(v.pk for v in services.allocate_addresses(pool, vms))
+                    kept.extend(v.pk for v in provisioning.allocate_addresses(pool, vms))
         except BaseException as exc:
             errors.append(exc)
         finally:

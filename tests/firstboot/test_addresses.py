@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, close_old_connections, connection, transaction
 
-from apps.firstboot import services
+from apps.firstboot import provisioning
 from apps.firstboot.models import AddressRange, IPAllocation, Method, PoolFirstBoot
 from apps.pools.manager import claim_slots
 from apps.pools.models import VM, Pool, VMState
@@ -64,14 +64,14 @@ def test_allocation_takes_the_lowest_free_addresses_and_release_returns_them():
     rng = make_range(last="10.50.0.14")
     pool = fixed_pool(rng)
     with transaction.atomic():
-        vms = services.allocate_addresses(pool, new_vms(pool, 3))
+        vms = provisioning.allocate_addresses(pool, new_vms(pool, 3))
     assert [vm.ip_allocation.address for vm in vms] == ["10.50.0.10", "10.50.0.11", "10.50.0.12"]
-    assert services.release(vms[1]) == 0  # a live VM keeps its address
+    assert provisioning.release(vms[1]) == 0  # a live VM keeps its address
     VM.objects.filter(pk=vms[1].pk).update(state=VMState.DESTROYED)
-    assert services.release(vms[1]) == 1
-    assert services.release(vms[1]) == 0  # a destroy run twice releases once
+    assert provisioning.release(vms[1]) == 1
+    assert provisioning.release(vms[1]) == 0  # a destroy run twice releases once
     with transaction.atomic():
-        [again] = services.allocate_addresses(pool, new_vms(pool, 1))
+        [again] = provisioning.allocate_addresses(pool, new_vms(pool, 1))
     assert again.ip_allocation.address == "10.50.0.11"
 
 
@@ -80,10 +80,10 @@ def test_a_destroyed_vms_address_is_free_whatever_destroyed_it():
     rng = make_range(last="10.50.0.10")
     pool = fixed_pool(rng)
     with transaction.atomic():
-        [vm] = services.allocate_addresses(pool, new_vms(pool, 1))
+        [vm] = provisioning.allocate_addresses(pool, new_vms(pool, 1))
     VM.objects.filter(pk=vm.pk).update(state=VMState.DESTROYED)  # no release() call
     with transaction.atomic():
-        [other] = services.allocate_addresses(pool, new_vms(pool, 1))
+        [other] = provisioning.allocate_addresses(pool, new_vms(pool, 1))
     assert other.ip_allocation.address == "10.50.0.10"
 
 
@@ -102,7 +102,7 @@ def test_exhaustion_keeps_what_fits_deletes_the_rest_and_tells_the_admin():
     rng = make_range(last="10.50.0.11")
     pool = fixed_pool(rng)
     with transaction.atomic():
-        kept = services.allocate_addresses(pool, new_vms(pool, 3))
+        kept = provisioning.allocate_addresses(pool, new_vms(pool, 3))
     assert len(kept) == 2 and pool.vms.count() == 2
     pool.refresh_from_db()
     assert pool.health == Pool.Health.DEGRADED and pool.retry_at is not None
@@ -114,7 +114,7 @@ def test_pools_without_fixed_addresses_are_untouched():
     pool = factories.pool()
     vms = new_vms(pool, 2)
     with transaction.atomic():
-        assert services.allocate_addresses(pool, vms) == vms
+        assert provisioning.allocate_addresses(pool, vms) == vms
     assert not IPAllocation.objects.exists()
 
 
@@ -135,7 +135,7 @@ def test_concurrent_allocations_from_many_connections_never_share_an_address():
             start.wait()
             for _ in range(3):
                 with transaction.atomic():
-                    got = services.allocate_addresses(pool, new_vms(pool, 2))
+                    got = provisioning.allocate_addresses(pool, new_vms(pool, 2))
                 kept.extend(vm.pk for vm in got)
         except BaseException as exc:  # reported below
             errors.append(exc)

@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from apps.audit.models import AuditEvent
-from apps.firstboot import services
+from apps.firstboot import access
 from apps.firstboot.models import (
     AddressRange,
     Delivery,
@@ -169,7 +169,7 @@ def test_checkout_adds_the_lessees_keys_through_guest_operations(vcsim_factory, 
     configure(pool, method=Method.CLOUD_INIT, delivery=Delivery.GUESTINFO, authorized_keys=ED25519,
               guest_username="vmportal")  # guest password: the clone's own first-boot password
     settle(pool)
-    services.add_ssh_key(user=engineer, name="laptop", public_key=RSA)
+    access.add_ssh_key(user=engineer, name="laptop", public_key=RSA)
     [lease] = leases.checkout(user=engineer, pools=[pool])
     work_off()
     delivery = KeyDelivery.objects.get(lease=lease)
@@ -192,7 +192,7 @@ def test_wrong_guest_credentials_fail_the_key_delivery_with_a_reason(vcsim_facto
     pool = make_pool(vc, folder, name="badcreds", size=1)
     configure(pool, method=Method.CLOUD_INIT, guest_username="vmportal", guest_password="wrong")
     settle(pool)
-    services.add_ssh_key(user=engineer, name="laptop", public_key=ED25519)
+    access.add_ssh_key(user=engineer, name="laptop", public_key=ED25519)
     [lease] = leases.checkout(user=engineer, pools=[pool])
     work_off()
     delivery = KeyDelivery.objects.get(lease=lease)
@@ -214,7 +214,7 @@ def test_no_secret_reaches_the_logs_or_the_audit_log(vcsim_factory, redis_conn, 
     for job in Job.objects.filter(kind="pools.fill"):
         runner.run(job.pk)
     assert pool.vms.filter(state=VMState.READY).count() == 2, jobs_report()
-    services.add_ssh_key(user=engineer, name="laptop", public_key=ED25519)
+    access.add_ssh_key(user=engineer, name="laptop", public_key=ED25519)
     [lease] = leases.checkout(user=engineer, pools=[pool])
     runner.run(Job.objects.get(kind="firstboot.add_keys").pk)
     assert KeyDelivery.objects.get(lease=lease).state == KeyDelivery.State.DONE

@@ -1,6 +1,7 @@
-"""First boot of clones: addresses, secrets, seeds, readiness, and the lessee's SSH keys.
+"""First boot of clones, the clone-time work: addresses, secrets, seeds, readiness.
 
-The pool manager calls in at five points, each a single line in apps.pools:
+apps.pools calls in through apps.pools.guest_setup (this module, registered by
+FirstBootConfig.ready) at five points, each a single line there:
 
 * ``allocate_addresses``  in claim_slots, inside the transaction that creates the VM rows
 * ``plan_clones``         in clone_batch, before the clone specs are built (DB only)
@@ -8,6 +9,7 @@ The pool manager calls in at five points, each a single line in apps.pools:
 * ``expectations`` / ``finish_usable``  in check_boots: readiness, then ISO and user-data cleanup
 * ``release``             once the VM is destroyed
 
+What lessees get (their VM's password, their SSH keys) is apps.firstboot.access, above leases.
 Nothing here logs or audits a password, a hash or user-data.
 """
 
@@ -15,14 +17,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
 
-from django.contrib.auth.models import User
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -32,27 +30,20 @@ from apps.firstboot.models import (
     AddressRange,
     Delivery,
     IPAllocation,
-    KeyDelivery,
     Method,
     OSFamily,
     PoolFirstBoot,
     SeedISO,
-    SSHKey,
     VMSecret,
 )
 from apps.firstboot.secrets import new_password, sha512_crypt
 from apps.firstboot.seed import FirstBootError
 from apps.inventory.models import Datastore, Host
-from apps.jobs import runner
 from apps.pools.models import VM, Pool, VMState
-from apps.vsphere import guest as guest_ops
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
-from apps.vsphere.session import Connection, Endpoint, connect
+from apps.vsphere.session import Connection
 from apps.vsphere.types import Customization, GuestExpectation, GuestInfo
-
-if TYPE_CHECKING:
-    from apps.leases.models import Lease
 
 log = logging.getLogger(__name__)
 
@@ -352,133 +343,3 @@ def finish_usable(
         except VSphereError as exc:
             out[vm.moid] = f"first-boot cleanup failed: {exc}"
     return out
-
-
-# ---------------------------------------------------------------- access
-
-
-def lease_credentials(*, user: User, lease_id: int) -> VMSecret | None:
-    """The first-boot password of a leased VM, for its lessee (active lease) or an admin.
-
-    Raises NotFound like the lease pages for anyone else; None when the VM has none.
-    """
-    from apps.core.errors import NotFound  # noqa: PLC0415
-    from apps.core.permissions import is_admin  # noqa: PLC0415
-    from apps.leases.services import get_lease_for  # noqa: PLC0415
-
-    lease = get_lease_for(user, lease_id)
-    if not lease.is_active and not is_admin(user):
-        raise NotFound("This lease has ended; its VM's password is gone with it.")
-    secret = VMSecret.objects.filter(vm_id=lease.vm_id).first()
-    if secret is not None:
-        audit.record("lease.password_revealed", target=lease, pool=lease.pool_id,
-                     message=f"{user.get_username()} revealed the password of {lease.vm.name}")
-    return secret
-
-
-def add_ssh_key(*, user: User, name: str, public_key: str) -> SSHKey:
-    from apps.core.errors import Conflict, VmPortalError  # noqa: PLC0415
-    from apps.firstboot.secrets import InvalidKey, parse_public_key  # noqa: PLC0415
-
-    try:
-        key = parse_public_key(public_key)
-    except InvalidKey as exc:
-        raise VmPortalError(str(exc)) from None
-    name = name.strip() or key.comment or key.kind
-    with transaction.atomic():
-        if SSHKey.objects.filter(user=user, fingerprint=key.fingerprint).exists():
-            raise Conflict(f"You already added this key ({key.fingerprint}).")
-        row = SSHKey.objects.create(user=user, name=name[:80], public_key=key.line, fingerprint=key.fingerprint)
-        audit.record("sshkey.added", target=row, after={"name": row.name, "fingerprint": row.fingerprint})
-    return row
-
-
-def delete_ssh_key(*, user: User, key_id: int) -> None:
-    from apps.core.errors import NotFound  # noqa: PLC0415
-
-    with transaction.atomic():
-        row = SSHKey.objects.filter(user=user, pk=key_id).first()
-        if row is None:
-            raise NotFound("No such key.")
-        audit.record("sshkey.deleted", target=row, before={"name": row.name, "fingerprint": row.fingerprint})
-        row.delete()
-
-
-def _guest_login(cfg: PoolFirstBoot, vm: VM) -> tuple[str, str] | None:
-    if not cfg.guest_username:
-        return None
-    if cfg.guest_password:
-        return cfg.guest_username, cfg.guest_password
-    secret = VMSecret.objects.filter(vm=vm).first()
-    return (cfg.guest_username, secret.password) if secret else None
-
-
-def lease_created(sender: type[Lease], instance: Lease, created: bool, **kwargs: Any) -> None:
-    """post_save of Lease: queue the lessee's keys for the guest when the pool can take them."""
-    if not created or instance.pool_id is None:
-        return
-    cfg = PoolFirstBoot.objects.filter(pool_id=instance.pool_id).exclude(guest_username="").first()
-    if cfg is None:
-        return
-    KeyDelivery.objects.create(lease=instance)
-    runner.enqueue("firstboot.add_keys", target=instance, lease_id=instance.pk)
-
-
-def leases_inserted(sender: type[Lease], pool_id: int, leases: list[Lease], **kwargs: Any) -> None:
-    """A checkout's leases, written in its own statement: one query for their pool, then as
-    lease_created does for each."""
-    if not PoolFirstBoot.objects.filter(pool_id=pool_id).exclude(guest_username="").exists():
-        return
-    for lease in leases:
-        KeyDelivery.objects.create(lease=lease)
-        runner.enqueue("firstboot.add_keys", target=lease, lease_id=lease.pk)
-
-
-KEY_ATTEMPTS = 5
-
-
-def deliver_keys(lease_id: int, *, say: Callable[[str], None] = log.info) -> KeyDelivery:
-    """Append the lessee's SSH keys to the guest's authorized_keys (guest operations)."""
-    from apps.leases.models import Lease  # noqa: PLC0415
-
-    lease = Lease.objects.select_related("vm__vcenter", "user").get(pk=lease_id)
-    delivery, _ = KeyDelivery.objects.get_or_create(lease=lease)
-    cfg = PoolFirstBoot.objects.filter(pool_id=lease.pool_id).first()
-    keys = list(SSHKey.objects.filter(user=lease.user_id))
-    login = _guest_login(cfg, lease.vm) if cfg else None
-
-    def finish(state: str, detail: str = "", fingerprints: list[str] | None = None) -> KeyDelivery:
-        delivery.state, delivery.detail, delivery.fingerprints = state, detail, fingerprints or []
-        delivery.save(update_fields=["state", "detail", "fingerprints", "updated_at"])
-        say(f"{lease.vm.name}: {delivery.get_state_display()}{': ' + detail if detail else ''}")
-        return delivery
-
-    if not keys:
-        return finish(KeyDelivery.State.SKIPPED, "You have no SSH keys on your profile.")
-    if login is None or not lease.vm.moid:
-        return finish(KeyDelivery.State.FAILED, "The pool has no guest credentials for this VM.")
-    if not lease.is_active:
-        return finish(KeyDelivery.State.SKIPPED, "The lease ended before the keys were added.")
-    username, password = login
-    added: int | None = None
-    error: VSphereError | None = None
-    for attempt in range(KEY_ATTEMPTS):
-        try:
-            with connect(Endpoint.from_vcenter(lease.vm.vcenter)) as conn:
-                added = guest_ops.add_authorized_keys(
-                    conn, lease.vm.moid, [k.public_key for k in keys], username=username, password=password,
-                    login_user=cfg.admin_username if cfg and cfg.active else username,
-                )
-            break
-        except VSphereError as exc:
-            error = exc  # its message names the operation and fault, never the password
-            if exc.permanent or attempt == KEY_ATTEMPTS - 1:
-                break
-            time.sleep(min(2**attempt, 10))  # tools may still be starting
-    if added is None:
-        return finish(KeyDelivery.State.FAILED, str(error))
-    fingerprints = [k.fingerprint for k in keys]
-    with transaction.atomic():
-        audit.record("lease.keys_added", target=lease, pool=lease.pool_id,
-                     after={"fingerprints": fingerprints, "new": added})
-    return finish(KeyDelivery.State.DONE, f"{len(keys)} key(s) in place ({added} new)", fingerprints)
