@@ -33,5 +33,6 @@ class AuditFilterForm(forms.Form):
             timezone.make_aware(datetime.combine(d["until"], time.min), tz) + timedelta(days=1)
             if d.get("until") else None
         )
-        return {"actor": d.get("actor", "").strip(), "action": d.get("action", "").strip(), "pool": d.get("pool"),
-                "since": since, "until": until, "q": d.get("q", "").strip()}
+        pool = d.get("pool")
+        return {"actor": d.get("actor", "").strip(), "action": d.get("action", "").strip(),
+                "pool_id": pool.pk if pool else None, "since": since, "until": until, "q": d.get("q", "").strip()}

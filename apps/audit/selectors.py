@@ -12,10 +12,9 @@ from django.db.models import Q, QuerySet
 from django.utils.dateparse import parse_datetime
 
 from apps.audit.models import AuditEvent
-from apps.pools.models import Pool
 
 
-def filter_audit(*, actor: str = "", action: str = "", pool: Pool | None = None,
+def filter_audit(*, actor: str = "", action: str = "", pool_id: int | None = None,
                  since: datetime | None = None, until: datetime | None = None, q: str = "") -> QuerySet[AuditEvent]:
     events = AuditEvent.objects.all()
     if actor:
@@ -23,8 +22,8 @@ def filter_audit(*, actor: str = "", action: str = "", pool: Pool | None = None,
     if action:
         # "pool." finds every pool action; a full name finds just that one.
         events = events.filter(action__startswith=action)
-    if pool is not None:
-        events = events.filter(pool_id=pool.pk)
+    if pool_id is not None:
+        events = events.filter(pool_id=pool_id)
     if since is not None:
         events = events.filter(at__gte=since)
     if until is not None:
