@@ -11,6 +11,7 @@ from django.views.decorators.http import require_POST
 
 from apps.api import tokens
 from apps.api.models import ApiToken
+from apps.api.native import api
 from apps.core.errors import VmPortalError
 
 LIFETIME_CHOICES = {"7": 7, "30": 30, "90": 90, "365": 365}
@@ -49,8 +50,6 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
 
 
 def docs(request: HttpRequest) -> HttpResponse:
-    from apps.api.native import api
-
     schema = api.get_openapi_schema(path_prefix="/api/v1")
     operations = [
         {"method": method.upper(), "path": path, "summary": op.get("summary", ""),

@@ -6,4 +6,5 @@ class InventoryConfig(AppConfig):
     label = "inventory"
 
     def ready(self) -> None:
-        from apps.inventory import checks  # noqa: F401, PLC0415 - registers the encryption key check
+        # Imported once the models are loaded: registers the encryption key check.
+        from apps.inventory import checks  # noqa: F401

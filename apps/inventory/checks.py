@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection
 
 from apps.core import crypto
+from apps.inventory.models import VCenter
 
 MESSAGE = (
     "The stored password of vCenter {names} cannot be decrypted with this host's key: "
@@ -24,8 +25,6 @@ MESSAGE = (
 
 def undecryptable_vcenters() -> list[str]:
     """Names of vCenters whose stored password this host's key cannot read."""
-    from apps.inventory.models import VCenter  # noqa: PLC0415 - the app registry is ready only when called
-
     table = connection.ops.quote_name(VCenter._meta.db_table)
     try:
         with connection.cursor() as cursor:

@@ -12,6 +12,7 @@ from apps.core.fields import AsciiDurationField, AsciiIntegerField
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.pools import reconfigure as services
 from apps.pools.models import MAX_VCPUS, Pool, Template
+from apps.pools.templates import capture_name_clash, deployable_url, derive_name_clash
 
 
 class PoolForm(forms.ModelForm):
@@ -185,8 +186,6 @@ class DeployOvfForm(forms.Form):
         url = (self.cleaned_data.get("url") or "").strip()
         if not url:
             return ""
-        from apps.pools.templates import deployable_url
-
         try:
             return deployable_url(url)
         except (ValueError, VmPortalError) as exc:  # VmPortalError: the URL policy refused it
@@ -249,8 +248,6 @@ class DeriveTemplateForm(forms.Form):
                                   "derive from a ready template.")
         clash = _slug_name_free(self.source.vcenter, data.get("name"))
         if not clash and data.get("name") and data.get("cluster"):
-            from apps.pools.templates import derive_name_clash
-
             clash = derive_name_clash(self.source, data["cluster"], data["name"])
         if clash:
             self.add_error("name", clash)
@@ -271,8 +268,6 @@ class CaptureVMForm(forms.Form):
         data = super().clean()
         clash = _slug_name_free(self.vm.vcenter, data.get("name"))
         if not clash and data.get("name"):
-            from apps.pools.templates import capture_name_clash
-
             clash = capture_name_clash(self.vm, data["name"])
         if clash:
             self.add_error("name", clash)

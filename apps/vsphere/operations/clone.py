@@ -11,6 +11,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from pyVmomi import vim
+from pyVmomi.VmomiSupport import IsChildVersion
 
 from apps.vsphere import tasks
 from apps.vsphere.errors import DuplicateName, InvalidSpec, VSphereError
@@ -28,8 +29,6 @@ def customization_script_supported(conn: Connection) -> bool:
     ``scriptText`` is a vSphere 7.0 property; pyVmomi silently leaves it out of requests
     to older APIs (the simulator speaks 6.5), so the caller can say what did not happen.
     """
-    from pyVmomi.VmomiSupport import IsChildVersion  # noqa: PLC0415 - pyVmomi internals, used once
-
     return IsChildVersion(conn.si._stub.version, "vim.version.v7_0")
 
 
