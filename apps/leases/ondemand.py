@@ -24,6 +24,7 @@ from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
 from apps.core.permissions import is_admin
 from apps.jobs import runner
+from apps.jobs.models import Job
 from apps.leases.models import Lease, OnDemandRequest
 from apps.leases.services import LeaseLimitReached, check_lease_limits, end_lease
 from apps.pools.manager import discard_vm
@@ -210,6 +211,15 @@ def recover_stale() -> int:
     for req in stale:
         if not _job_alive(req):
             fail(req, "The worker making these VMs stopped; retry the request.")
+            failed += 1
+    # Queued, yet its job is over: the job ended before taking the request and its failure
+    # hook did not record that (it raised too). Nothing else will ever start it.
+    for req in OnDemandRequest.objects.filter(status=Status.QUEUED):
+        if not _job_alive(req):
+            error = (Job.objects.filter(kind="leases.ondemand", object_type=req._meta.label_lower,
+                                        object_id=str(req.pk)).order_by("-pk").values_list("error", flat=True)
+                     .first() or "no job")
+            fail(req, f"Its job ended before it started ({error.rstrip('.')}); retry the request.")
             failed += 1
     for req in OnDemandRequest.objects.filter(status__in=(Status.CANCELLED, Status.FAILED),
                                               vms__state__in=(VMState.BOOTING, VMState.READY)).distinct():

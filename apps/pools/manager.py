@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -37,6 +37,7 @@ from apps.jobs.models import Job
 from apps.pools import guest_setup, templates
 from apps.pools.instance import instance_id
 from apps.pools.models import VM, Pool, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
+from apps.vsphere import errors as vsphere_errors
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,11 @@ def new_vm_name(pool: Pool) -> str:
 
 # A destroy not done after this long (job failed, Redis lost it, vCenter was down) is retried.
 DESTROY_RETRY_AFTER = timedelta(minutes=2)
+# A destroy whose job failed for a transient vSphere error (vCenter unreachable, timed out,
+# session lost) is retried this long after that job ended: once vCenter answers again the
+# VMs an outage left destroying go within a cycle or two, and while it is still away each
+# VM gets one quick, cheap attempt per interval, not a storm.
+DESTROY_FAILED_BACKOFF = timedelta(seconds=10)
 # How often each pool folder is checked for leaked or unknown VMs.
 PURGE_EVERY = timedelta(minutes=5)
 
@@ -104,6 +110,27 @@ PURGE_EVERY = timedelta(minutes=5)
 def _fill_job_alive(pool: Pool) -> bool:
     # A dead worker's job does not stay unfinished: the runner's reaper fails it.
     return runner.unfinished("pools.fill", pool).exists()
+
+
+def _transient(error: str) -> bool:
+    """Whether a failed job's error (the runner records ``"<class>: <message>"``) is a vSphere
+    error worth trying again soon: one its class marks as not permanent."""
+    cls = getattr(vsphere_errors, error.partition(":")[0].strip(), None)
+    return isinstance(cls, type) and issubclass(cls, vsphere_errors.VSphereError) and not cls.permanent
+
+
+def _destroy_due(vm: VM, now: datetime) -> bool:
+    """Whether a destroying VM's destroy is to be enqueued again: none is queued or running,
+    and its last one failed for a transient error a short backoff ago, or nothing has
+    moved it for DESTROY_RETRY_AFTER (a permanent fault, or a job Redis lost)."""
+    if runner.unfinished("pools.destroy", vm).exists():
+        return False
+    if vm.state_changed_at < now - DESTROY_RETRY_AFTER:
+        return True
+    last = (Job.objects.filter(kind="pools.destroy", object_type=vm._meta.label_lower, object_id=str(vm.pk))
+            .order_by("-pk").values("status", "error", "finished_at").first())
+    return (last is not None and last["status"] == Job.Status.FAILED and last["finished_at"] is not None
+            and last["finished_at"] <= now - DESTROY_FAILED_BACKOFF and _transient(last["error"]))
 
 
 def fail_orphaned_clones(vms: QuerySet[VM], reason: str) -> list[int]:
@@ -159,8 +186,8 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
         report.timed_out.append(vm.pk)
     for vm in vms.filter(state=VMState.FAILED):
         _destroy(vm, vm.state_reason or "failed", report)
-    for vm in vms.filter(state=VMState.DESTROYING, state_changed_at__lt=now - DESTROY_RETRY_AFTER):
-        if not runner.unfinished("pools.destroy", vm).exists():
+    for vm in vms.filter(state=VMState.DESTROYING):
+        if _destroy_due(vm, now):
             VM.objects.filter(pk=vm.pk).update(state_changed_at=now)  # next retry after another interval
             runner.enqueue("pools.destroy", target=vm, vm_id=vm.pk)
 
