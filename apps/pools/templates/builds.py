@@ -11,6 +11,7 @@ from apps.core.states import StaleState
 from apps.inventory.models import Cluster, InventoryVM, VCenter
 from apps.jobs import runner
 from apps.pools.models import VM, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
+from apps.pools.templates import leftovers
 from apps.pools.templates.copies import copy_to_clone
 from apps.pools.templates.recovery import job_failed, lost_to
 from apps.pools.templates.register import mark_ready, new_template
@@ -98,6 +99,7 @@ def build_vm_job(job: runner.JobContext, *, build_id: int) -> None:
         beside = ops.get_vm(conn, copy.moid)
         _refuse_taken_name(conn, beside, build.vm_name)
         folder = beside.folder_moid
+        leftovers.announce(job, vcenter_id=build.vcenter_id, name=build.vm_name, folder_moid=folder or "")
         result = ops.clone_vm(conn, CloneSpec(
             template_moid=copy.moid, name=build.vm_name, folder_moid=folder or "",
             resource_pool_moid=build.cluster.resource_pool_moid, linked=False, power_on=True,
@@ -215,6 +217,7 @@ def capture_vm_job(job: runner.JobContext, *, build_id: int) -> None:
         beside = ops.get_vm(conn, _capture_beside(vm))
         _refuse_taken_name(conn, beside, build.vm_name)
         folder = beside.folder_moid or ""
+        leftovers.announce(job, vcenter_id=build.vcenter_id, name=build.vm_name, folder_moid=folder)
         made = ops.copy_template_to_cluster(
             conn, template_moid=vm.moid, name=build.vm_name, folder_moid=folder,
             resource_pool_moid=build.cluster.resource_pool_moid,

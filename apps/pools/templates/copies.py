@@ -10,6 +10,7 @@ from apps.core.states import StaleState
 from apps.inventory.models import Cluster
 from apps.jobs import runner
 from apps.pools.models import Template, TemplateCopy, TemplateStatus
+from apps.pools.templates import leftovers
 from apps.pools.templates.recovery import copy_failed, lost_to
 from apps.vsphere import operations as ops
 from apps.vsphere.session import Endpoint, connect
@@ -57,8 +58,10 @@ def copy_to_cluster_job(job: runner.JobContext, *, copy_id: int) -> None:
     source = copy_to_clone(template, copy.cluster)
     with connect(Endpoint.from_vcenter(template.vcenter)) as conn:
         folder = ops.get_vm(conn, source.moid).folder_moid or ""
+        name = f"{template.name}-{copy.cluster.name}"[:80]
+        leftovers.announce(job, vcenter_id=template.vcenter_id, name=name, folder_moid=folder, copy=True)
         made = ops.copy_template_to_cluster(
-            conn, template_moid=source.moid, name=f"{template.name}-{copy.cluster.name}"[:80],
+            conn, template_moid=source.moid, name=name,
             folder_moid=folder, resource_pool_moid=copy.cluster.resource_pool_moid,
         )
     info = made.template

@@ -23,6 +23,7 @@ from apps.inventory.models import Cluster, Datastore, Folder, Network
 from apps.jobs import runner
 from apps.pools.downloads import PackageDownload, check_url
 from apps.pools.models import Template, TemplateCopy, TemplateStatus
+from apps.pools.templates import leftovers
 from apps.pools.templates.recovery import job_failed, lost_to
 from apps.pools.templates.register import mark_ready, new_template
 from apps.vsphere import operations as ops
@@ -152,6 +153,8 @@ def deploy_ovf_job(job: runner.JobContext, *, template_id: int, copy_id: int, ur
     try:
         with (_ovf_source(url, upload_path, download) as source,
               connect(Endpoint.from_vcenter(template.vcenter)) as conn):
+            if not ops.name_taken(conn, folder_moid, template.name):  # taken: deploy_ovf refuses, makes nothing
+                leftovers.announce(job, vcenter_id=template.vcenter_id, name=template.name, folder_moid=folder_moid)
             info = ops.deploy_ovf(
                 conn, source=source, name=template.name, folder_moid=folder_moid,
                 resource_pool_moid=resource_pool_moid, datastore_moid=datastore_moid,

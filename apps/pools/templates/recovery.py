@@ -23,6 +23,7 @@ from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.pools.downloads import human_size
 from apps.pools.models import Template, TemplateBuild, TemplateCopy, TemplateStatus
+from apps.pools.templates import leftovers
 from apps.vsphere import operations as ops
 from apps.vsphere.session import Endpoint, connect
 
@@ -113,12 +114,18 @@ TEMPLATE_JOB_KINDS = ("templates.deploy_ovf", "templates.build_vm", "templates.c
 
 
 def job_lost(job: Job, reason: str) -> None:
-    """The ``on_lost`` hook of every template job: fail the templates and builds it left in flight.
+    """The ``on_lost`` hook of every template job: fail the templates and builds it left in
+    flight, and have what it was making in vSphere removed (see ``leftovers``).
 
     The runner's reaper calls it (in its transaction) once the job's heartbeat stopped, so
     its worker was killed (SIGKILL, host lost) and nothing else will ever finish it. Without
     this its template would say "deploying" forever and keep its name reserved.
     """
+    _fail_rows(job, reason)
+    leftovers.remove_later(job)
+
+
+def _fail_rows(job: Job, reason: str) -> None:
     build_id, copy_id = job.args.get("build_id"), job.args.get("copy_id")
     template_id = job.args.get("template_id")
     if template_id is None and build_id:
@@ -132,8 +139,9 @@ def job_lost(job: Job, reason: str) -> None:
 
 def job_failed(job: Job, reason: str) -> None:
     """The ``on_failure`` hook of the template jobs that make something (deploy, build, capture):
-    what the job left in flight fails, as when its worker dies."""
-    job_lost(job, reason)
+    what the job left in flight fails, as when its worker dies. A job that raised has removed
+    what it made itself (or, for a name taken by another VM, made nothing): no leftover search."""
+    _fail_rows(job, reason)
 
 
 def copy_failed(job: Job, reason: str) -> None:
