@@ -29,6 +29,7 @@ TYPED := apps/vsphere apps/jobs apps/core $(sort $(wildcard $(foreach m,services
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy $(TYPED:%/__init__.py=%)
+	$(VENV)/bin/lint-imports
 
 # ARGS passes options to pytest, e.g. make test ARGS="tests/test_foundation.py -k login"
 test: venv services vcsim lint
