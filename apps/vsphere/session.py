@@ -19,20 +19,19 @@ import functools
 import logging
 import os
 import random
-import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from xml.etree import ElementTree
 
 from pyVmomi import SoapStubAdapter, vim
 from pyVmomi.VmomiSupport import GetServiceVersions, versionIdMap
 
+from apps.vsphere.endpoint import Endpoint
 from apps.vsphere.errors import (
     OperationTimeout,
     SessionExpired,
@@ -46,21 +45,8 @@ from apps.vsphere.tls import PinnedHTTPSConnection, https_connection, ssl_contex
 log = logging.getLogger(__name__)
 
 
-class VCenterRecord(Protocol):
-    """What an Endpoint is made from: apps.inventory's VCenter row (vsphere sits below
-    inventory, so it names only the fields it reads)."""
-
-    host: str
-    username: str
-    password: str
-    insecure: bool
-    ca_bundle: str
-    thumbprint: str
-
-
 T = TypeVar("T")
 
-DEFAULT_PORT = 443
 # The most sessions one process holds per endpoint; a worker with more threads than
 # this waits for a free session instead of piling logins onto the vCenter.
 MAX_SESSIONS = 4
@@ -74,57 +60,6 @@ RETRY_MAX_DELAY = 8.0
 # Idle keep-alive sockets are closed client-side before vCenter's own idle cut-off
 # (about 15 min behind a load balancer it can be far less).
 SOCKET_IDLE_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """How to reach and log in to one vCenter. ``host`` is ``name`` or ``name:port``."""
-
-    host: str
-    username: str
-    password: str = field(repr=False)
-    insecure: bool = False
-    ca_bundle: str = field(default="", repr=False)
-    thumbprint: str = ""
-    timeout: float = 60.0
-
-    @classmethod
-    def from_vcenter(cls, vc: VCenterRecord) -> Endpoint:
-        from django.conf import settings
-
-        return cls(
-            host=vc.host.strip(),
-            username=vc.username,
-            password=vc.password or "",
-            insecure=vc.insecure,
-            ca_bundle=vc.ca_bundle or "",
-            thumbprint=vc.thumbprint or "",
-            timeout=float(settings.VSPHERE_CALL_TIMEOUT),
-        )
-
-    @property
-    def hostname(self) -> str:
-        return _split_host(self.host)[0]
-
-    @property
-    def port(self) -> int:
-        return _split_host(self.host)[1]
-
-    @property
-    def pin(self) -> str:
-        """The pinned SHA-256 thumbprint as lower-case hex without separators, or ''."""
-        return re.sub(r"[^0-9a-f]", "", self.thumbprint.lower())
-
-
-def _split_host(host: str) -> tuple[str, int]:
-    host = host.strip()
-    if host.startswith("["):  # [v6::addr]:port
-        name, _, rest = host[1:].partition("]")
-        return name, int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
-    if host.count(":") == 1:
-        name, port = host.split(":")
-        return name, int(port)
-    return host, DEFAULT_PORT
 
 
 # ---------------------------------------------------------------- one session

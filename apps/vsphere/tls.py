@@ -10,12 +10,10 @@ import hashlib
 import http.client
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from apps.vsphere.endpoint import Endpoint
 from apps.vsphere.errors import PinMismatch, TLSError, translate
-
-if TYPE_CHECKING:
-    from apps.vsphere.session import Endpoint
 
 log = logging.getLogger(__name__)
 
