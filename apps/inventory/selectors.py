@@ -95,16 +95,18 @@ def host_load(*, window: timedelta = timedelta(hours=1)) -> list[ClusterLoad]:
         .order_by("cluster__name", "name")
     )
     since = timezone.now() - window
-    samples: dict[int, list[HostLoadSample]] = defaultdict(list)
-    for s in HostLoadSample.objects.filter(host__in=[h.pk for h in hosts], at__gte=since).order_by("at"):
-        samples[s.host_id].append(s)
+    # Tuples, not model instances: thousands of samples per poll, and only two numbers of each.
+    samples: dict[int, list[tuple[int | None, int | None]]] = defaultdict(list)
+    for host_id, cpu, mem in (HostLoadSample.objects.filter(host__in=[h.pk for h in hosts], at__gte=since)
+                              .order_by("at").values_list("host_id", "cpu_usage_mhz", "memory_usage_mb")):
+        samples[host_id].append((cpu, mem))
     groups: dict[int | None, ClusterLoad] = {}
     for h in hosts:
         group = groups.setdefault(h.cluster_id, ClusterLoad(cluster=h.cluster))
         history = samples.get(h.pk, [])
         group.hosts.append(HostRow(
             host=h, vm_count=h.vm_count,
-            cpu_points=sparkline_points([_pct(s.cpu_usage_mhz, h.cpu_capacity_mhz) for s in history]),
-            mem_points=sparkline_points([_pct(s.memory_usage_mb, h.memory_capacity_mb) for s in history]),
+            cpu_points=sparkline_points([_pct(cpu, h.cpu_capacity_mhz) for cpu, _ in history]),
+            mem_points=sparkline_points([_pct(mem, h.memory_capacity_mb) for _, mem in history]),
         ))
     return list(groups.values())
