@@ -83,12 +83,12 @@ def seed() -> None:
 
     started = time.perf_counter()
     with transaction.atomic():
-        admin = User.objects.create_user("admin", password="bench", is_staff=True, is_superuser=True)
+        admin = User.objects.create_user("admin", is_staff=True, is_superuser=True)  # force_login: no password
         group, _ = Group.objects.get_or_create(name=settings.VMPORTAL_ADMIN_GROUP)
         admin.groups.add(group)
-        User.objects.create_user("engineer", password="bench")
-        User.objects.bulk_create([User(username=f"user{i:03d}", password="!") for i in range(300)])
-        vc = VCenter.objects.create(name="vc1", host="127.0.0.1:1", username="u", password="p",
+        User.objects.create_user("engineer")
+        User.objects.bulk_create([User(username=f"user{i:03d}") for i in range(300)])
+        vc = VCenter.objects.create(name="vc1", host="127.0.0.1:1", username="u",
                                     status=VCenter.Status.REACHABLE)
         dc = Datacenter.objects.create(vcenter=vc, moid="datacenter-2", name="DC0")
         clusters = [Cluster.objects.create(vcenter=vc, datacenter=dc, moid=f"domain-c{i}", name=f"C{i}")
@@ -138,10 +138,11 @@ def seed() -> None:
                   CASE WHEN v.state = 'destroyed' THEN now() - interval '1 hour' END,
                   CASE WHEN v.state = 'destroyed' THEN 'returned' ELSE '' END, '', '{}'::jsonb
            FROM pools_vm v WHERE v.state IN ('leased', 'destroyed')""",
-        """INSERT INTO inventory_inventoryvm (vcenter_id, datacenter_id, folder_id, host_id, moid, name, synced_at, path,
-               power_state, is_template, tools_status, guest_ip, guest_hostname, instance_uuid, marker)
-           SELECT v.vcenter_id, (SELECT id FROM inventory_datacenter LIMIT 1), (SELECT id FROM inventory_folder LIMIT 1),
-                  v.host_id, v.moid, v.name, now(), 'DC0/vm/vmportal/' || v.name, 'poweredOn', false, 'toolsOk',
+        """INSERT INTO inventory_inventoryvm (vcenter_id, datacenter_id, folder_id, host_id, moid, name, synced_at,
+               path, power_state, is_template, tools_status, guest_ip, guest_hostname, instance_uuid, marker)
+           SELECT v.vcenter_id, (SELECT id FROM inventory_datacenter LIMIT 1),
+                  (SELECT id FROM inventory_folder LIMIT 1), v.host_id, v.moid, v.name, now(),
+                  'DC0/vm/vmportal/' || v.name, 'poweredOn', false, 'toolsOk',
                   v.ip_address, v.hostname, v.instance_uuid, 'vmportal:' || v.id
            FROM pools_vm v WHERE v.state <> 'destroyed'
            UNION ALL
@@ -179,7 +180,7 @@ def seed() -> None:
                   CASE WHEN i % 8 = 5 THEN jsonb_build_object('size', 50) END,
                   CASE WHEN i % 8 = 3 THEN 'clone of pool-' || (i % 100) || ' took ' || (i % 90) || ' s' ELSE '' END,
                   md5(i::text)
-           FROM generate_series(1, {AUDIT_ROWS}) i""",
+           FROM generate_series(1, {AUDIT_ROWS}) i""",  # noqa: S608 - a constant of ours
         "ANALYZE",
     ]
     with connection.cursor() as cursor:
