@@ -1,0 +1,108 @@
+"""What the vmpooler routes share: pool names and aliases to pools, hostnames to VMs and
+leases, and vmpooler's number and lifetime rules."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpRequest
+
+from apps.api.http import ApiError, strict_int
+from apps.core.permissions import is_admin
+from apps.leases.models import Lease
+from apps.pools.models import VM, Pool, VMState
+from apps.pools.selectors import NoSuchPool
+
+STATE_NAMES = {
+    VMState.CLONING: "pending", VMState.BOOTING: "pending", VMState.READY: "ready", VMState.LEASED: "running",
+    VMState.DESTROYING: "destroyed", VMState.DESTROYED: "destroyed", VMState.FAILED: "destroyed",
+}
+
+
+def _count(value: object, what: str) -> int:
+    return strict_int(value, what)
+
+
+def _fqdn(name: str, pool: Pool | None) -> str:
+    domain = (pool.domain if pool else "") or settings.VMPORTAL_API_DOMAIN
+    return f"{name}.{domain}" if domain else name
+
+
+def _short(hostname: str) -> str:
+    # vmpooler's hostname_shorten: clients send back the FQDN they were given.
+    return hostname.split(".", 1)[0]
+
+
+def _serving(names: set[str]) -> dict[str, list[Pool]]:
+    """The pools behind each name: the pool of that name, else the enabled pools that have it
+    as an alias; 404 naming those that are neither."""
+    serving: dict[str, list[Pool]] = {p.name: [p] for p in Pool.objects.select_related("template")
+                                      .filter(name__in=names)}
+    aliases = names - set(serving)
+    if aliases:  # a pool's own name wins over an alias (the model keeps them apart anyway)
+        for pool in Pool.objects.select_related("template").filter(enabled=True).exclude(aliases=""):
+            for alias in set(pool.alias_list) & aliases:
+                serving.setdefault(alias, []).append(pool)
+    if unknown := names - set(serving):
+        raise NoSuchPool(unknown)
+    return serving
+
+
+def _pick(wanted: Counter, *, prefer_ready: bool) -> list[tuple[str, Pool]]:
+    """One (requested name, pool) per VM wanted. An alias's pool is drawn by weight among
+    those with a ready VM left (for checkouts), or among all of them."""
+    serving = _serving(set(wanted))
+    ready: Counter = Counter()
+    shared = [p.pk for pools in serving.values() if len(pools) > 1 for p in pools]
+    if prefer_ready and shared:
+        ready.update(dict(VM.objects.filter(pool_id__in=shared, state=VMState.READY, on_demand=False)
+                          .values_list("pool_id").annotate(n=Count("pk"))))
+    picked = []
+    for name, count in wanted.items():
+        pools = serving[name]
+        for _ in range(count):
+            candidates = [p for p in pools if ready[p.pk] > 0] or pools
+            # Not a secret, only a spread of load: the weighted draw of vmpooler's aliases.
+            pool = random.choices(candidates, weights=[p.alias_weight for p in candidates])[0]  # noqa: S311
+            ready[pool.pk] -= 1
+            picked.append((name, pool))
+    return picked
+
+
+def _api_lifetime() -> timedelta | None:
+    hours = settings.VMPORTAL_API_DEFAULT_LIFETIME_HOURS
+    return timedelta(hours=hours) if hours else None
+
+
+def _wanted_in(body: dict) -> Counter:
+    """vmpooler's {"pool": "count", …} body as a Counter (counts checked to be whole numbers)."""
+    return Counter({str(k): _count(v, str(k)[:64]) for k, v in body.items()})
+
+
+def _names_in(path: str) -> list[str]:
+    """vmpooler's "poolA+poolB+poolA" path segment: one name per VM."""
+    return [p for p in path.split("+") if p]
+
+
+def _find_vm(hostname: str) -> VM:
+    hostname = _short(hostname)
+    vm = (
+        VM.objects.select_related("pool", "template", "host")
+        .filter(name=hostname).exclude(state=VMState.DESTROYED).order_by("-created_at").first()
+    )
+    if vm is None:
+        raise ApiError(f"No such VM: {hostname[:80]}.", 404)
+    return vm
+
+
+def _owned_lease(request: HttpRequest, vm: VM) -> Lease:
+    lease = Lease.objects.active().filter(vm=vm).first()
+    if lease is None:
+        raise ApiError(f"{vm.name} is not checked out.", 404)
+    if lease.user_id != request.user.pk and not is_admin(request.user):
+        raise ApiError(f"{vm.name} is checked out by someone else.", 403)
+    return lease
