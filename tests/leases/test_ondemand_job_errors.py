@@ -10,8 +10,8 @@ from django.db import OperationalError
 
 from apps.jobs import runner
 from apps.jobs.models import Job
-from apps.leases import jobs as ondemand_jobs
 from apps.leases import ondemand
+from apps.leases import provisioning as ondemand_provisioning
 from apps.leases.models import OnDemandRequest
 from tests import factories
 
@@ -30,9 +30,9 @@ def test_a_request_whose_job_raised_before_starting_and_whose_hook_failed_too_is
     def database_gone(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(ondemand_jobs.ondemand, "start", broken_start)
+    monkeypatch.setattr(ondemand_provisioning.ondemand, "start", broken_start)
     # The failure hook rolls back as a whole when its clean-up hits the database error.
-    monkeypatch.setattr(ondemand_jobs, "fail_orphaned_clones", database_gone)
+    monkeypatch.setattr(ondemand_provisioning, "fail_orphaned_clones", database_gone)
     assert runner.run(job.pk) == "failed"
     monkeypatch.undo()
     req.refresh_from_db()
