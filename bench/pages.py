@@ -260,7 +260,7 @@ def variants(values: dict[str, object]) -> list[tuple[str, dict[str, str]]]:
         ("/manage/audit/?action=lease.", {}),
         (f"/manage/audit/?pool={pool_id}", {}),
         ("/manage/audit/?since=2020-01-01&until=2100-01-01", {}),
-        ("/manage/audit/?q=took+42", {}),
+        ("/manage/audit/?q=took+73", {}),
         ("/manage/audit/?q=user007", {}),
         (f"/manage/audit/?after={audit.encode_cursor(tenth)}", {}),
         (f"/manage/audit/?actor=user007&after={audit.encode_cursor(tenth)}", hx),

@@ -57,8 +57,7 @@ def audit_export(request: HttpRequest) -> HttpResponse:
     def rows():
         yield writer.writerow(["at", "actor", "action", "target_type", "target_id", "target", "pool_id",
                                "request_id", "message", "before", "after"])
-        # iterator(): constant memory however many rows match.
-        for e in events.iterator(chunk_size=2000):
+        for e in selectors.iter_events(events):
             yield writer.writerow(csv_row([
                 e.at.isoformat(), e.actor_name, e.action, e.target_type, e.target_id, e.target_repr,
                 e.pool_id or "", e.request_id, e.message,
