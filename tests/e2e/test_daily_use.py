@@ -88,3 +88,59 @@ def test_keyboard_focus_on_check_out_survives_two_polls_that_change_the_counts(l
         assert focused == ["Check out", True]
         page.keyboard.press("Enter")
         expect(page).to_have_url(re.compile(r"/leases/\d+/$"))
+
+
+@pytest.fixture
+def site_data(pool, admin_user, engineer):
+    """One of each thing the main pages show: hosts with load, a lease, an audit event."""
+    from apps.audit.models import AuditEvent
+    from apps.leases import services as leases
+
+    factories.host(pool.cluster, name="esx-01.lab.example")
+    [lease] = leases.checkout(user=admin_user, pools=[pool], note="a long note " * 8,
+                              tags={"team": "qa", "ticket": "OPS-1234"})
+    return {"pool": pool, "lease": lease, "event": AuditEvent.objects.order_by("-pk").first()}
+
+
+def _main_pages(data) -> list[str]:
+    pool, lease, event = data["pool"], data["lease"], data["event"]
+    return [
+        "/", "/leases/", f"/leases/{lease.pk}/", "/profile/ssh-keys/", "/api/tokens/", "/api/docs/",
+        "/manage/", "/manage/pools/new/", f"/manage/pools/{pool.pk}/", f"/manage/pools/{pool.pk}/first-boot/",
+        "/manage/templates/", f"/manage/templates/{pool.template_id}/", "/manage/audit/",
+        f"/manage/audit/{event.pk}/", "/manage/hosts/", "/manage/health/", "/manage/address-ranges/",
+    ]
+
+
+# What sticks out past the right edge: the outermost such elements, for a failure message.
+WIDEST = """[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 391
+  && !(e.parentElement && e.parentElement.getBoundingClientRect().right > 391))
+  .slice(0, 3).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))"""
+
+
+def test_no_page_overflows_a_390px_phone_and_check_out_and_admin_are_reachable(live_server, site_data):
+    from playwright.sync_api import expect
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.set_default_timeout(POLL_WAIT_MS)
+        page.goto(f"{live_server.url}/")
+        sign_in(page, "alice-admin", "pw-admin")
+        expect(page.locator("h1")).to_have_text("Pools")
+        overflowing = {}
+        for path in _main_pages(site_data):
+            page.goto(f"{live_server.url}{path}")
+            expect(page.locator("main")).to_be_visible()
+            width = page.evaluate("document.scrollingElement.scrollWidth")
+            if width > 390:
+                overflowing[path] = (width, page.evaluate(WIDEST))
+        assert not overflowing, "\n".join(f"{k}: {v}" for k, v in overflowing.items())
+
+        page.goto(f"{live_server.url}/")
+        page.screenshot(path=str(ARTIFACTS / "phone-home.png"), full_page=True)
+        for name in ("Check out", "Admin"):
+            target = page.get_by_role("button" if name == "Check out" else "link", name=name, exact=True).first
+            box = target.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (name, box)
+        page.goto(f"{live_server.url}/leases/{site_data['lease'].pk}/")
+        page.screenshot(path=str(ARTIFACTS / "phone-lease.png"), full_page=True)
