@@ -88,10 +88,45 @@ func (f *frontend) serveDatastoreRename(w http.ResponseWriter, r *http.Request, 
 		writeFault(w, "a datastore name cannot be empty", &types.InvalidArgument{InvalidProperty: "newName"})
 		return
 	}
+	old := ds.Name
 	res := simulator.RenameTask(ds, &types.Rename_Task{This: call.this, NewName: name}).(*methods.Rename_TaskBody)
+	if ds.Name == old {
+		writeSOAP(w, http.StatusOK, `<Rename_TaskResponse xmlns="urn:vim25"><returnval type="Task">`+
+			res.Res.Returnval.Value+`</returnval></Rename_TaskResponse>`)
+		return // the task failed (a duplicate name): nothing else changes
+	}
 	summary := ds.Summary
 	summary.Name = ds.Name
 	simulator.Map.Update(ds, []types.PropertyChange{{Name: "summary", Val: summary}})
+	// vCenter rewrites the datastore paths of the VMs on it ("[old] x" becomes "[new] x"):
+	// clones of a template read its files by those paths.
+	rewrite := func(p string) string {
+		if strings.HasPrefix(p, "["+old+"]") {
+			return "[" + name + "]" + strings.TrimPrefix(p, "["+old+"]")
+		}
+		return p
+	}
+	for _, ref := range ds.Vm {
+		vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+		if !ok || vm.Config == nil {
+			continue
+		}
+		simulator.Map.WithLock(vm, func() {
+			files := vm.Config.Files
+			files.VmPathName = rewrite(files.VmPathName)
+			files.SnapshotDirectory = rewrite(files.SnapshotDirectory)
+			files.SuspendDirectory = rewrite(files.SuspendDirectory)
+			files.LogDirectory = rewrite(files.LogDirectory)
+			for _, dev := range vm.Config.Hardware.Device {
+				if b, ok := dev.GetVirtualDevice().Backing.(types.BaseVirtualDeviceFileBackingInfo); ok {
+					info := b.GetVirtualDeviceFileBackingInfo()
+					info.FileName = rewrite(info.FileName)
+				}
+			}
+			vm.Summary.Config.VmPathName = files.VmPathName
+			simulator.Map.Update(vm, []types.PropertyChange{{Name: "config.files", Val: files}})
+		})
+	}
 	writeSOAP(w, http.StatusOK, `<Rename_TaskResponse xmlns="urn:vim25"><returnval type="Task">`+
 		res.Res.Returnval.Value+`</returnval></Rename_TaskResponse>`)
 }
