@@ -20,3 +20,44 @@
   document.addEventListener("DOMContentLoaded", () => { tick(); setInterval(tick, 1000); });
   document.addEventListener("htmx:afterSwap", tick);
 })();
+
+// Destructive actions ask first, in a styled <dialog>: a form with data-confirm="question"
+// (data-confirm-label names the button), or an htmx element with hx-confirm.
+(function () {
+  let dialog;
+  function ask(question, label, onYes) {
+    if (!dialog) {
+      dialog = document.createElement("dialog");
+      dialog.id = "confirm-dialog";
+      dialog.setAttribute("aria-labelledby", "confirm-question");
+      dialog.innerHTML = '<form method="dialog"><p id="confirm-question"></p><div class="actions">' +
+        '<button value="cancel" type="submit">Cancel</button>' +
+        '<button value="yes" type="submit" class="danger" id="confirm-yes"></button></div></form>';
+      document.body.appendChild(dialog);
+    }
+    dialog.querySelector("#confirm-question").textContent = question;
+    dialog.querySelector("#confirm-yes").textContent = label || "Confirm";
+    dialog.returnValue = "";
+    dialog.onclose = () => { if (dialog.returnValue === "yes") onYes(); };
+    dialog.showModal();
+    // Cancel has the focus: Enter on a dialog opened by mistake destroys nothing.
+    dialog.querySelector('button[value="cancel"]').focus();
+  }
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (!form.dataset || !form.dataset.confirm) return;
+    if (form.dataset.confirmed) { delete form.dataset.confirmed; return; }
+    event.preventDefault();
+    const submitter = event.submitter;
+    ask(form.dataset.confirm, form.dataset.confirmLabel, () => {
+      form.dataset.confirmed = "1";
+      form.requestSubmit(submitter && submitter.form === form ? submitter : undefined);
+    });
+  }, true);
+  document.addEventListener("htmx:confirm", (event) => {
+    if (!event.detail.question) return;
+    event.preventDefault();
+    const el = event.detail.elt;
+    ask(event.detail.question, el.dataset && el.dataset.confirmLabel, () => event.detail.issueRequest(true));
+  });
+})();

@@ -144,3 +144,38 @@ def test_no_page_overflows_a_390px_phone_and_check_out_and_admin_are_reachable(l
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (name, box)
         page.goto(f"{live_server.url}/leases/{site_data['lease'].pk}/")
         page.screenshot(path=str(ARTIFACTS / "phone-lease.png"), full_page=True)
+
+
+def _pool_row(pool_id: int) -> tuple:
+    from apps.pools.models import Pool
+
+    result = []
+    _off_loop(lambda: result.append(Pool.objects.values_list("size", "enabled").get(pk=pool_id)))
+    return result[0]
+
+
+def test_drain_and_disable_asks_in_a_styled_dialog_and_cancel_changes_nothing(live_server, pool, admin_user):
+    from playwright.sync_api import expect
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(POLL_WAIT_MS)
+        page.on("dialog", lambda d: pytest.fail(f"a native browser dialog opened: {d.message}"))
+        page.goto(f"{live_server.url}/manage/pools/{pool.pk}/")
+        sign_in(page, "alice-admin", "pw-admin")
+        expect(page.locator("h1")).to_have_text("debian-12")
+
+        page.get_by_role("button", name="Drain and disable").click()
+        dialog = page.locator("dialog#confirm-dialog")
+        expect(dialog).to_be_visible()
+        expect(dialog).to_contain_text("Drain and disable debian-12?")
+        expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+        page.screenshot(path=str(ARTIFACTS / "confirm-drain.png"))
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()
+        assert _pool_row(pool.pk) == (3, True)
+
+        page.get_by_role("button", name="Drain and disable").click()
+        dialog.get_by_role("button", name="Drain and disable").click()
+        expect(page.locator(".msg.success")).to_contain_text("debian-12 disabled and draining")
+        assert _pool_row(pool.pk) == (0, False)

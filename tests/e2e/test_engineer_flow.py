@@ -72,8 +72,8 @@ def _check_out_extend_and_return(browser, base_url: str) -> None:
     page.set_viewport_size({"width": 1280, "height": 800})
 
     vm_name = page.locator("h1").inner_text()
-    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Return").click()
+    page.locator("dialog#confirm-dialog").get_by_role("button", name="Return").click()
 
     expect(page).to_have_url(re.compile(r"/leases/$"))
     expect(page.locator(".msg.success")).to_contain_text(f"{vm_name} returned")
