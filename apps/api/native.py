@@ -10,6 +10,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import Prefetch
 from django.http import HttpRequest
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError
@@ -316,14 +317,14 @@ class OnDemandOut(Schema):
     finished_at: datetime | None
 
 
-def _ondemand_out(req: OnDemandRequest) -> dict:
-    facts = ondemand.describe(req)
+def _ondemand_out(req: OnDemandRequest, vms: list[VM] | None = None) -> dict:
+    facts = ondemand.describe(req, vms)
     return {
         "request_id": req.request_id, "status": req.status, "step": facts["step"],
         "status_reason": req.status_reason, "percent": facts["percent"], "wanted": req.wanted,
         "vms": [{"name": r["vm"].name, "pool": r["vm"].pool.name if r["vm"].pool else None, "state": r["state"],
                  "percent": r["percent"], "task_progress": r["task_progress"]} for r in facts["vms"]],
-        "lease_ids": ondemand.lease_ids(req) if req.status == OnDemandRequest.Status.READY else [],
+        "lease_ids": ondemand.lease_ids(req, vms) if req.status == OnDemandRequest.Status.READY else [],
         "created_at": req.created_at, "finished_at": req.finished_at,
     }
 
@@ -340,7 +341,10 @@ def create_ondemand(request, payload: OnDemandIn):
 
 @api.get("/ondemand", response=list[OnDemandOut], tags=["on-demand"])
 def list_ondemand(request):
-    return [_ondemand_out(r) for r in OnDemandRequest.objects.filter(user=request.user)[:100]]
+    # Every request's VMs, pools and leases in one query, not two queries per request.
+    vms = Prefetch("vms", queryset=VM.objects.select_related("pool", "lease").order_by("pk"), to_attr="vm_list")
+    requests = OnDemandRequest.objects.filter(user=request.user).prefetch_related(vms)[:100]
+    return [_ondemand_out(r, r.vm_list) for r in requests]
 
 
 @api.get("/ondemand/{request_id}", response={200: OnDemandOut, **ERRORS}, tags=["on-demand"])

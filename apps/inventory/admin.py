@@ -78,5 +78,6 @@ class FolderAdmin(AuditedAdmin, InventoryAdmin):
 @admin.register(models.InventoryVM)
 class InventoryVMAdmin(InventoryAdmin):
     list_display = ["name", "path", "power_state", "is_template", "host", "guest_ip", "marker"]
+    list_select_related = ["host"]  # nullable: select_related() alone skips it
     list_filter = ["vcenter", "is_template", "power_state"]
     search_fields = ["name", "path", "instance_uuid", "guest_ip"]

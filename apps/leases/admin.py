@@ -7,6 +7,7 @@ from apps.leases.models import GroupLeaseLimit, Lease
 @admin.register(Lease)
 class LeaseAdmin(admin.ModelAdmin):
     list_display = ["vm", "user", "pool", "started_at", "expires_at", "ended_at", "end_reason"]
+    list_select_related = ["vm", "user", "pool"]  # pool is nullable: select_related() alone skips it
     list_filter = ["pool", "end_reason"]
     search_fields = ["vm__name", "user__username"]
     # Extending, tagging and returning go through the pages and APIs (limits checked, audited).

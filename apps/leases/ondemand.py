@@ -234,9 +234,10 @@ def recover_stale() -> int:
 STEPS = ("queued", "cloning", "booting", "ready")
 
 
-def describe(req: OnDemandRequest) -> dict:
-    """Where a request stands: its step, overall percent, and each VM's state and progress."""
-    vms = list(req.vms.select_related("pool").order_by("pk"))
+def describe(req: OnDemandRequest, vms: list[VM] | None = None) -> dict:
+    """Where a request stands: its step, overall percent, and each VM's state and progress.
+    A list of requests passes each one's VMs (with their pool), fetched for all at once."""
+    vms = list(req.vms.select_related("pool").order_by("pk")) if vms is None else vms
     current = [vm for vm in vms if vm.state not in (VMState.FAILED, VMState.DESTROYING, VMState.DESTROYED)]
     if req.status == Status.READY:
         current = [vm for vm in vms if vm.state == VMState.LEASED]
@@ -273,5 +274,9 @@ def describe(req: OnDemandRequest) -> dict:
             "last_failure": failures[-1] if failures else ""}
 
 
-def lease_ids(req: OnDemandRequest) -> list[int]:
-    return list(Lease.objects.filter(vm__in=req.vms.all()).values_list("pk", flat=True))
+def lease_ids(req: OnDemandRequest, vms: list[VM] | None = None) -> list[int]:
+    """Its VMs' leases; given VMs must come with their lease (select_related("lease"))."""
+    if vms is None:
+        return list(Lease.objects.filter(vm__in=req.vms.all()).values_list("pk", flat=True))
+    leases = [vm.lease for vm in vms if hasattr(vm, "lease")]
+    return [lease.pk for lease in sorted(leases, key=lambda lease: lease.started_at, reverse=True)]

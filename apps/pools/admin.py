@@ -43,6 +43,8 @@ class PoolAdmin(admin.ModelAdmin):
 @admin.register(models.VM)
 class VMAdmin(admin.ModelAdmin):
     list_display = ["name", "pool", "state", "host", "ip_address", "created_at"]
+    # Nullable foreign keys: the changelist's own select_related() skips them (one query per row).
+    list_select_related = ["pool", "host"]
     list_filter = ["state", "pool"]
     search_fields = ["name", "moid", "ip_address", "hostname"]
     # State changes go through services (transition map + audit), never a raw edit.
