@@ -8,6 +8,7 @@ them wins and the other gets StaleState instead of silently overwriting the firs
 
 Each stateful model keeps its map (old → allowed new states) and its badge colours
 (state → CSS class) beside its choices, and calls transition() from a ``move_to`` method.
+A Job row is its own history (times, error, log), so its moves write no StateChange.
 """
 
 from __future__ import annotations
@@ -106,13 +107,18 @@ def transition(
     *,
     allowed: Transitions,
     field: str = "state",
+    history: bool = True,
+    where: Mapping[str, Any] | None = None,
     **changes: Any,
 ) -> None:
     """Move ``obj.<field>`` to ``new`` if the map allows it and nobody moved it first.
 
     ``changes`` are other columns written in the same UPDATE (a reason, a timestamp);
-    ``<field>_reason``, if given, is also the history row's reason. The instance is
-    updated in place on success. Raises IllegalTransition or StaleState (both 409s).
+    ``<field>_reason``, if given, is also the history row's reason. ``where``: other
+    columns that must still hold what the caller saw (a heartbeat), or it is StaleState
+    too. ``history=False`` for rows that are their own history (Job): one plain UPDATE.
+    The instance is updated in place on success. Raises IllegalTransition or StaleState
+    (both 409s).
     """
     old = getattr(obj, field)
     if new not in allowed.get(old, frozenset()):
@@ -124,10 +130,12 @@ def transition(
             values.setdefault(f.name, now)
     model = type(obj)
     label, reason = model._meta.label_lower, str(changes.get(f"{field}_reason", ""))
-    rows = model._default_manager.filter(pk=obj.pk, **{field: old})
+    rows = model._default_manager.filter(pk=obj.pk, **{field: old}, **(where or {}))
     db = router.db_for_write(model, instance=obj)
     connection = connections[db]
-    if connection.vendor == "postgresql":
+    if not history:
+        updated = rows.update(**values)
+    elif connection.vendor == "postgresql":
         # One round trip: the UPDATE and its history row in one statement (VMs move on
         # checkout's hot path), atomic even outside a transaction.
         query = rows.query.chain(UpdateQuery)
@@ -150,4 +158,5 @@ def transition(
         current = model._default_manager.filter(pk=obj.pk).values_list(field, flat=True).first()
         raise StaleState(obj, old, new, current)
     for key, value in values.items():
-        setattr(obj, key, value)
+        if not hasattr(value, "resolve_expression"):  # an F()/Concat() result is the database's to know
+            setattr(obj, key, value)

@@ -16,6 +16,7 @@ from django.db import transaction
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, VmPortalError
 from apps.core.permissions import is_admin
+from apps.core.states import StaleState
 from apps.firstboot.models import KeyDelivery, PoolFirstBoot, SSHKey, VMSecret
 from apps.firstboot.secrets import InvalidKey, parse_public_key
 from apps.jobs import runner
@@ -109,8 +110,17 @@ def deliver_keys(lease_id: int, *, say: Callable[[str], None] = log.info) -> Key
     login = _guest_login(cfg, lease.vm) if cfg else None
 
     def finish(state: str, detail: str = "", fingerprints: list[str] | None = None) -> KeyDelivery:
-        delivery.state, delivery.detail, delivery.fingerprints = state, detail, fingerprints or []
-        delivery.save(update_fields=["state", "detail", "fingerprints", "updated_at"])
+        changes = {"detail": detail, "fingerprints": fingerprints or []}
+        try:
+            delivery.move_to(state, **changes)
+        except StaleState as exc:
+            # The reaper failed it while the guest was slow: keys that went in after all are
+            # still said so; any other late outcome leaves the verdict that came first.
+            if exc.current is None or state not in KeyDelivery.TRANSITIONS[exc.current]:
+                say(f"{lease.vm.name}: keys {state} too late, the delivery is {exc.current or 'gone'} now")
+                return delivery
+            delivery.state = exc.current
+            delivery.move_to(state, **changes)
         say(f"{lease.vm.name}: {delivery.get_state_display()}{': ' + detail if detail else ''}")
         return delivery
 

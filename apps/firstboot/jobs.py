@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from django.utils import timezone
+from contextlib import suppress
 
+from apps.core.states import StaleState
 from apps.firstboot import access
 from apps.firstboot.models import KeyDelivery
 from apps.jobs import runner
@@ -12,9 +13,11 @@ from apps.jobs.models import Job
 
 def keys_not_added(job: Job, reason: str) -> None:
     """``firstboot.add_keys``'s hook when its worker died or it raised: say so on the lease."""
-    KeyDelivery.objects.filter(lease_id=job.args["lease_id"], state=KeyDelivery.State.PENDING).update(
-        state=KeyDelivery.State.FAILED, detail=f"Stopped before your keys were added: {reason}",
-        updated_at=timezone.now())
+    delivery = KeyDelivery.objects.filter(lease_id=job.args["lease_id"], state=KeyDelivery.State.PENDING).first()
+    if delivery is None:
+        return
+    with suppress(StaleState):  # its worker recorded an outcome after all: that one stands
+        delivery.move_to(KeyDelivery.State.FAILED, detail=f"Stopped before your keys were added: {reason}")
 
 
 @runner.handler("firstboot.add_keys", queue="default", on_lost=keys_not_added, on_failure=keys_not_added)

@@ -7,6 +7,7 @@ customisation), and everything here hangs off Pool and VM by one-to-one or forei
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -14,6 +15,7 @@ from django.db import models
 from django.db.models import Q
 
 from apps.core.crypto import EncryptedTextField
+from apps.core.states import transition
 from apps.inventory.models import Datastore, VCenter
 from apps.pools.models import VM, Pool
 
@@ -255,6 +257,16 @@ class KeyDelivery(models.Model):
         FAILED = "failed", "Your SSH keys could not be added"
         SKIPPED = "skipped", "No SSH keys to add"
 
+    # One outcome per lease's keys; failed → done when a worker the reaper declared lost had
+    # put the keys in after all (the guest's word beats the reaper's guess).
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        State.PENDING: frozenset({State.DONE, State.FAILED, State.SKIPPED}),
+        State.DONE: frozenset(),
+        State.FAILED: frozenset({State.DONE}),
+        State.SKIPPED: frozenset(),
+    }
+    BADGE: dict[str, str] = {State.PENDING: "warn", State.DONE: "ok", State.FAILED: "bad", State.SKIPPED: ""}
+
     lease = models.OneToOneField("leases.Lease", on_delete=models.CASCADE, related_name="key_delivery")
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     detail = models.TextField(blank=True)
@@ -263,3 +275,10 @@ class KeyDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"keys for lease {self.lease_id}: {self.state}"
+
+    @property
+    def badge(self) -> str:
+        return self.BADGE[self.state]
+
+    def move_to(self, new: str, **changes: Any) -> None:
+        transition(self, new, allowed=self.TRANSITIONS, field="state", **changes)

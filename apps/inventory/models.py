@@ -7,9 +7,12 @@ and managed-object id (moid); moids are opaque and never parsed.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 
 from apps.core.crypto import EncryptedTextField
+from apps.core.states import transition
 
 
 class VCenter(models.Model):
@@ -17,6 +20,14 @@ class VCenter(models.Model):
         UNKNOWN = "unknown", "Unknown"
         REACHABLE = "reachable", "Reachable"
         UNREACHABLE = "unreachable", "Unreachable"
+
+    # What the last look at vCenter saw (a sync, the watcher); never back to unknown.
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        Status.UNKNOWN: frozenset({Status.REACHABLE, Status.UNREACHABLE}),
+        Status.REACHABLE: frozenset({Status.UNREACHABLE}),
+        Status.UNREACHABLE: frozenset({Status.REACHABLE}),
+    }
+    BADGE: dict[str, str] = {Status.UNKNOWN: "", Status.REACHABLE: "ok", Status.UNREACHABLE: "bad"}
 
     name = models.SlugField(max_length=64, unique=True)
     host = models.CharField(max_length=255, help_text="Host name or host:port of the vCenter SDK.")
@@ -48,6 +59,13 @@ class VCenter(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def badge(self) -> str:
+        return self.BADGE[self.status]
+
+    def move_to(self, new: str, **changes: Any) -> None:
+        transition(self, new, allowed=self.TRANSITIONS, field="status", **changes)
 
 
 class VCenterObject(models.Model):

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import models
+
+from apps.core.states import transition
 
 
 class Job(models.Model):
@@ -13,6 +16,18 @@ class Job(models.Model):
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+
+    # A Job row is itself the history of its run (times, error, log), so its moves write no
+    # StateChange row: the map still guards them, in one plain conditional UPDATE each.
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        Status.QUEUED: frozenset({Status.RUNNING}),
+        Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED}),
+        Status.SUCCEEDED: frozenset(),
+        Status.FAILED: frozenset(),
+    }
+    BADGE: dict[str, str] = {
+        Status.QUEUED: "", Status.RUNNING: "warn", Status.SUCCEEDED: "ok", Status.FAILED: "bad",
+    }
 
     kind = models.CharField(max_length=64, db_index=True, help_text="e.g. clone, destroy, reconcile")
     queue = models.CharField(max_length=32, default="default")
@@ -36,6 +51,13 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk}"
+
+    @property
+    def badge(self) -> str:
+        return self.BADGE[self.status]
+
+    def move_to(self, new: str, *, where: dict[str, Any] | None = None, **changes: Any) -> None:
+        transition(self, new, allowed=self.TRANSITIONS, field="status", history=False, where=where, **changes)
 
     def is_alive(self, now: datetime, stale_after: timedelta) -> bool:
         """Queued (a worker will take it), or running with a heartbeat newer than ``stale_after``."""

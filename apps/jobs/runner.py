@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from apps.audit.context import SYSTEM, Actor, acting_as
 from apps.core.errors import VmPortalError
+from apps.core.states import StaleState
 from apps.jobs.models import Job
 
 log = logging.getLogger(__name__)
@@ -170,32 +171,33 @@ def push(job: Job) -> bool:
 def run(job_id: int) -> str:
     """The RQ entry point. Runs a Job at most once, even if RQ delivers it twice."""
     now = timezone.now()
-    claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
-        status=Job.Status.RUNNING, started_at=now, heartbeat_at=now
-    )
-    if not claimed:
+    try:
+        # The claim is one conditional UPDATE on the row as it was queued (no read first).
+        Job(pk=job_id, status=Job.Status.QUEUED).move_to(Job.Status.RUNNING, started_at=now, heartbeat_at=now)
+    except StaleState:
         return "already taken"
     job = Job.objects.get(pk=job_id)
     ctx = JobContext(job)
-    # Only a still-running row is finished here: a job the reaper already declared lost
-    # (and compensated) keeps that verdict, whatever its slow worker says afterwards.
-    running = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING)
+    # Only a still-running row is finished here (move_to from running): a job the reaper
+    # already declared lost (and compensated) keeps that verdict, whatever its slow worker
+    # says afterwards.
     try:
         with Heartbeat(job), acting_as(Actor(user_id=None, name=SYSTEM.name, job_id=job.pk)):
             _handlers[job.kind].func(ctx, **job.args)
     except Exception as exc:
         log.exception("Job %s (%s) failed", job.pk, job.kind)
         reason = f"{type(exc).__name__}: {exc}"[:4000]
-        failed = running.update(
-            status=Job.Status.FAILED,
-            finished_at=timezone.now(),
-            error=reason,
-            log=Concat(F("log"), Value(traceback.format_exc(limit=5)[-4000:])),
-        )
-        if failed and (hook := _on_failure.get(job.kind)):
+        try:
+            job.move_to(Job.Status.FAILED, finished_at=timezone.now(), error=reason,
+                        log=Concat(F("log"), Value(traceback.format_exc(limit=5)[-4000:])))
+        except StaleState:
+            return "failed"
+        if hook := _on_failure.get(job.kind):
             _call_hook(hook, job, failure_reason(exc))
         return "failed"
-    if not running.update(status=Job.Status.SUCCEEDED, finished_at=timezone.now()):
+    try:
+        job.move_to(Job.Status.SUCCEEDED, finished_at=timezone.now())
+    except StaleState:
         return "lost"
     return "succeeded"
 
@@ -233,10 +235,11 @@ def reap_lost(*, now: datetime | None = None) -> int:
                   f"(no heartbeat for {silent} s; the bound is {limit} s).")
         try:
             with transaction.atomic(), acting_as(SYSTEM):
-                if not Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, heartbeat_at=job.heartbeat_at).update(
-                        status=Job.Status.FAILED, finished_at=now, error=reason):
+                try:
+                    job.move_to(Job.Status.FAILED, where={"heartbeat_at": job.heartbeat_at}, finished_at=now,
+                                error=reason)
+                except StaleState:
                     continue  # it finished, or beat, meanwhile
-                job.status, job.error = Job.Status.FAILED, reason
                 if hook := _on_lost.get(job.kind):
                     hook(job, reason)
         except Exception:

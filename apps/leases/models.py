@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
@@ -144,6 +146,14 @@ class VMTask(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 
+    # One outcome each: the job records it, or the runner's hooks when the job did not finish.
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        Status.QUEUED: frozenset({Status.DONE, Status.FAILED}),
+        Status.DONE: frozenset(),
+        Status.FAILED: frozenset(),
+    }
+    BADGE: dict[str, str] = {Status.QUEUED: "warn", Status.DONE: "ok", Status.FAILED: "bad"}
+
     lease = models.ForeignKey(Lease, on_delete=models.CASCADE, related_name="vm_tasks")
     kind = models.CharField(max_length=16, choices=Kind.choices)
     disk_gb = models.PositiveIntegerField(null=True, blank=True)
@@ -158,3 +168,10 @@ class VMTask(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} on {self.lease.vm}"
+
+    @property
+    def badge(self) -> str:
+        return self.BADGE[self.status]
+
+    def move_to(self, new: str, **changes: Any) -> None:
+        transition(self, new, allowed=self.TRANSITIONS, field="status", **changes)

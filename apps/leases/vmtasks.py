@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, VmPortalError
+from apps.core.states import StaleState
 from apps.jobs import runner
 from apps.leases.models import Lease, VMTask
 from apps.leases.services import get_lease_for
@@ -61,9 +62,13 @@ def revert(*, user: AbstractBaseUser, lease_id: int, snapshot_id: str) -> VMTask
 
 def finish(task: VMTask, error: str = "") -> bool:
     """Record a queued task's outcome; False if it already has one (a job run twice, or lost)."""
-    return bool(VMTask.objects.filter(pk=task.pk, status=VMTask.Status.QUEUED).update(
-        status=VMTask.Status.FAILED if error else VMTask.Status.DONE, error=error, finished_at=timezone.now()
-    ))
+    if task.status != VMTask.Status.QUEUED:
+        return False
+    try:
+        task.move_to(VMTask.Status.FAILED if error else VMTask.Status.DONE, error=error, finished_at=timezone.now())
+    except StaleState:
+        return False
+    return True
 
 
 def disks_of(lease: Lease) -> list[str]:
