@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TASK_LIMIT = 2  # the vCenter's own limit, first phase
 GLOBAL_LIMIT = 3  # VMPORTAL_CLONE_LIMIT on both hosts, second phase
 CLONE_DELAY_MS = 700  # each CloneVM_Task stays in flight this long, so overlaps are seen
-WATCH_CYCLE = 5  # watch_inventory --resync-every
+WATCH_CYCLE = 5  # watch_inventory --max-wait: the longest one wait for changes lasts
 
 
 class HostProcess(Managed):
@@ -75,10 +75,9 @@ class Host:
                                "--threads", "4", "--log-level", "warning", "--timeout", "60"]),
             self._proc("worker", [*manage, "rqworker", *queues, "--worker-class", "rq.SimpleWorker"]),
             self._proc("poolmanager", [*manage, "poolmanager", "--interval", "2"]),
-            # Renames of datastores and folders reach the database at the watcher's full sync
-            # (VM and host changes arrive as events): one cycle is WATCH_CYCLE seconds here.
-            self._proc("watcher", [*manage, "watch_inventory", "--reload-every", "5", "--max-wait", "5",
-                                   "--resync-every", str(WATCH_CYCLE)]),
+            # The default full sync interval (900 s): a rename must arrive as an event.
+            self._proc("watcher", [*manage, "watch_inventory", "--reload-every", "5",
+                                   "--max-wait", str(WATCH_CYCLE)]),
         ]
 
     def _proc(self, role: str, argv: list[str]) -> HostProcess:

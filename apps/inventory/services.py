@@ -3,8 +3,9 @@
 ``sync_inventory`` reads a whole vCenter (apps.vsphere.inventory, a handful of calls)
 and then writes the difference in one transaction: new rows inserted, changed rows
 updated, vanished rows deleted, unchanged rows untouched. ``apply_changes`` writes what
-the watcher (apps.vsphere.watcher) saw change in between. vSphere is never called while
-a transaction is open.
+the watcher (apps.vsphere.watcher) saw change in between: VMs, hosts, and the names of
+datastores and folders (a renamed folder's path, and those of everything under it).
+vSphere is never called while a transaction is open.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import models, transaction
-from django.db.models import F, Max, Window
+from django.db.models import F, Max, Value, Window
 from django.db.models.deletion import ProtectedError
-from django.db.models.functions import RowNumber
+from django.db.models.functions import Concat, RowNumber, Substr
 from django.utils import timezone
 
 from apps.inventory.models import (
@@ -36,7 +37,7 @@ from apps.inventory.models import (
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.inventory import Inventory, fetch_inventory
 from apps.vsphere.session import Endpoint, connect
-from apps.vsphere.watcher import HostChange, VMChange
+from apps.vsphere.watcher import Change, DatastoreChange, FolderChange, HostChange, VMChange
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ def _column_value(name: str, value: Any) -> Any:
     return value  # quick stats and capacities: None stays None (unknown)
 
 
-def _coalesce(events: Iterable[VMChange | HostChange]) -> dict[str, tuple[str, dict[str, Any]]]:
+def _coalesce(events: Iterable[Change]) -> dict[str, tuple[str, dict[str, Any]]]:
     """Per object: the net effect of its events, in order (enter+modify = enter, ...+leave = leave)."""
     net: dict[str, tuple[str, dict[str, Any]]] = {}
     for event in events:
@@ -388,7 +389,7 @@ def _coalesce(events: Iterable[VMChange | HostChange]) -> dict[str, tuple[str, d
     return net
 
 
-def apply_changes(vcenter: VCenter, events: Iterable[VMChange | HostChange]) -> ApplyReport:
+def apply_changes(vcenter: VCenter, events: Iterable[Change]) -> ApplyReport:
     """Write the watcher's changes: only rows whose values differ are touched."""
     events = list(events)
     report = ApplyReport()
@@ -396,8 +397,92 @@ def apply_changes(vcenter: VCenter, events: Iterable[VMChange | HostChange]) -> 
     with transaction.atomic():
         _lock(vcenter)
         _apply_host_changes(vcenter, [e for e in events if isinstance(e, HostChange)], report, now)
+        _apply_datastore_changes(vcenter, [e for e in events if isinstance(e, DatastoreChange)], report, now)
+        # Folders before VMs: a VM's path is computed from its folder's.
+        _apply_folder_changes(vcenter, [e for e in events if isinstance(e, FolderChange)], report, now)
         _apply_vm_changes(vcenter, [e for e in events if isinstance(e, VMChange)], report, now)
     return report
+
+
+def _apply_datastore_changes(vcenter: VCenter, events: list[DatastoreChange], report: ApplyReport,
+                             now: datetime) -> None:
+    net = _coalesce(events)
+    if not net:
+        return
+    existing = {d.moid: d for d in Datastore.objects.filter(vcenter=vcenter, moid__in=list(net))}
+    changed: list[Datastore] = []
+    changed_fields: set[str] = set()
+    for moid, (kind, values) in net.items():
+        datastore = existing.get(moid)
+        if datastore is None or kind == "leave":
+            # New datastores need their host links, and a vanished one a pool still uses is
+            # kept: both are the full sync's to do.
+            report.deferred += 1
+            continue
+        before = {f: getattr(datastore, f) for f in ("name", "accessible", "capacity_bytes", "free_bytes")}
+        if "name" in values:
+            datastore.name = _column_value("name", values["name"])
+        if "accessible" in values:
+            datastore.accessible = True if values["accessible"] is None else bool(values["accessible"])
+        for name in ("capacity_bytes", "free_bytes"):
+            if name in values:
+                setattr(datastore, name, values[name])
+        diff = {f for f, old in before.items() if getattr(datastore, f) != old}
+        if diff:
+            datastore.synced_at = now
+            changed.append(datastore)
+            changed_fields |= diff
+    if changed:
+        Datastore.objects.bulk_update(changed, [*sorted(changed_fields), "synced_at"], batch_size=BATCH_SIZE)
+    report.updated += len(changed)
+
+
+def _apply_folder_changes(vcenter: VCenter, events: list[FolderChange], report: ApplyReport, now: datetime) -> None:
+    """Renamed or moved VM folders get their new name and path, and so does everything under them.
+
+    Only VM folders are mirrored; changes of other folders (hosts, datastores, networks) are
+    ignored. One folder at a time, parents first, each read afresh: renaming a parent
+    rewrites its children's paths before a child's own rename is applied.
+    """
+    net = _coalesce(events)
+    if not net:
+        return
+    folders = {f.moid: f for f in Folder.objects.filter(vcenter=vcenter, moid__in=list(net))}
+    moved = sorted((f for f in folders.values() if net[f.moid][0] != "leave"), key=lambda f: f.path.count("/"))
+    for moid, (kind, values) in net.items():
+        if moid in folders:
+            if kind == "leave":
+                report.deferred += 1  # the full sync removes it, or keeps it while a pool uses it
+        elif kind == "enter" and values.get("vm_folder"):
+            parent = Folder.objects.filter(vcenter=vcenter, moid=values.get("parent_moid") or "").first()
+            if parent is None or not values.get("name"):
+                report.deferred += 1
+                continue
+            Folder.objects.create(vcenter=vcenter, moid=moid, name=values["name"], datacenter_id=parent.datacenter_id,
+                                  path=f"{parent.path}/{values['name']}", synced_at=now)
+            report.created += 1
+    for folder in moved:
+        folder.refresh_from_db(fields=["name", "path", "datacenter"])
+        values = net[folder.moid][1]
+        name = _column_value("name", values["name"]) if "name" in values else folder.name
+        parent_moid = values.get("parent_moid") or ""
+        parent = Folder.objects.filter(vcenter=vcenter, moid=parent_moid).first() if parent_moid else None
+        if parent is not None:
+            path, datacenter_id = f"{parent.path}/{name}", parent.datacenter_id
+        elif "parent_moid" in values and not Datacenter.objects.filter(vcenter=vcenter, moid=parent_moid).exists():
+            report.deferred += 1  # moved under a folder we have not synced yet
+            continue
+        else:  # a datacenter's top VM folder, or a rename in place
+            path, datacenter_id = f"{folder.path.rpartition('/')[0]}/{name}".lstrip("/"), folder.datacenter_id
+        if (name, path, datacenter_id) == (folder.name, folder.path, folder.datacenter_id):
+            continue
+        old = folder.path
+        Folder.objects.filter(pk=folder.pk).update(name=name, path=path, datacenter_id=datacenter_id, synced_at=now)
+        if path != old:
+            for model in (Folder, InventoryVM):
+                model._default_manager.filter(vcenter=vcenter, path__startswith=f"{old}/").update(
+                    path=Concat(Value(path), Substr("path", len(old) + 1)), synced_at=now)
+        report.updated += 1
 
 
 def _apply_vm_changes(vcenter: VCenter, events: list[VMChange], report: ApplyReport, now: datetime) -> None:

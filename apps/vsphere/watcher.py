@@ -1,10 +1,13 @@
 """Live inventory changes from one vCenter, as plain events.
 
-A private PropertyCollector holds one filter per object type (VMs, hosts), each over a
-ContainerView of the whole inventory, and ``WaitForUpdatesEx`` blocks until something
-changes (or ``max_wait`` passes, which is when a stop request is noticed). vCenter's
-``enter``/``modify``/``leave`` updates become ``VMChange``/``HostChange`` events, handed
-to a callback in batches.
+A private PropertyCollector holds one filter per object type (VMs, hosts, datastores,
+folders), each over a ContainerView of the whole inventory, and ``WaitForUpdatesEx`` blocks
+until something changes (or ``max_wait`` passes, which is when a stop request is noticed).
+vCenter's ``enter``/``modify``/``leave`` updates become ``VMChange``/``HostChange``/
+``DatastoreChange``/``FolderChange`` events, handed to a callback in batches. Datastores
+and folders are watched for their names (and a datastore's capacity and accessibility), so
+a rename in vCenter reaches every host's database copy within one wait, not at the next
+full sync.
 
 The first batch after every (re)connect is the complete current state
 (``ChangeBatch.resync``): whatever happened while we were away is in it, and a consumer
@@ -70,8 +73,33 @@ class HostChange:
 
 
 @dataclass(frozen=True)
+class DatastoreChange:
+    """A datastore appeared, changed or vanished; ``values`` keyed like ``inventory.DatastoreRecord``."""
+
+    kind: Kind
+    moid: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FolderChange:
+    """A folder (of any kind: VM, host, datastore or network) appeared, changed or vanished.
+
+    ``values``: name, parent_moid (a folder or, for a datacenter's top folders, the
+    datacenter) and, on ``enter``, vm_folder (it can hold VMs: the folders we mirror).
+    """
+
+    kind: Kind
+    moid: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+Change = VMChange | HostChange | DatastoreChange | FolderChange
+
+
+@dataclass(frozen=True)
 class ChangeBatch:
-    events: tuple[VMChange | HostChange, ...]
+    events: tuple[Change, ...]
     # True for the first batch of a connection: the full state, not a difference.
     resync: bool = False
 
@@ -90,6 +118,10 @@ def _count(value: Any) -> int:
 
 def _number(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _holds_vms(value: Any) -> bool:
+    return "VirtualMachine" in (value or ())
 
 
 def _cluster(value: Any) -> str | None:
@@ -118,9 +150,23 @@ HOST_PATHS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "summary.quickStats.overallCpuUsage": ("cpu_usage_mhz", _number),
     "summary.quickStats.overallMemoryUsage": ("memory_usage_mb", _number),
 }
+DATASTORE_PATHS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "name": ("name", _text),
+    "summary.accessible": ("accessible", bool),
+    "summary.capacity": ("capacity_bytes", _number),
+    "summary.freeSpace": ("free_bytes", _number),
+}
+FOLDER_PATHS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "name": ("name", _text),
+    "parent": ("parent_moid", _ref),
+    # Never changes, so it arrives with ``enter`` only: enough to tell a new VM folder.
+    "childType": ("vm_folder", _holds_vms),
+}
 _TYPES: dict[type, tuple[type, dict[str, tuple[str, Callable[[Any], Any]]]]] = {
     vim.VirtualMachine: (VMChange, VM_PATHS),
     vim.HostSystem: (HostChange, HOST_PATHS),
+    vim.Datastore: (DatastoreChange, DATASTORE_PATHS),
+    vim.Folder: (FolderChange, FOLDER_PATHS),
 }
 
 
@@ -133,7 +179,7 @@ def _values(paths: dict[str, tuple[str, Callable[[Any], Any]]], props: Mapping[s
     return values
 
 
-def translate_update(update: Any) -> VMChange | HostChange | None:
+def translate_update(update: Any) -> Change | None:
     """One vmodl ObjectUpdate as an event (None for a type we do not watch)."""
     match = next((spec for kind, spec in _TYPES.items() if isinstance(update.obj, kind)), None)
     if match is None:
@@ -257,9 +303,9 @@ class Watcher:
                 with contextlib.suppress(Exception):
                     call(view.DestroyView, operation="destroy a watch view on", attempts=1)
 
-    def _initial(self, call: CallCounter, collector: Any) -> tuple[str, list[VMChange | HostChange]]:
+    def _initial(self, call: CallCounter, collector: Any) -> tuple[str, list[Change]]:
         """The full current state; vCenter may split it (``truncated``) into several answers."""
-        events: list[VMChange | HostChange] = []
+        events: list[Change] = []
         version = ""
         options = PC.WaitOptions(maxWaitSeconds=self.max_wait)
         while True:
@@ -272,7 +318,7 @@ class Watcher:
                 return version, events
 
     @staticmethod
-    def _events(update: Any) -> list[VMChange | HostChange]:
+    def _events(update: Any) -> list[Change]:
         events = []
         for filter_update in update.filterSet or ():
             for object_update in filter_update.objectSet or ():
@@ -281,7 +327,7 @@ class Watcher:
                     events.append(event)
         return events
 
-    def _deliver(self, conn: Connection, call: CallCounter, events: list[VMChange | HostChange], *,
+    def _deliver(self, conn: Connection, call: CallCounter, events: list[Change], *,
                  resync: bool) -> None:
         if not resync:
             events = self._settle_enter_and_leave(conn, call, events)
@@ -300,7 +346,7 @@ class Watcher:
 
     @staticmethod
     def _settle_enter_and_leave(conn: Connection, call: CallCounter,
-                                events: list[VMChange | HostChange]) -> list[VMChange | HostChange]:
+                                events: list[Change]) -> list[Change]:
         """Objects that both entered and left within one update: ask whether they exist.
 
         The order of updates within one answer does not say which came last: vcsim
@@ -314,7 +360,7 @@ class Watcher:
         unsure = {moid for moid, seen in kinds.items() if {"enter", "leave"} <= seen}
         if not unsure:
             return events
-        settled: list[VMChange | HostChange] = []
+        settled: list[Change] = []
         for kind, (event, paths) in _TYPES.items():
             moids = [e.moid for e in events if e.moid in unsure and isinstance(e, event)]
             if not moids:

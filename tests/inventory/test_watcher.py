@@ -18,7 +18,7 @@ from django.db import connection
 from pyVim.task import WaitForTask
 
 from apps.inventory.management.commands.watch_inventory import VCenterWatch
-from apps.inventory.models import Host, HostLoadSample, InventoryVM, VCenter
+from apps.inventory.models import Datastore, Folder, Host, HostLoadSample, InventoryVM, VCenter
 from apps.vsphere.session import Endpoint
 from apps.vsphere.watcher import ChangeBatch, Watcher, watch_in_thread
 from tests import vcsim as vcsim_launcher
@@ -122,6 +122,39 @@ def test_host_changes_and_load_reach_the_database(vcsim_factory, vcenter_for, ra
     assert wait_until(lambda: Host.objects.get(vcenter=vc, moid=host._moId).in_maintenance)
     WaitForTask(host.ExitMaintenanceMode_Task(timeout=0))
     assert wait_until(lambda: not Host.objects.get(vcenter=vc, moid=host._moId).in_maintenance)
+
+
+def test_datastore_and_folder_renames_reach_the_database_without_a_full_sync(vcsim_factory, vcenter_for, raw,
+                                                                            start_watch, monkeypatch):
+    from apps.inventory.management.commands import watch_inventory
+
+    sim = vcsim_factory()
+    si = raw(sim)
+    vc = vcenter_for(sim)
+    watch = start_watch(vc)
+    assert wait_until(lambda: vm_row(vc, "debian-12") is not None)
+    inner = find(si, "DC0/vm/vmportal").CreateFolder("inner")
+    assert wait_until(lambda: Folder.objects.filter(vcenter=vc, path="DC0/vm/vmportal/inner").exists())
+    clone_vm(si, "deep", folder="DC0/vm/vmportal/inner")
+    assert wait_until(lambda: getattr(vm_row(vc, "deep"), "path", "") == "DC0/vm/vmportal/inner/deep")
+    full_syncs = []
+    monkeypatch.setattr(watch_inventory, "sync_inventory", lambda vcenter: full_syncs.append(vcenter))
+
+    datastore = find(si, "DC0/datastore/LocalDS_0")
+    WaitForTask(datastore.Rename_Task("Renamed_DS"))
+    assert wait_until(lambda: Datastore.objects.get(vcenter=vc, moid=datastore._moId).name == "Renamed_DS")
+
+    # A folder renamed: its path and those of the folders and VMs under it follow.
+    WaitForTask(find(si, "DC0/vm/vmportal").Rename_Task("pools"))
+    assert wait_until(lambda: getattr(vm_row(vc, "deep"), "path", "") == "DC0/vm/pools/inner/deep")
+    assert Folder.objects.get(vcenter=vc, moid=inner._moId).path == "DC0/vm/pools/inner"
+    assert Folder.objects.get(vcenter=vc, path="DC0/vm/pools").name == "pools"
+    assert not Folder.objects.filter(vcenter=vc, path__startswith="DC0/vm/vmportal").exists()
+    # ... and one moved to another parent.
+    WaitForTask(find(si, "DC0/vm/Templates").MoveIntoFolder_Task([inner]))
+    assert wait_until(lambda: getattr(vm_row(vc, "deep"), "path", "") == "DC0/vm/Templates/inner/deep")
+    assert Folder.objects.get(vcenter=vc, moid=inner._moId).path == "DC0/vm/Templates/inner"
+    assert not full_syncs and watch.watcher.connects == 1  # all of it as events on one connection
 
 
 def test_watcher_reconnects_and_resyncs_after_the_simulator_restarts(vcenter_for, raw, start_watch):

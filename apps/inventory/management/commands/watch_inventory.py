@@ -2,10 +2,11 @@
 
 One watcher thread per enabled vCenter (apps.vsphere.watcher). After every (re)connect
 the watcher's first batch is a full state, answered here with a full sync; later batches
-are applied as they come. A full sync also runs every ``--resync-every`` seconds (it
-brings in folders, datastores and networks, which are not watched, and prunes the load
-history). The list of vCenters is re-read every ``--reload-every`` seconds, so adding,
-disabling or re-pointing one needs no restart. SIGTERM/SIGINT stop it cleanly.
+are applied as they come: VMs, hosts, and renames of datastores and folders. A full sync
+also runs every ``--resync-every`` seconds (it brings in networks, clusters and new
+datastores with their host links, which are not watched, and prunes the load history).
+The list of vCenters is re-read every ``--reload-every`` seconds, so adding, disabling or
+re-pointing one needs no restart. SIGTERM/SIGINT stop it cleanly.
 """
 
 from __future__ import annotations
