@@ -431,6 +431,12 @@ def raw_run(url: str, seeded: Seeded, clients: int, total: int) -> Run:
         token_hash = hashlib.sha256(seeded.tokens[index % USERS].encode()).hexdigest()
 
         def checkout() -> str | None:
+            try:
+                return attempt()
+            except psycopg.Error as exc:  # a failure to count, not a thread that dies holding locks
+                return f"raw {type(exc).__name__}: {exc}"[:200]
+
+        def attempt() -> str | None:
             [[_, user_id, _, _, _, username]] = conn.execute(LOOKUP_SQL, [token_hash]).fetchall()
             with conn.transaction():
                 conn.execute(limits["groups"], [user_id]).fetchall()
