@@ -173,7 +173,13 @@ def lease_detail(request: HttpRequest, lease_id: int) -> HttpResponse:
         lease = services.get_lease_for(request.user, lease_id)
     except VmPortalError as exc:
         return render(request, "error.html", {"message": str(exc)}, status=exc.http_status)
-    return render(request, "leases/lease_detail.html", {"lease": lease, "extend_choices": EXTEND_CHOICES})
+    # Extending stops at the pool's longest lease, counted from check-out; the page says so up front.
+    max_lifetime = lease.pool.lease_max_lifetime if lease.pool else None
+    return render(request, "leases/lease_detail.html", {
+        "lease": lease, "extend_choices": EXTEND_CHOICES,
+        "max_lifetime_hours": max_lifetime and max_lifetime / timedelta(hours=1),
+        "extend_limit": max_lifetime and lease.started_at + max_lifetime,
+    })
 
 
 @require_POST

@@ -61,3 +61,19 @@
     ask(event.detail.question, el.dataset && el.dataset.confirmLabel, () => event.detail.issueRequest(true));
   });
 })();
+
+// Copy buttons: data-copy="#selector" copies that element's text and says so on the button.
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-copy]");
+  if (!button) return;
+  const source = document.querySelector(button.dataset.copy);
+  if (!source) return;
+  const label = button.dataset.label || button.textContent;
+  button.dataset.label = label;
+  const done = (text) => { button.textContent = text; setTimeout(() => { button.textContent = label; }, 1500); };
+  if (navigator.clipboard) {
+    navigator.clipboard.writeText(source.textContent.trim()).then(() => done("Copied"), () => done("Copy failed"));
+  } else {
+    done("Copy failed");
+  }
+});

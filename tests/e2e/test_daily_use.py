@@ -179,3 +179,62 @@ def test_drain_and_disable_asks_in_a_styled_dialog_and_cancel_changes_nothing(li
         dialog.get_by_role("button", name="Drain and disable").click()
         expect(page.locator(".msg.success")).to_contain_text("debian-12 disabled and draining")
         assert _pool_row(pool.pk) == (0, False)
+
+
+def test_pool_page_updates_counts_failures_and_vm_table_without_a_reload(live_server, pool, admin_user):
+    from playwright.sync_api import expect
+
+    from apps.pools.models import Pool
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(POLL_WAIT_MS)
+        page.goto(f"{live_server.url}/manage/pools/{pool.pk}/")
+        sign_in(page, "alice-admin", "pw-admin")
+        expect(page.locator("#pool-counts")).to_have_text(re.compile(r"^2 ready, 0 booting"))
+        expect(page.locator("#pool-vms tbody tr")).to_have_count(2)
+        page.get_by_label("Size").first.focus()
+
+        def change():
+            factories.vm(pool, state=VMState.READY, name="debian-12-new", ip_address="10.20.0.99")
+            Pool.objects.filter(pk=pool.pk).update(consecutive_failures=2, health="degraded",
+                                                   health_reason="clone failed: disk full")
+
+        _off_loop(change)
+        expect(page.locator("#pool-counts")).to_have_text(re.compile(r"^3 ready, 0 booting"), timeout=POLL_WAIT_MS)
+        expect(page.locator("#pool-failures")).to_have_text("2")
+        expect(page.locator("#pool-live .msg.warning")).to_contain_text("clone failed: disk full")
+        expect(page.locator("#pool-vms tbody tr", has_text="debian-12-new")).to_contain_text("10.20.0.99")
+        assert page.evaluate("document.activeElement.name") == "size"  # the form below kept the focus
+
+
+def test_lease_page_shows_tags_and_limit_puts_extend_first_and_follows_key_delivery(live_server, site_data):
+    from playwright.sync_api import expect
+
+    from apps.firstboot.models import KeyDelivery
+
+    lease = site_data["lease"]
+    delivery = KeyDelivery.objects.create(lease=lease, state=KeyDelivery.State.PENDING)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(POLL_WAIT_MS)
+        page.goto(f"{live_server.url}/leases/{lease.pk}/")
+        sign_in(page, "alice-admin", "pw-admin")
+        expect(page.locator("#lease-tags")).to_contain_text("team qa")
+        expect(page.locator("#lease-limit")).to_contain_text("24 h from check-out")
+        actions = page.locator(".actions").first.locator("button, a").all_inner_texts()
+        assert actions.index("Extend") < actions.index("Capture as template")
+        assert actions.index("Return") < actions.index("Capture as template")
+        expect(page.locator("#vm-key-delivery")).to_contain_text("Adding your SSH keys")
+
+        _off_loop(lambda: KeyDelivery.objects.filter(pk=delivery.pk).update(state=KeyDelivery.State.DONE))
+        expect(page.locator("#vm-key-delivery")).to_contain_text("Your SSH keys were added", timeout=POLL_WAIT_MS)
+        page.screenshot(path=str(ARTIFACTS / "lease-page.png"), full_page=True)
+
+        page.get_by_role("button", name="Return").click()
+        page.locator("dialog#confirm-dialog").get_by_role("button", name="Return").click()
+        expect(page).to_have_url(re.compile(r"/leases/$"))
+        page.goto(f"{live_server.url}/leases/{lease.pk}/")
+        expect(page.locator("text=Ended")).to_be_visible()
+        expect(page.locator("#vm-ssh")).to_have_count(0)
+        expect(page.get_by_role("button", name="Copy")).to_have_count(0)
