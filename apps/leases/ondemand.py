@@ -257,8 +257,7 @@ def describe(req: OnDemandRequest, vms: list[VM] | None = None) -> dict:
     if req.status == Status.QUEUED:
         step = "queued"
     elif req.status == Status.PROVISIONING:
-        step = "cloning" if len(current) < req.total or any(v.state == VMState.CLONING for v in current) \
-            else "booting"
+        step = _making_step(current, req.total)
     else:
         step = req.status
     percent = 100 if req.status == Status.READY else round(100 * done / max(1, req.total))
@@ -269,9 +268,27 @@ def describe(req: OnDemandRequest, vms: list[VM] | None = None) -> dict:
                          "hostnames": [r["vm"].name for r in mine if r["percent"] == 100]}
     failures = [vm.state_reason for vm in vms if vm.state in (VMState.FAILED, VMState.DESTROYING, VMState.DESTROYED)
                 and vm.state_reason]
-    return {"req": req, "step": step, "steps": STEPS, "step_index": STEPS.index(step) if step in STEPS else -1,
+    step_index = STEPS.index(step) if step in STEPS else -1
+    # A failed request marks the step it failed at: no VM yet is the queue, a VM that never got
+    # a vSphere id failed cloning, one that did failed booting.
+    failed_index = -1
+    if req.status == Status.FAILED:
+        failed_index = (0 if not vms else 1 if not any(vm.moid for vm in vms) else 2)
+    step_states = [(name, "done" if i < step_index or i < failed_index else "now" if i == step_index
+                    else "failed" if i == failed_index else "") for i, name in enumerate(STEPS)]
+    return {"req": req, "step": step, "steps": STEPS, "step_index": step_index, "step_states": step_states,
             "percent": percent, "vms": rows, "pools": by_pool, "retried": len(failures),
             "last_failure": failures[-1] if failures else ""}
+
+
+def _making_step(current: list[VM], total: int) -> str:
+    """The step of a request whose VMs are being made: the VM rows below it say the same
+    (every VM ready, and only the lease is left to write, reads as ready, not booting)."""
+    if len(current) < total or any(v.state == VMState.CLONING for v in current):
+        return "cloning"
+    if any(v.state == VMState.BOOTING for v in current):
+        return "booting"
+    return "ready"
 
 
 def lease_ids(req: OnDemandRequest, vms: list[VM] | None = None) -> list[int]:

@@ -90,9 +90,7 @@ def _on_demand(request: HttpRequest, pools: list[Pool]) -> HttpResponse:
     except VmPortalError as exc:
         messages.error(request, f"{pools[0].name} has no ready VM, and one cannot be made for you: {exc}")
         return redirect("home")
-    n = len(pools)
-    messages.info(request, f"{pools[0].name} has no ready VM right now, so {'one is' if n == 1 else f'{n} are'} "
-                           "being made for you. This page follows it.")
+    # No flash message: the request page says "being made for you" only while it is.
     return redirect("ondemand-detail", request_id=req.request_id)
 
 
