@@ -20,7 +20,7 @@ from apps.pools import nudge
 from apps.pools.manager import UNREACHABLE_RETRY_MAX, UNREACHABLE_RETRY_MIN, claim_slots, fail_orphaned_clones
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.provisioning import check_boots, clone_batch, vcenter_answers
-from apps.pools.selectors import NoSuchPool, pools_named
+from apps.pools.selectors import NoSuchPool, pools_named, template_copy_state
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Endpoint, connect
@@ -75,6 +75,7 @@ def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
     booting: dict[str, dict[str, VM]] = {name: {} for name in pools}  # by pool, by moid
     ready: list[VM] = []
     outages: dict[str, _Outage] = {}  # by pool name
+    copy_waits: set[str] = set()  # pools whose template copy this request waits for
     endpoints = {name: Endpoint.from_vcenter(p.template.vcenter) for name, p in pools.items()}
     started = timezone.now()
     width = max(1, min(settings.VMPORTAL_CLONE_LIMIT, req.total))
@@ -101,7 +102,14 @@ def _provision(job: runner.JobContext, req: OnDemandRequest) -> str:
                     pool.refresh_from_db()
                     if pool.health == Pool.Health.FAILING:
                         return f"Pool {name} is failing: {pool.health_reason}"
+                    if waiting := template_copy_state(pool).waiting:
+                        ondemand.note(req, f"{name}: {waiting}")  # its first claim started the copy
+                        copy_waits.add(name)
+                        started = timezone.now()  # a copy is not a busy vCenter: no slot wait yet
                     continue
+                if name in copy_waits:
+                    copy_waits.discard(name)
+                    ondemand.note(req, "")
                 cloned = True
                 ondemand.add_vms(req, batch)
                 need[name] -= len(batch)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -30,13 +31,22 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.audit import services as audit
-from apps.core.states import TransitionError
+from apps.core.states import StaleState, TransitionError
 from apps.inventory.models import Folder, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.pools import guest_setup, templates
 from apps.pools.instance import instance_id
-from apps.pools.models import VM, Pool, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
+from apps.pools.models import (
+    VM,
+    Pool,
+    Template,
+    TemplateBuild,
+    TemplateCopy,
+    TemplateStatus,
+    VMState,
+    copy_vm_name,
+)
 from apps.vsphere import errors as vsphere_errors
 
 log = logging.getLogger(__name__)
@@ -230,6 +240,9 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
         and pool.health != Pool.Health.FAILING
         and (pool.retry_at is None or pool.retry_at <= now)
         and pool.template.status == TemplateStatus.READY
+        # No ready copy in the pool's cluster (or on its datastore): one is made, and the
+        # pool fills once it is ready (its copy job nudges it).
+        and (report.deficit == 0 or templates.ensure_copy(pool) is not None)
     )
     if can_clone and not _fill_job_alive(pool):
         runner.enqueue("pools.fill", target=pool, pool_id=pool.pk)
@@ -250,6 +263,7 @@ def reconcile_all() -> list[ReconcileReport]:
     for step in _cycle_steps:
         step()
     templates.sweep_uploads()
+    templates.remove_unused_copies()
     runner.requeue_lost()
     return reports
 
@@ -320,9 +334,8 @@ def _template_claims(vcenter_id: int) -> tuple[set[str], set[str]]:
     names = set(builds.filter(status__in=(TemplateBuild.Status.CLONING, TemplateBuild.Status.CAPTURING))
                 .values_list("vm_name", flat=True))
     names.update(Template.objects.filter(vcenter=vcenter_id, status__in=in_flight).values_list("name", flat=True))
-    for template_name, cluster_name in copies.filter(status__in=in_flight).values_list("template__name",
-                                                                                      "cluster__name"):
-        names.add(f"{template_name}-{cluster_name}"[:80])  # as templates.copy_to_cluster_job names it
+    names.update(copy_vm_name(*n) for n in copies.filter(status__in=in_flight).values_list(
+        "template__name", "cluster__name", "datastore__name"))
     return moids, names
 
 
@@ -380,6 +393,9 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
             or pool.health == Pool.Health.FAILING
             or (not on_demand and pool.retry_at and pool.retry_at > now)
             or pool.template.status != TemplateStatus.READY
+            # Cloned from a copy beside them or not at all; an on-demand request's first
+            # claim is what starts the copy it then waits for.
+            or templates.ensure_copy(pool) is None
         ):
             return []
         if on_demand:
@@ -434,30 +450,32 @@ def record_clone_failure(vm: VM, reason: str, *, permanent: bool, outage: bool =
         if outage:
             _mark_unreachable(pool, vm.vcenter_id, reason)
             return
-        pool.consecutive_failures += 1
-        pool.unreachable_since = None  # the health below describes a real fault now
+        failures = pool.consecutive_failures + 1
+        # unreachable_since cleared: the health below describes a real fault now.
+        counts = {"consecutive_failures": failures, "unreachable_since": None}
         if pool.health == Pool.Health.FAILING:
-            pass  # the other slots of the batch that failed it: the first reason stands, one event
-        elif permanent or pool.consecutive_failures >= pool.max_tries:
-            why = reason if permanent else f"{pool.consecutive_failures} clones in a row failed; last: {reason}"
-            pool.health, pool.health_reason, pool.retry_at = Pool.Health.FAILING, why, None
+            # The other slots of the batch that failed it: the first reason stands, one event.
+            pool.move_health(Pool.Health.FAILING, **counts)
+        elif permanent or failures >= pool.max_tries:
+            why = reason if permanent else f"{failures} clones in a row failed; last: {reason}"
+            pool.move_health(Pool.Health.FAILING, health_reason=why, retry_at=None, **counts)
             audit.record("pool.failing", target=pool, pool=pool, message=why)
         else:
-            backoff = min(5 * 2 ** (pool.consecutive_failures - 1), 300)
-            pool.health = Pool.Health.DEGRADED
-            pool.health_reason = f"Clone failed ({reason}); retrying in {backoff}s."
-            pool.retry_at = timezone.now() + timedelta(seconds=backoff)
-        pool.save(update_fields=["consecutive_failures", "health", "health_reason", "retry_at", "unreachable_since"])
+            backoff = min(5 * 2 ** (failures - 1), 300)
+            pool.move_health(Pool.Health.DEGRADED, health_reason=f"Clone failed ({reason}); retrying in {backoff}s.",
+                             retry_at=timezone.now() + timedelta(seconds=backoff), **counts)
 
 
 def record_clone_success(vm: VM) -> None:
     if vm.pool_id is None:
         return  # the pool was deleted meanwhile: no health to reset
-    Pool.objects.filter(pk=vm.pool_id).filter(
+    pool = Pool.objects.filter(pk=vm.pool_id).filter(
         ~Q(consecutive_failures=0) | ~Q(health=Pool.Health.OK) | Q(unreachable_since__isnull=False)
-    ).exclude(health=Pool.Health.FAILING).update(
-        consecutive_failures=0, health=Pool.Health.OK, health_reason="", retry_at=None, unreachable_since=None
-    )
+    ).exclude(health=Pool.Health.FAILING).only("pk", "name", "health").first()
+    if pool is not None:
+        with suppress(StaleState):  # failed meanwhile by another slot: that verdict stands
+            pool.move_health(Pool.Health.OK, consecutive_failures=0, health_reason="", retry_at=None,
+                             unreachable_since=None)
     # vCenter answered: other pools it left degraded need not wait for their own retry.
     record_reachable(vcenter_id=vm.vcenter_id)
 
@@ -478,11 +496,8 @@ def _mark_unreachable(pool: Pool, vcenter_id: int, reason: str) -> None:
     # Each retry waits about as long as the outage has lasted so far, within the bounds.
     delay = min(max(now - since, UNREACHABLE_RETRY_MIN), UNREACHABLE_RETRY_MAX)
     name = VCenter.objects.filter(pk=vcenter_id).values_list("name", flat=True).first() or "?"
-    pool.health = Pool.Health.DEGRADED
-    pool.health_reason = f"vCenter {name} unreachable: {reason}; retrying"
-    pool.retry_at = now + delay
-    pool.unreachable_since = since
-    pool.save(update_fields=["health", "health_reason", "retry_at", "unreachable_since"])
+    pool.move_health(Pool.Health.DEGRADED, health_reason=f"vCenter {name} unreachable: {reason}; retrying",
+                     retry_at=now + delay, unreachable_since=since)
     if first:  # one outage, one event, however many slots and retries it fails
         audit.record("pool.unreachable", target=pool, pool=pool, message=pool.health_reason)
 
@@ -503,9 +518,9 @@ def record_reachable(*, vcenter_id: int) -> int:
             lasted = int((now - pool.unreachable_since).total_seconds())
             if pool.health == Pool.Health.DEGRADED:
                 # consecutive_failures is kept: real faults before the outage still count.
-                pool.health, pool.health_reason, pool.retry_at = Pool.Health.OK, "", None
-            pool.unreachable_since = None
-            pool.save(update_fields=["health", "health_reason", "retry_at", "unreachable_since"])
+                pool.move_health(Pool.Health.OK, health_reason="", retry_at=None, unreachable_since=None)
+            else:
+                pool.move_health(pool.health, unreachable_since=None)
             audit.record("pool.reachable", target=pool, pool=pool,
                          message=f"vCenter answers again after about {lasted}s; the pool resumes.")
             recovered += 1

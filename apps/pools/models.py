@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -61,6 +62,8 @@ class TemplateStatus(models.TextChoices):
     PREPARING = "preparing", "Preparing"
     READY = "ready", "Ready"
     FAILED = "failed", "Failed"
+    # Copies only: an automatic copy no pool or VM needs any more, being destroyed.
+    REMOVING = "removing", "Removing"
 
 
 TEMPLATE_TRANSITIONS: dict[str, frozenset[str]] = {
@@ -73,8 +76,22 @@ TEMPLATE_TRANSITIONS: dict[str, frozenset[str]] = {
 # CSS class of each status's badge (templates and their copies).
 TEMPLATE_BADGE: dict[str, str] = {
     TemplateStatus.PENDING: "warn", TemplateStatus.DEPLOYING: "warn", TemplateStatus.PREPARING: "warn",
-    TemplateStatus.READY: "ok", TemplateStatus.FAILED: "bad",
+    TemplateStatus.READY: "ok", TemplateStatus.FAILED: "bad", TemplateStatus.REMOVING: "",
 }
+# A copy also goes from ready (or failed) to removing: an unused automatic copy. A removal
+# that fails leaves it failed, and a failed copy a pool needs again is prepared anew.
+COPY_TRANSITIONS: dict[str, frozenset[str]] = {
+    **TEMPLATE_TRANSITIONS,
+    TemplateStatus.READY: TEMPLATE_TRANSITIONS[TemplateStatus.READY] | {TemplateStatus.REMOVING},
+    TemplateStatus.FAILED: TEMPLATE_TRANSITIONS[TemplateStatus.FAILED] | {TemplateStatus.REMOVING},
+    TemplateStatus.REMOVING: frozenset({TemplateStatus.FAILED}),
+}
+
+
+def copy_vm_name(template_name: str, cluster_name: str, datastore_name: str | None = None) -> str:
+    """The vSphere name of a template's copy: the same on every worker and installation, so
+    concurrent copiers meet on vSphere's DuplicateName instead of making two."""
+    return "-".join(filter(None, (template_name, cluster_name, datastore_name)))[:80]
 
 
 class Template(models.Model):
@@ -118,14 +135,20 @@ class Template(models.Model):
 
 
 class TemplateCopy(models.Model):
-    """A template's copy in one cluster, prepared for linked clones.
+    """A template's copy in one cluster (on one datastore, or where vSphere put it),
+    prepared for linked clones.
 
-    The unique (template, cluster) row is how concurrent preparers de-duplicate: the one
-    whose INSERT wins prepares, the others wait for its status to change.
+    The unique (template, cluster, datastore) row is how concurrent preparers de-duplicate:
+    the one whose INSERT wins prepares, the others wait for its status to change. A copy
+    without a datastore (registered, or copied by an admin) serves every pool of its
+    cluster; one made for a pool's datastore serves the pools on that datastore.
     """
 
     template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="copies")
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    datastore = models.ForeignKey(Datastore, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    # Made by the pool manager because a pool needed it: removed again once none does.
+    automatic = models.BooleanField(default=False)
     moid = models.CharField(max_length=255, blank=True)
     snapshot_moid = models.CharField(max_length=255, blank=True)
     status = models.CharField(max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.PENDING)
@@ -135,14 +158,28 @@ class TemplateCopy(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["template", "cluster"], name="templatecopy_unique_cluster"),
+            # Two constraints, as NULLs are distinct in a plain unique index (and SQLite has
+            # no NULLS NOT DISTINCT): one copy per cluster without a datastore, one per datastore.
+            models.UniqueConstraint(fields=["template", "cluster"], condition=Q(datastore__isnull=True),
+                                    name="templatecopy_unique_cluster"),
+            models.UniqueConstraint(fields=["template", "cluster", "datastore"],
+                                    condition=Q(datastore__isnull=False), name="templatecopy_unique_datastore"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.template} in {self.cluster}"
+        where = f"{self.cluster}/{self.datastore}" if self.datastore_id else f"{self.cluster}"
+        return f"{self.template} in {where}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.cluster.name} / {self.datastore.name}" if self.datastore_id else self.cluster.name
+
+    @property
+    def vm_name(self) -> str:
+        return copy_vm_name(self.template.name, self.cluster.name, self.datastore.name if self.datastore_id else None)
 
     def move_to(self, new: str, **changes) -> None:
-        transition(self, new, allowed=TEMPLATE_TRANSITIONS, field="status", **changes)
+        transition(self, new, allowed=COPY_TRANSITIONS, field="status", **changes)
 
     @property
     def badge(self) -> str:
@@ -154,6 +191,15 @@ class Pool(models.Model):
         OK = "ok", "OK"
         DEGRADED = "degraded", "Degraded"  # temporary: vCenter unreachable, retries pending
         FAILING = "failing", "Failing"  # permanent: needs an admin (template gone, disk full)
+
+    # Failing ends only by an admin's reset; degraded ends by itself (a clone that works,
+    # vCenter answering again). Staying degraded with a new reason or retry is no move.
+    HEALTH_TRANSITIONS: dict[str, frozenset[str]] = {
+        Health.OK: frozenset({Health.DEGRADED, Health.FAILING}),
+        Health.DEGRADED: frozenset({Health.OK, Health.FAILING}),
+        Health.FAILING: frozenset({Health.OK}),
+    }
+    HEALTH_BADGE: dict[str, str] = {Health.OK: "ok", Health.DEGRADED: "warn", Health.FAILING: "bad"}
 
     name = models.SlugField(max_length=64, unique=True)
     description = models.CharField(max_length=255, blank=True)
@@ -222,6 +268,14 @@ class Pool(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def health_badge(self) -> str:
+        return self.HEALTH_BADGE[self.health]
+
+    def move_health(self, new: str, **changes: Any) -> None:
+        """Health through its map; ``new`` may be the health it has (only ``changes`` written)."""
+        transition(self, new, allowed=self.HEALTH_TRANSITIONS, field="health", stay=True, **changes)
 
     @property
     def alias_list(self) -> list[str]:
@@ -447,3 +501,21 @@ class Installation(models.Model):
 
     def __str__(self) -> str:
         return self.instance_id
+
+
+class PoolSample(models.Model):
+    """A pool's VM counts at one moment, for its history chart: written by the pool manager's
+    cycle at most once a minute and pruned after a week and a day (apps/pools/history.py)."""
+
+    pool = models.ForeignKey(Pool, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField(db_index=True)  # the prune deletes by age alone
+    ready = models.PositiveIntegerField(default=0)
+    booting = models.PositiveIntegerField(default=0, help_text="Cloning or booting for the pool's size.")
+    leased = models.PositiveIntegerField(default=0)
+    on_demand = models.PositiveIntegerField(default=0, help_text="Cloning or booting for on-demand requests.")
+
+    class Meta:
+        indexes = [models.Index(fields=["pool", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.pool_id} @ {self.at:%Y-%m-%d %H:%M}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from django.db.models import F, Q, QuerySet
+
 from apps.core.errors import VmPortalError
 from apps.inventory.models import Host
 from apps.inventory.selectors import host_candidates
@@ -15,12 +17,25 @@ class NoPlacement(VmPortalError):
     permanent = False
 
 
+def copies_serving(template_id: int, cluster_id: int, datastore_id: int | None) -> QuerySet[TemplateCopy]:
+    """Ready copies a pool of ``template_id`` in ``cluster_id`` (on ``datastore_id``) clones
+    from: in its cluster, on its datastore or placed by vSphere, the exact datastore first.
+
+    Never another cluster's copy: a linked clone reads its base disk for its whole life, so
+    it stays beside it; a pool without one waits for its own (templates.copies.ensure_copy)."""
+    copies = TemplateCopy.objects.filter(template=template_id, cluster=cluster_id,
+                                         status=TemplateStatus.READY).exclude(moid="")
+    if datastore_id is not None:
+        copies = copies.filter(Q(datastore=datastore_id) | Q(datastore__isnull=True))
+        return copies.order_by(F("datastore_id").asc(nulls_last=True), "pk")
+    return copies.order_by(F("datastore_id").asc(nulls_first=True), "pk")
+
+
 def template_copy_for(pool: Pool) -> TemplateCopy:
-    """The template's copy in the pool's cluster, else any ready copy of it."""
-    copies = TemplateCopy.objects.filter(template=pool.template_id, status=TemplateStatus.READY).exclude(moid="")
-    copy = copies.filter(cluster=pool.cluster_id).first() or copies.first()
+    """The ready copy of the pool's template that serves its cluster and datastore."""
+    copy = copies_serving(pool.template_id, pool.cluster_id, pool.datastore_id).first()
     if copy is None:
-        raise NoPlacement(f"Template {pool.template} has no ready copy; prepare it first.")
+        raise NoPlacement(f"Template {pool.template} has no ready copy in cluster {pool.cluster} yet.")
     return copy
 
 

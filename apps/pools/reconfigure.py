@@ -18,7 +18,7 @@ from apps.audit import services as audit
 from apps.core.errors import NotFound
 from apps.inventory.models import Cluster
 from apps.pools import nudge
-from apps.pools.models import VM, Pool, Template, TemplateCopy, TemplateStatus, VMState
+from apps.pools.models import VM, Pool, Template, TemplateStatus, VMState
 
 # Fields an admin may change; also what the audit log records before/after.
 AUDITED_FIELDS = (
@@ -144,22 +144,17 @@ def shape_of(pool: Pool) -> PoolShape:
 
 
 def template_not_ready_reason(template: Template | None, cluster: Cluster | None) -> str:
-    """Why pools cannot clone ``template`` in ``cluster`` yet ("" when they can)."""
+    """Why pools cannot use ``template`` in ``cluster`` ("" when they can).
+
+    A cluster without a ready copy is fine: the pool manager makes one there (its pool shows
+    "waiting for template copy in <cluster>" meanwhile)."""
     if template is None or cluster is None:
         return ""
     if template.status != TemplateStatus.READY:
         reason = f": {template.status_reason}" if template.status_reason else ""
         return f"Template {template} is {template.get_status_display().lower()}{reason}. Choose a ready template."
-    copy = TemplateCopy.objects.filter(template=template, cluster=cluster).first()
-    if copy is None:
-        ready_in = ", ".join(
-            str(c.cluster) for c in template.copies.filter(status=TemplateStatus.READY).select_related("cluster")
-        )
-        where = f" It is ready in: {ready_in}." if ready_in else ""
-        return f"Template {template} has no copy in cluster {cluster}.{where}"
-    if copy.status != TemplateStatus.READY:
-        reason = f" ({copy.status_reason})" if copy.status_reason else ""
-        return f"Template {template} is {copy.get_status_display().lower()} in cluster {cluster}{reason}."
+    if not template.copies.filter(status=TemplateStatus.READY).exclude(moid="").exists():
+        return f"Template {template} has no ready copy in any cluster to copy to {cluster} from; prepare it first."
     return ""
 
 
@@ -271,11 +266,7 @@ def reset(*, pool_id: int) -> Pool:
     before = {"health": pool.health, "health_reason": pool.health_reason,
               "consecutive_failures": pool.consecutive_failures,
               "retry_at": pool.retry_at.isoformat() if pool.retry_at else None}
-    pool.health = Pool.Health.OK
-    pool.health_reason = ""
-    pool.consecutive_failures = 0
-    pool.retry_at = None
-    pool.save(update_fields=["health", "health_reason", "consecutive_failures", "retry_at", "updated_at"])
+    pool.move_health(Pool.Health.OK, health_reason="", consecutive_failures=0, retry_at=None)
     audit.record("pool.reset", target=pool, pool=pool, before=before,
                  after={"health": "ok", "health_reason": "", "consecutive_failures": 0, "retry_at": None})
     nudge.nudge(pool.pk)

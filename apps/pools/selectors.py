@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from django.db.models import Count, Q, QuerySet
 
 from apps.core.errors import NotFound
-from apps.pools.models import Pool, VMState
+from apps.pools import placement
+from apps.pools.models import Pool, TemplateCopy, TemplateStatus, VMState
 
 
 class NoSuchPool(NotFound):
@@ -41,3 +43,28 @@ def pools_with_counts() -> QuerySet[Pool]:
         )
         .order_by("name")
     )
+
+
+@dataclass(frozen=True)
+class CopyState:
+    """The template copy a pool clones from, or the one it waits for, as the pool page, the
+    templates pages and on-demand requests all tell it."""
+
+    copy: TemplateCopy | None
+    waiting: str = ""  # "" once a ready copy serves the pool
+
+
+def template_copy_state(pool: Pool) -> CopyState:
+    ready = placement.copies_serving(pool.template_id, pool.cluster_id, pool.datastore_id).first()
+    if ready is not None:
+        return CopyState(ready)
+    copy = (TemplateCopy.objects.filter(template=pool.template_id, cluster=pool.cluster_id,
+                                        datastore=pool.datastore_id).first())
+    waiting = f"waiting for template copy in {pool.cluster}"
+    if copy is not None and copy.status == TemplateStatus.FAILED:
+        waiting += f" (the last try failed: {copy.status_reason}; it is tried again shortly)"
+    elif copy is not None and copy.status == TemplateStatus.REMOVING:
+        waiting += " (an unused copy is being removed first)"
+    elif pool.template.status != TemplateStatus.READY:
+        waiting += f" (template {pool.template} is {pool.template.get_status_display().lower()})"
+    return CopyState(copy, waiting)

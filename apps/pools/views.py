@@ -29,7 +29,7 @@ from apps.pools.forms import (
 )
 from apps.pools.health import system_health, system_health_json
 from apps.pools.models import VM, Pool, Template, TemplateBuild
-from apps.pools.selectors import pools_with_counts
+from apps.pools.selectors import pools_with_counts, template_copy_state
 from apps.pools.templates import (
     DeployTarget,
     discard_build,
@@ -103,6 +103,7 @@ def _pool_context(pool: Pool, *, form=None, reconfigure_form=None) -> dict:
     return {
         "pool": pool,
         "counts": counts,
+        "template_copy": template_copy_state(pool),
         "form": form or PoolForm(instance=pool, prefix="edit"),
         "reconfigure_form": reconfigure_form or ReconfigureForm(pool=pool),
         "drain_preview": services.preview_reconfigure(
@@ -178,8 +179,8 @@ def pool_reset(request: HttpRequest, pool_id: int) -> HttpResponse:
 
 
 def _templates_context(form: RegisterTemplateForm | None = None, deploy_form: DeployOvfForm | None = None) -> dict:
-    templates = list(Template.objects.select_related("vcenter", "parent").prefetch_related("copies__cluster")
-                     .order_by("name"))
+    templates = list(Template.objects.select_related("vcenter", "parent")
+                     .prefetch_related("copies__cluster", "copies__datastore").order_by("name"))
     # Once no template or copy is on its way, nothing on the list changes by itself: no polling.
     in_flight = any(t.status in IN_FLIGHT or any(c.status in IN_FLIGHT for c in t.copies.all()) for t in templates)
     return {"templates": templates, "in_flight": in_flight, "form": form or RegisterTemplateForm(),
@@ -270,7 +271,7 @@ def _template_jobs(template: Template):
 def _template_detail_context(template: Template, derive_form: DeriveTemplateForm | None = None,
                              copy_form: CopyTemplateForm | None = None) -> dict:
     builds = list(template.builds.select_related("cluster", "source_template", "source_vm"))
-    copies = list(template.copies.select_related("cluster").order_by("cluster__name"))
+    copies = list(template.copies.select_related("cluster", "datastore").order_by("cluster__name"))
     # A build VM waiting for the admin's capture may wait for days: no need to poll then.
     busy = (TemplateBuild.Status.CLONING, TemplateBuild.Status.CAPTURING, TemplateBuild.Status.DISCARDING)
     in_flight = (template.status in ("deploying", "preparing") or any(b.status in busy for b in builds)

@@ -351,5 +351,5 @@ def test_config_pooltemplate_refuses_a_template_not_ready_in_the_cluster(admin_t
     response = auth_client(admin_token).post(
         "/api/v3/config/pooltemplate", {"debian-12": "debian-14"}, content_type="application/json"
     )
-    assert response.status_code == 400 and "has no copy in cluster" in response.json()["error"]
+    assert response.status_code == 400 and "has no ready copy in any cluster" in response.json()["error"]
     assert Pool.objects.get(name="debian-12").template_id == debian.template_id

@@ -13,7 +13,7 @@ from apps.pools.templates.builds import (
     start_derive,
     start_vm_capture,
 )
-from apps.pools.templates.copies import start_copy_to_cluster
+from apps.pools.templates.copies import ensure_copy, remove_unused_copies, start_copy_to_cluster
 from apps.pools.templates.deploy import DeployTarget, deployable_url, start_ovf_deploy
 from apps.pools.templates.recovery import forget_failed_template, sweep_uploads
 from apps.pools.templates.register import prepare_copy, register_template
@@ -24,9 +24,11 @@ __all__ = [
     "deployable_url",
     "derive_name_clash",
     "discard_build",
+    "ensure_copy",
     "forget_failed_template",
     "prepare_copy",
     "register_template",
+    "remove_unused_copies",
     "request_capture",
     "start_copy_to_cluster",
     "start_derive",

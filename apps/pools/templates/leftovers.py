@@ -24,7 +24,7 @@ from apps.inventory.models import VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.pools.instance import instance_id
-from apps.pools.models import VM, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
+from apps.pools.models import VM, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState, copy_vm_name
 from apps.vsphere import operations as ops
 from apps.vsphere.session import Endpoint, connect
 from apps.vsphere.types import VMInfo
@@ -62,9 +62,9 @@ def _why_keep(vcenter_id: int, vm: VMInfo, *, copy: bool) -> str:
     in_flight = (Template.objects.filter(vcenter=vcenter_id, name=vm.name, status__in=_IN_FLIGHT).exists()
                  or TemplateBuild.objects.filter(vcenter=vcenter_id, vm_name=vm.name, status__in=(
                      TemplateBuild.Status.CLONING, TemplateBuild.Status.CAPTURING)).exists()
-                 or any(f"{t}-{c}"[:80] == vm.name for t, c in TemplateCopy.objects.filter(
-                     template__vcenter=vcenter_id, status__in=_IN_FLIGHT).values_list("template__name",
-                                                                                    "cluster__name")))
+                 or any(copy_vm_name(*names) == vm.name for names in TemplateCopy.objects.filter(
+                     template__vcenter=vcenter_id, status__in=_IN_FLIGHT).values_list(
+                     "template__name", "cluster__name", "datastore__name")))
     if in_flight:
         return f"template work named {vm.name} is in flight again"
     if vm.owner and not vm.owner.startswith(f"{instance_id()}:"):

@@ -19,6 +19,7 @@ from apps.vsphere.errors import (
 )
 from apps.vsphere.operations._common import (
     TASK_TIMEOUT,
+    _extra,
     _find_by_path,
     _find_child,
     _find_snapshot,
@@ -29,7 +30,7 @@ from apps.vsphere.operations._common import (
 )
 from apps.vsphere.operations.destroy import destroy_vm
 from apps.vsphere.session import Connection
-from apps.vsphere.types import BASE_SNAPSHOT, TemplateCopy, TemplateInfo
+from apps.vsphere.types import BASE_SNAPSHOT, OWNER_KEY, TemplateCopy, TemplateInfo
 
 
 def register_template(conn: Connection, inventory_path: str) -> TemplateInfo:
@@ -143,6 +144,7 @@ def copy_template_to_cluster(
     resource_pool_moid: str,
     datastore_moid: str | None = None,
     host_moid: str | None = None,
+    owner: str | None = None,
     snapshot_name: str = BASE_SNAPSHOT,
     timeout: float = TASK_TIMEOUT,
 ) -> TemplateCopy:
@@ -150,7 +152,9 @@ def copy_template_to_cluster(
 
     Concurrent callers with the same ``name`` and folder de-duplicate on vSphere's
     DuplicateName: one clones and prepares, the others wait (bounded) until the
-    winner's copy is a template with the base snapshot.
+    winner's copy is a template with the base snapshot. With ``owner`` the copy carries
+    it as its ownership marker, and a VM of that name carrying another marker is not
+    adopted (DuplicateName): it is someone else's, not a racing copier's.
     """
     operation = "copy template"
     folder = conn.ref(vim.Folder, folder_moid)
@@ -164,6 +168,8 @@ def copy_template_to_cluster(
             location.host = conn.ref(vim.HostSystem, host_moid)
         # A VM, not a template: the base snapshot must be taken before it becomes one.
         spec = vim.vm.CloneSpec(location=location, powerOn=False, template=False)
+        if owner:
+            spec.config = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=OWNER_KEY, value=owner)])
         try:
             copy_moid = tasks.run_task(
                 conn,
@@ -192,6 +198,13 @@ def copy_template_to_cluster(
                 raise
     if not isinstance(existing, vim.VirtualMachine):
         raise DuplicateName(f"a {_kind(existing)} named '{name}' is in the way", operation=operation, obj=name)
+    if owner:
+        found = _extra(tasks.read(conn, existing, ["config.extraConfig"], operation=operation, name=name))
+        # No marker: a copy made before copies carried one, or by hand; adopted like ours.
+        if found.get(OWNER_KEY) not in (None, owner):
+            raise DuplicateName(
+                f"a VM named '{name}' is in the way and carries the marker {found[OWNER_KEY]!r}, not "
+                f"{owner!r}; rename or remove it", operation=operation, obj=name)
     return TemplateCopy(_wait_for_prepared(conn, existing, snapshot_name, name=name, timeout=timeout), created=False)
 
 
