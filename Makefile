@@ -19,7 +19,7 @@ vcsim:
 	@bash tools/vcsim/build.sh
 
 services:
-	@bash tools/ensure-system.sh postgres redis chromium slapd oidc-provider
+	@bash tools/ensure-system.sh postgres redis chromium slapd oidc-provider nginx
 
 # Held to mypy (pyproject's [tool.mypy]): the vSphere layer, jobs, core, and every app's
 # services, selectors, provisioning, access (first boot's) and pool manager, as files or packages.

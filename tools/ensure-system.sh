@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (Debian) and starts what vmportal needs from the machine, only when missing.
-# Never prompts. Usage: tools/ensure-system.sh [postgres] [redis] [chromium] [ldap-dev] [slapd] [oidc-provider]
+# Never prompts. Usage: tools/ensure-system.sh [postgres] [redis] [chromium] [ldap-dev] [slapd] [oidc-provider] [nginx]
 set -euo pipefail
 
 SUDO=""
@@ -71,6 +71,12 @@ ensure_oidc_provider() {
     fi
 }
 
+# The reverse proxy in front of two web hosts in tests/test_rolling_restart.py (its own
+# nginx process and config; the package's service is not started or configured).
+ensure_nginx() {
+    [ -x /usr/sbin/nginx ] || apt_install nginx
+}
+
 for want in "$@"; do
     case "$want" in
         postgres) ensure_postgres ;;
@@ -79,6 +85,7 @@ for want in "$@"; do
         ldap-dev) ensure_ldap_dev ;;
         slapd) ensure_slapd ;;
         oidc-provider) ensure_oidc_provider ;;
+        nginx) ensure_nginx ;;
         *) echo "ensure-system: unknown component $want" >&2; exit 2 ;;
     esac
 done

@@ -53,6 +53,7 @@ class Api:
                 if attempt == 2:
                     self.stats.note("transport", f"{method} {path}: {exc!r}")
                     return 0, {}
+                self.stats.note("retried", f"{method} {path}: {exc!r}")
         self.stats.count(method, path, response.status, raw)
         try:
             return response.status, json.loads(raw)
@@ -81,6 +82,9 @@ class Stats:
     statuses: Counter = field(default_factory=Counter)
     errors_5xx: list[str] = field(default_factory=list)
     transport: list[str] = field(default_factory=list)
+    # Requests sent again on a new connection after the first failed (kept-alive connection
+    # closed by the server, or a reset): harmless to the loop, but counted.
+    retried: list[str] = field(default_factory=list)
     checkouts: int = 0
     returns: int = 0
     duplicates: list[str] = field(default_factory=list)
@@ -95,7 +99,7 @@ class Stats:
 
     def note(self, kind: str, message: str) -> None:
         with self._lock:
-            self.transport.append(message)
+            (self.retried if kind == "retried" else self.transport).append(message)
 
     def handed(self, hostname: str, client: int) -> None:
         """A VM is leased at most once, ever: a hostname handed out a second time is doubled."""
