@@ -109,6 +109,7 @@ def transition(
     field: str = "state",
     history: bool = True,
     where: Mapping[str, Any] | None = None,
+    stay: bool = False,
     **changes: Any,
 ) -> None:
     """Move ``obj.<field>`` to ``new`` if the map allows it and nobody moved it first.
@@ -117,23 +118,27 @@ def transition(
     ``<field>_reason``, if given, is also the history row's reason. ``where``: other
     columns that must still hold what the caller saw (a heartbeat), or it is StaleState
     too. ``history=False`` for rows that are their own history (Job): one plain UPDATE.
+    ``stay=True`` lets ``new`` be the state it is in: then only ``changes`` are written
+    (a new reason, a later retry), still only if it has not moved, and no history row,
+    as nothing moved.
     The instance is updated in place on success. Raises IllegalTransition or StaleState
     (both 409s).
     """
     old = getattr(obj, field)
-    if new not in allowed.get(old, frozenset()):
+    staying = stay and new == old
+    if not staying and new not in allowed.get(old, frozenset()):
         raise IllegalTransition(obj, old, new)
     now = timezone.now()
     values = {field: new, **changes}
     for f in obj._meta.concrete_fields:
-        if f.name == f"{field}_changed_at" or getattr(f, "auto_now", False):
+        if (f.name == f"{field}_changed_at" and not staying) or getattr(f, "auto_now", False):
             values.setdefault(f.name, now)
     model = type(obj)
     label, reason = model._meta.label_lower, str(changes.get(f"{field}_reason", ""))
     rows = model._default_manager.filter(pk=obj.pk, **{field: old}, **(where or {}))
     db = router.db_for_write(model, instance=obj)
     connection = connections[db]
-    if not history:
+    if not history or staying:
         updated = rows.update(**values)
     elif connection.vendor == "postgresql":
         # One round trip: the UPDATE and its history row in one statement (VMs move on

@@ -25,6 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.audit import services as audit
+from apps.core.states import StaleState
 from apps.firstboot import seed
 from apps.firstboot.models import (
     AddressRange,
@@ -110,15 +111,26 @@ def allocate_addresses(pool: Pool, vms: list[VM]) -> list[VM]:
             "live VMs (or kept back after clones that failed unseen, until no such clone can appear). Widen the "
             "range, give the pool another one, or make the pool smaller."
         )
-        changed = Pool.objects.filter(pk=pool.pk).exclude(health=Pool.Health.FAILING).exclude(
-            health_reason=reason
-        ).update(health=Pool.Health.DEGRADED, health_reason=reason)
-        Pool.objects.filter(pk=pool.pk).exclude(health=Pool.Health.FAILING).update(
-            retry_at=timezone.now() + EXHAUSTED_RETRY
-        )
-        if changed:
+        if _degrade(pool, reason, retry_at=timezone.now() + EXHAUSTED_RETRY):
             audit.record("pool.addresses_exhausted", target=pool, pool=pool, message=reason)
     return kept
+
+
+def _degrade(pool: Pool, reason: str, *, retry_at: datetime) -> bool:
+    """Degrade ``pool`` for ``reason`` and hold its clones until ``retry_at``, unless it is
+    failing (a real fault stands); whether the reason is new. The pool row is not locked
+    here, so a health that moved meanwhile is read again."""
+    for _ in range(3):
+        if pool.health == Pool.Health.FAILING:
+            return False
+        news = pool.health_reason != reason
+        try:
+            pool.move_health(Pool.Health.DEGRADED, health_reason=reason, retry_at=retry_at)
+        except StaleState:
+            pool.refresh_from_db(fields=["health", "health_reason"])
+            continue
+        return news
+    return False
 
 
 def release(vm: VM, *, keep_back_until: datetime | None = None) -> int:

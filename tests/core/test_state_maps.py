@@ -21,7 +21,8 @@ from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases import vmtasks
 from apps.leases.models import Lease, OnDemandRequest, VMTask
-from apps.pools.models import VMState
+from apps.pools import manager, reconfigure
+from apps.pools.models import Pool, VMState
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -32,6 +33,7 @@ STATEFUL = [
     (KeyDelivery, "state", KeyDelivery.TRANSITIONS, KeyDelivery.BADGE),
     (VCenter, "status", VCenter.TRANSITIONS, VCenter.BADGE),
     (OnDemandRequest, "status", OnDemandRequest.TRANSITIONS, OnDemandRequest.BADGE),
+    (Pool, "health", Pool.HEALTH_TRANSITIONS, Pool.HEALTH_BADGE),
 ]
 
 
@@ -52,7 +54,7 @@ def test_every_status_field_of_every_model_moves_through_a_move_method():
     # A new status field without its map and move method would slip past transition().
     for model in django_apps.get_models():
         for field in model._meta.concrete_fields:
-            if field.choices and field.name in ("status", "state"):
+            if field.choices and field.name in ("status", "state", "health"):
                 move = "move_to" if field.name != "health" else "move_health"
                 assert hasattr(model, move), f"{model._meta.label}.{field.name} has no {move}()"
 
@@ -137,3 +139,40 @@ def test_vcenter_status_is_the_last_look_recorded_once_per_change_even_from_a_st
     vc.refresh_from_db()
     assert (vc.status, vc.status_reason, vc.badge) == ("reachable", "", "ok")
     assert history(vc) == [("unknown", "unreachable", "connection refused"), ("unreachable", "reachable", "")]
+
+
+def test_pool_health_moves_are_recorded_and_staying_degraded_is_not_a_move():
+    pool = factories.pool(max_tries=3)
+    for n in (1, 2):
+        vm = factories.vm(pool, state=VMState.CLONING)
+        manager.record_clone_failure(vm, f"disk full {n}", permanent=False)
+    pool.refresh_from_db()
+    assert (pool.health, pool.consecutive_failures, pool.health_badge) == ("degraded", 2, "warn")
+    assert pool.health_reason.startswith("Clone failed (disk full 2)")
+    manager.record_clone_failure(factories.vm(pool, state=VMState.CLONING), "disk full 3", permanent=False)
+    manager.record_clone_failure(factories.vm(pool, state=VMState.CLONING), "disk full 4", permanent=False)
+    pool.refresh_from_db()
+    assert (pool.health, pool.consecutive_failures, pool.health_badge) == ("failing", 4, "bad")
+    assert "last: disk full 3" in pool.health_reason  # the first reason stands
+    manager.record_clone_success(factories.vm(pool, state=VMState.READY))  # failing ends only by a reset
+    pool.refresh_from_db()
+    assert pool.health == "failing"
+    reconfigure.reset(pool_id=pool.pk)
+    pool.refresh_from_db()
+    assert (pool.health, pool.health_reason, pool.consecutive_failures) == ("ok", "", 0)
+    assert [(old, new) for old, new, _ in history(pool)] == [("ok", "degraded"), ("degraded", "failing"),
+                                                              ("failing", "ok")]
+    with pytest.raises(IllegalTransition):
+        Pool.objects.get(pk=pool.pk).move_health("unknown")
+
+
+def test_an_outage_degrades_a_pool_once_and_its_end_restores_it():
+    pool = factories.pool()
+    manager.record_unreachable(pool.pk, "connection refused")
+    manager.record_unreachable(pool.pk, "timed out")
+    pool.refresh_from_db()
+    assert pool.health == "degraded" and "timed out" in pool.health_reason and pool.unreachable_since
+    assert manager.record_reachable(vcenter_id=pool.template.vcenter_id) == 1
+    pool.refresh_from_db()
+    assert (pool.health, pool.unreachable_since) == ("ok", None)
+    assert [(old, new) for old, new, _ in history(pool)] == [("ok", "degraded"), ("degraded", "ok")]
