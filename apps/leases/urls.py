@@ -11,6 +11,7 @@ urlpatterns = [
     path("requests/<str:request_id>/status", views.ondemand_status, name="ondemand-status"),
     path("requests/<str:request_id>/cancel", views.ondemand_cancel, name="ondemand-cancel"),
     path("requests/<str:request_id>/retry", views.ondemand_retry, name="ondemand-retry"),
+    path("requests/<str:request_id>/dismiss", views.ondemand_dismiss, name="ondemand-dismiss"),
     path("leases/", views.my_leases, name="my-leases"),
     path("leases/<int:lease_id>/", views.lease_detail, name="lease-detail"),
     path("leases/<int:lease_id>/extend", views.extend, name="lease-extend"),

@@ -23,6 +23,7 @@ from apps.pools.models import Pool
 from apps.pools.selectors import pools_with_counts
 
 EXTEND_CHOICES = {"1": timedelta(hours=1), "4": timedelta(hours=4), "24": timedelta(hours=24)}
+DISMISSED = "ondemand_dismissed"  # session key: request ids hidden from My VMs
 
 
 class MultiCheckoutForm(forms.Form):
@@ -162,8 +163,19 @@ def my_leases(request: HttpRequest) -> HttpResponse:
     requests = OnDemandRequest.objects.filter(user=request.user).filter(
         Q(status__in=(OnDemandRequest.Status.QUEUED, OnDemandRequest.Status.PROVISIONING))
         | Q(status=OnDemandRequest.Status.FAILED, finished_at__gte=recent)
-    ).order_by("-created_at")[:20]
+    ).exclude(request_id__in=request.session.get(DISMISSED, [])).order_by("-created_at")[:20]
     return render(request, "leases/my_leases.html", {"leases": leases, "requests": requests})
+
+
+@require_POST
+def ondemand_dismiss(request: HttpRequest, request_id: str) -> HttpResponse:
+    """Hide a failed or cancelled request from My VMs (in this session; the request stays on record)."""
+    req = _request_or_404(request, request_id)
+    if isinstance(req, HttpResponse):
+        return req
+    if not req.is_pending:
+        request.session[DISMISSED] = [*request.session.get(DISMISSED, [])[-49:], req.request_id]
+    return redirect("my-leases")
 
 
 def lease_detail(request: HttpRequest, lease_id: int) -> HttpResponse:
@@ -183,14 +195,17 @@ def lease_detail(request: HttpRequest, lease_id: int) -> HttpResponse:
 @require_POST
 def extend(request: HttpRequest, lease_id: int) -> HttpResponse:
     by = EXTEND_CHOICES.get(request.POST.get("hours", ""))
-    back = redirect("lease-detail", lease_id=lease_id)
+    # My VMs extends inline and stays on the list; the lease page comes back to itself.
+    to_list = request.POST.get("back") == "my-leases"
+    back = redirect("my-leases") if to_list else redirect("lease-detail", lease_id=lease_id)
     try:
         if by is None:
             raise VmPortalError("Choose how long to extend by: 1, 4 or 24 hours.")
         lease = services.extend(user=request.user, lease_id=lease_id, by=by)
     except VmPortalError as exc:
         return _refused(request, exc, back)
-    messages.success(request, f"Extended until {lease.expires_at:%Y-%m-%d %H:%M} UTC.")
+    messages.success(request, f"Extended until {lease.expires_at:%Y-%m-%d %H:%M} UTC"
+                              f"{f' ({lease.vm.name})' if to_list else ''}.")
     return back
 
 

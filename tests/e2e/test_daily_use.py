@@ -238,3 +238,26 @@ def test_lease_page_shows_tags_and_limit_puts_extend_first_and_follows_key_deliv
         expect(page.locator("text=Ended")).to_be_visible()
         expect(page.locator("#vm-ssh")).to_have_count(0)
         expect(page.get_by_role("button", name="Copy")).to_have_count(0)
+
+
+def test_my_vms_shows_state_and_check_out_time_extends_and_returns_inline(live_server, site_data):
+    from playwright.sync_api import expect
+
+    lease = site_data["lease"]
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(POLL_WAIT_MS)
+        page.goto(f"{live_server.url}/leases/")
+        sign_in(page, "alice-admin", "pw-admin")
+        row = page.locator(f"#lease-{lease.pk}")
+        expect(row.locator(".badge")).to_have_text("Leased")
+        expect(row).to_contain_text("ago")
+        before = row.locator("time.countdown").get_attribute("datetime")
+        row.get_by_role("button", name=re.compile(r"^Extend .+ by 1 hour$")).click()
+        expect(page).to_have_url(re.compile(r"/leases/$"))
+        expect(page.locator(".msg.success")).to_contain_text("Extended until")
+        expect(row.locator("time.countdown")).not_to_have_attribute("datetime", before)
+        row.get_by_role("button", name=re.compile(r"^Return ")).click()
+        page.locator("dialog#confirm-dialog").get_by_role("button", name="Return").click()
+        expect(page.locator(".msg.success")).to_contain_text("returned")
+        expect(row).to_have_count(0)

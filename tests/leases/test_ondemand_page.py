@@ -65,3 +65,17 @@ def test_asking_on_demand_leaves_no_flash_message_to_outlive_the_request(client,
     response = client.post(reverse("ondemand-create", args=["deb"]), follow=True)
     html = response.content.decode()
     assert html.count("being made for you") == 1 and 'id="ondemand-banner"' in html
+
+
+def test_a_failed_request_can_be_dismissed_from_my_vms_but_a_pending_one_cannot(client, engineer):
+    failed = _request(engineer, VMState.FAILED, status=Status.FAILED)
+    OnDemandRequest.objects.filter(pk=failed.pk).update(finished_at=failed.created_at)
+    pending = ondemand.request_vms(user=engineer, pools=[factories.pool(name="deb2")])
+    client.force_login(engineer)
+    html = client.get(reverse("my-leases")).content.decode()
+    assert failed.request_id[:10] in html and html.count(">Dismiss</button>") == 1
+    client.post(reverse("ondemand-dismiss", args=[failed.request_id]))
+    client.post(reverse("ondemand-dismiss", args=[pending.request_id]))
+    html = client.get(reverse("my-leases")).content.decode()
+    assert failed.request_id[:10] not in html and pending.request_id[:10] in html
+    assert OnDemandRequest.objects.filter(pk=failed.pk).exists()
