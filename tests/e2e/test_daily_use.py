@@ -181,6 +181,41 @@ def test_drain_and_disable_asks_in_a_styled_dialog_and_cancel_changes_nothing(li
         assert _pool_row(pool.pk) == (0, False)
 
 
+def _a_day_of_samples(pool) -> None:
+    from django.utils import timezone
+
+    from apps.pools.models import PoolSample
+
+    now = timezone.now()
+    PoolSample.objects.bulk_create(
+        PoolSample(pool=pool, at=now - timedelta(minutes=m), ready=max(0, 3 - (m // 90) % 4), booting=(m // 90) % 2,
+                   leased=2 + (m // 180) % 3, on_demand=1 if 600 < m < 660 else 0)
+        for m in range(0, 24 * 60, 5))
+
+
+def test_pool_page_shows_its_history_and_home_its_capacity_bars(live_server, pool, admin_user):
+    from playwright.sync_api import expect
+
+    _a_day_of_samples(pool)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.set_default_timeout(POLL_WAIT_MS)
+        page.goto(f"{live_server.url}/")
+        sign_in(page, "alice-admin", "pw-admin")
+        bar = page.locator("#pool-rows tr", has_text="debian-12").locator(".capacity")
+        expect(bar).to_have_attribute("title", re.compile(r"^2 ready, 0 booting of size 3"))
+        page.screenshot(path=str(ARTIFACTS / "home.png"))
+
+        page.goto(f"{live_server.url}/manage/pools/{pool.pk}/")
+        chart = page.locator("#pool-history")
+        expect(chart.locator("polygon.area.leased")).to_have_count(1)
+        chart.locator("rect.hover").nth(140).hover()
+        expect(chart.locator("rect.hover").nth(140).locator("title")).to_contain_text(" leased")
+        chart.screenshot(path=str(ARTIFACTS / "pool-history.png"))
+        chart.get_by_role("link", name="7d").click()
+        expect(chart.get_by_role("link", name="7d")).to_have_attribute("aria-current", "true")
+
+
 def test_pool_page_updates_counts_failures_and_vm_table_without_a_reload(live_server, pool, admin_user):
     from playwright.sync_api import expect
 
