@@ -14,6 +14,10 @@ from apps.inventory import selectors
 @admin_required
 @require_GET
 def host_load(request: HttpRequest) -> HttpResponse:
-    ctx = {"clusters": selectors.host_load(), "spark_w": selectors.SPARK_W, "spark_h": selectors.SPARK_H}
+    range_name = request.GET.get("range", "1h")
+    range_name = range_name if range_name in selectors.RANGES else "1h"
+    ctx = {"clusters": selectors.host_load(window=selectors.RANGES[range_name]), "range": range_name,
+           "ranges": list(selectors.RANGES), "datastores": selectors.datastores(),
+           "spark_w": selectors.SPARK_W, "spark_h": selectors.SPARK_H}
     template = "inventory/partials/_hosts.html" if htmx_partial(request) else "inventory/host_load.html"
     return render(request, template, ctx)
