@@ -5,6 +5,7 @@ and the copy goes again once no pool or VM needs it."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -158,3 +159,29 @@ def test_a_template_change_copies_the_new_one_and_removes_the_old_copy_once_unus
     # The template's own copy and the copy in use stay.
     assert seed.template.copies.get().status == TemplateStatus.READY
     assert len(in_vsphere(vc, "ubuntu-24.04-DC0_C1")) == 1
+
+
+def test_an_on_demand_request_for_a_pool_without_a_copy_starts_it_waits_and_gets_its_vm(
+        vcsim_factory, redis_conn, engineer):
+    from apps.leases import ondemand  # noqa: PLC0415 - leases sit above pools; only this test needs them
+    from apps.leases.models import OnDemandRequest  # noqa: PLC0415
+
+    vc, folder = site(vcsim_factory(*GUEST))
+    seed = make_pool(vc, folder, name="seed", size=0)
+    c1 = Cluster.objects.get(vcenter=vc, name="DC0_C1")
+    pool = Pool.objects.create(name="deb-c1", template=seed.template, cluster=c1, folder=folder, size=0)
+    req = ondemand.request_vms(user=engineer, pools=[pool])
+    requester = worker()  # takes the request, and waits for the copy its first claim starts
+    deadline = time.monotonic() + 60
+    while not Job.objects.filter(kind="templates.copy_to_cluster").exists():
+        assert time.monotonic() < deadline, "the request started no copy"
+        time.sleep(0.2)
+    req.refresh_from_db()
+    assert "waiting for template copy in DC0_C1" in req.status_reason
+    assert worker().wait(timeout=120) == 0  # a second machine's worker makes the copy
+    assert requester.wait(timeout=120) == 0
+    req.refresh_from_db()
+    assert req.status == OnDemandRequest.Status.READY, req.status_reason
+    [vm] = req.vms.all()
+    assert vm.state == VMState.LEASED and vm.host.cluster_id == c1.pk and req.status_reason == ""
+    assert TemplateCopy.objects.get(cluster=c1).status == TemplateStatus.READY
