@@ -21,10 +21,13 @@ vcsim:
 services:
 	@bash tools/ensure-system.sh postgres redis chromium slapd oidc-provider nginx
 
-# Held to mypy (pyproject's [tool.mypy]): the vSphere layer, jobs, core, and every app's
-# services, selectors, provisioning, access (first boot's) and pool manager, as files or packages.
+# Held to mypy (pyproject's [tool.mypy]): the vSphere layer, jobs, core, every app's services,
+# selectors, provisioning, access (first boot's) and pool manager, as files or packages;
+# on-demand, VM tasks, tags, API tokens and auth, and the health page's facts.
 TYPED := apps/vsphere apps/jobs apps/core $(sort $(wildcard $(foreach m,services selectors provisioning access manager,\
-         apps/*/$(m).py apps/*/$(m)/__init__.py)))
+         apps/*/$(m).py apps/*/$(m)/__init__.py))) \
+         apps/leases/ondemand.py apps/leases/vmtasks.py apps/leases/tags.py \
+         apps/api/tokens.py apps/api/auth.py apps/pools/health.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,7 @@ import base64
 import binascii
 
 from django.contrib.auth import authenticate as django_authenticate
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpRequest, JsonResponse
 
 from apps.accounts.backends import UNREACHABLE
@@ -33,11 +33,11 @@ def presented_token(request: HttpRequest) -> str:
 def token_user(request: HttpRequest) -> ApiToken | None:
     token = tokens.authenticate(presented_token(request))
     if token is not None:
-        bind(request, token.user, token)
+        bind(request, token.user)
     return token
 
 
-def basic_user(request: HttpRequest) -> AbstractBaseUser | None:
+def basic_user(request: HttpRequest) -> User | None:
     """The user named by HTTP Basic credentials, checked by Django's auth backends."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "basic":
@@ -49,8 +49,9 @@ def basic_user(request: HttpRequest) -> AbstractBaseUser | None:
     if not sep:
         return None
     user = django_authenticate(request, username=username, password=password)
-    if user is not None:
-        bind(request, user, None)
+    if not isinstance(user, User):
+        return None  # nobody signed in (every backend of the project answers with the auth User)
+    bind(request, user)
     return user
 
 
@@ -61,7 +62,7 @@ def basic_refusal(request: HttpRequest) -> JsonResponse:
     return unauthorized("Send your username and password with HTTP Basic auth.", 'Basic realm="vmportal"')
 
 
-def bind(request: HttpRequest, user: AbstractBaseUser, token: ApiToken | None) -> None:
+def bind(request: HttpRequest, user: User) -> None:
     """Make ``user`` the actor of this request, for permission checks and the audit log.
 
     AuditContextMiddleware set an anonymous actor before the view ran (it cannot see
@@ -69,5 +70,4 @@ def bind(request: HttpRequest, user: AbstractBaseUser, token: ApiToken | None) -
     it here lasts exactly as long as the request.
     """
     request.user = user
-    request.api_token = token
     _current.set(Actor(user_id=user.pk, name=user.get_username(), request_id=current_actor().request_id))

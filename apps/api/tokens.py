@@ -8,7 +8,7 @@ from datetime import timedelta
 from functools import cache
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -27,7 +27,7 @@ def hash_token(raw: str) -> str:
 
 
 @transaction.atomic
-def create_token(*, user: AbstractBaseUser, name: str, lifetime: timedelta | None = None) -> tuple[ApiToken, str]:
+def create_token(*, user: User, name: str, lifetime: timedelta | None = None) -> tuple[ApiToken, str]:
     """A new token and its clear text, which is returned here once and never stored."""
     name = (name or "").strip()[:80] or "api"
     days = settings.VMPORTAL_API_TOKEN_LIFETIME_DAYS
@@ -46,10 +46,18 @@ def create_token(*, user: AbstractBaseUser, name: str, lifetime: timedelta | Non
 
 
 @cache
+def _user_model() -> type[User]:
+    model = ApiToken._meta.get_field("user").related_model
+    if not (isinstance(model, type) and issubclass(model, User)):
+        raise TypeError(f"API tokens belong to the auth User; AUTH_USER_MODEL is {model}.")
+    return model
+
+
+@cache
 def _lookup() -> tuple[str, list[str], list[str]]:
     """The token and its user in one indexed query (token_hash is unique), as SQL: the ORM's
     select_related form cost more in Python than the query did in PostgreSQL."""
-    user_model = ApiToken._meta.get_field("user").related_model
+    user_model = _user_model()
     token_fields = [f.attname for f in ApiToken._meta.concrete_fields]
     user_fields = [f.attname for f in user_model._meta.concrete_fields]
     t, u = ApiToken._meta.db_table, user_model._meta.db_table
@@ -74,9 +82,8 @@ def authenticate(raw: str) -> ApiToken | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    user_model = ApiToken._meta.get_field("user").related_model
     token = ApiToken.from_db(connection.alias, token_fields, row[: len(token_fields)])
-    token.user = user_model.from_db(connection.alias, user_fields, row[len(token_fields):])
+    token.user = _user_model().from_db(connection.alias, user_fields, row[len(token_fields):])
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
@@ -92,7 +99,7 @@ def find_token(raw: str) -> ApiToken:
 
 
 @transaction.atomic
-def revoke_token(*, user: AbstractBaseUser, token: ApiToken) -> None:
+def revoke_token(*, user: User, token: ApiToken) -> None:
     if token.user_id != user.pk and not is_admin(user):
         # Same answer as for an unknown token: other people's tokens are not to be probed.
         raise NotFound("No such token.")

@@ -16,7 +16,7 @@ from collections import Counter
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -46,7 +46,7 @@ def max_per_request() -> int:
 
 
 @transaction.atomic
-def request_vms(*, user: AbstractBaseUser, pools: list[Pool], request_id: str = "",
+def request_vms(*, user: User, pools: list[Pool], request_id: str = "",
                 lifetime: timedelta | None = None, note: str = "", tags: dict | None = None) -> OnDemandRequest:
     """Queue an on-demand request for one VM per entry of ``pools`` (a pool may repeat)."""
     if not pools:
@@ -79,7 +79,7 @@ def request_vms(*, user: AbstractBaseUser, pools: list[Pool], request_id: str = 
     return req
 
 
-def get_request_for(user: AbstractBaseUser, request_id: str) -> OnDemandRequest:
+def get_request_for(user: User, request_id: str) -> OnDemandRequest:
     req = OnDemandRequest.objects.select_related("user").filter(request_id=request_id).first()
     if req is None or (req.user_id != user.pk and not is_admin(user)):
         raise NotFound("No such on-demand request.")
@@ -87,7 +87,7 @@ def get_request_for(user: AbstractBaseUser, request_id: str) -> OnDemandRequest:
 
 
 @transaction.atomic
-def cancel(*, user: AbstractBaseUser, request_id: str) -> OnDemandRequest:
+def cancel(*, user: User, request_id: str) -> OnDemandRequest:
     """Withdraw a request. Pending: its job stops and destroys what it made. Ready: its
     leases end (the VMs are destroyed), as vmpooler's DELETE /ondemandvm does."""
     req = get_request_for(user, request_id)
@@ -106,7 +106,7 @@ def cancel(*, user: AbstractBaseUser, request_id: str) -> OnDemandRequest:
     return req
 
 
-def retry(*, user: AbstractBaseUser, request_id: str) -> OnDemandRequest:
+def retry(*, user: User, request_id: str) -> OnDemandRequest:
     """Ask again for what a failed or cancelled request wanted (a new request)."""
     old = get_request_for(user, request_id)
     if old.is_pending or old.status == Status.READY:

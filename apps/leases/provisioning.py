@@ -214,11 +214,15 @@ def run_vm_task(job: runner.JobContext, task_id: int) -> None:
     if task.status != VMTask.Status.QUEUED:
         job.log(f"task {task.pk} is {task.status}; nothing to do")
         return
+    disk_gb = task.disk_gb or 0
+    if task.kind == VMTask.Kind.DISK and disk_gb < 1:  # vmtasks.add_disk never queues one
+        vmtasks.finish(task, "The task names no disk size.")
+        return
     try:
         with connect(Endpoint.from_vcenter(vm.vcenter)) as conn:
             if task.kind == VMTask.Kind.DISK:
-                disk = ops.add_disk(conn, vm.moid, task.disk_gb)
-                job.log(f"{vm.name}: added {task.disk_gb} GB disk {disk}")
+                disk = ops.add_disk(conn, vm.moid, disk_gb)
+                job.log(f"{vm.name}: added {disk_gb} GB disk {disk}")
             elif task.kind == VMTask.Kind.SNAPSHOT:
                 ops.create_snapshot(conn, vm.moid, task.snapshot, description=f"vmportal lease {task.lease_id}")
                 job.log(f"{vm.name}: snapshot {task.snapshot}")

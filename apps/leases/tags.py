@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from apps.audit import services as audit
@@ -39,7 +39,7 @@ def validate_tags(tags: object) -> dict[str, str]:
 
 
 @transaction.atomic
-def tag_lease(*, user: AbstractBaseUser, lease_id: int, tags: dict) -> Lease:
+def tag_lease(*, user: User, lease_id: int, tags: dict) -> Lease:
     """Merge ``tags`` into the lease's tags (the vmpooler semantics of PUT /vm/<h> tags)."""
     tags = validate_tags(tags)
     lease = get_lease_for(user, lease_id)

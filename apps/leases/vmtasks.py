@@ -7,8 +7,9 @@ the ``leases.vm_task`` job, as vmpooler's disk and snapshot queues do.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,7 +23,7 @@ from apps.leases.services import get_lease_for
 MAX_DISK_GB = 2048  # vmpooler's bound
 
 
-def _active_lease(user: AbstractBaseUser, lease_id: int) -> Lease:
+def _active_lease(user: User, lease_id: int) -> Lease:
     lease = get_lease_for(user, lease_id)
     if not lease.is_active:
         raise Conflict("This lease has ended.")
@@ -31,7 +32,7 @@ def _active_lease(user: AbstractBaseUser, lease_id: int) -> Lease:
     return lease
 
 
-def _queue(lease: Lease, **fields) -> VMTask:
+def _queue(lease: Lease, **fields: Any) -> VMTask:
     task = VMTask.objects.create(lease=lease, **fields)
     audit.record(f"vm.{task.kind}", target=lease, pool=lease.pool_id,
                  after={k: v for k, v in fields.items() if k != "kind"} | {"vm": lease.vm.name})
@@ -40,19 +41,19 @@ def _queue(lease: Lease, **fields) -> VMTask:
 
 
 @transaction.atomic
-def add_disk(*, user: AbstractBaseUser, lease_id: int, size_gb: int) -> VMTask:
+def add_disk(*, user: User, lease_id: int, size_gb: int) -> VMTask:
     if not 1 <= size_gb <= MAX_DISK_GB:
         raise VmPortalError(f"A disk must be between 1 and {MAX_DISK_GB} GB.")
     return _queue(_active_lease(user, lease_id), kind=VMTask.Kind.DISK, disk_gb=size_gb)
 
 
 @transaction.atomic
-def snapshot(*, user: AbstractBaseUser, lease_id: int) -> VMTask:
+def snapshot(*, user: User, lease_id: int) -> VMTask:
     return _queue(_active_lease(user, lease_id), kind=VMTask.Kind.SNAPSHOT, snapshot=uuid.uuid4().hex)
 
 
 @transaction.atomic
-def revert(*, user: AbstractBaseUser, lease_id: int, snapshot_id: str) -> VMTask:
+def revert(*, user: User, lease_id: int, snapshot_id: str) -> VMTask:
     lease = _active_lease(user, lease_id)
     if not lease.vm_tasks.filter(kind=VMTask.Kind.SNAPSHOT, snapshot=snapshot_id).exclude(
             status=VMTask.Status.FAILED).exists():
