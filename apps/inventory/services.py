@@ -34,6 +34,7 @@ from apps.inventory.models import (
     Network,
     VCenter,
 )
+from apps.inventory.status import mark_unreachable, observe
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.inventory import Inventory, fetch_inventory
 from apps.vsphere.session import Endpoint, connect
@@ -136,8 +137,8 @@ def sync_inventory(vcenter: VCenter) -> SyncReport:
         _write_inventory(vcenter, inventory, report, now)
         report.samples_recorded = _record_samples(vcenter, inventory, now)
         report.samples_pruned = prune_load_samples(vcenter, now=now)
-        _observe(vcenter, VCenter.Status.REACHABLE, status_reason="", latency_ms=inventory.latency_ms,
-                 last_sync_at=now, updated_at=now)
+        observe(vcenter, VCenter.Status.REACHABLE, status_reason="", latency_ms=inventory.latency_ms,
+                last_sync_at=now, updated_at=now)
     report.write_seconds = time.perf_counter() - written
     report.seconds = time.perf_counter() - started
     return report
@@ -150,35 +151,6 @@ def _lock(vcenter: VCenter) -> None:
     bulk upserts could interleave and deadlock, or a delete race an insert.
     """
     VCenter.objects.select_for_update(no_key=True).filter(pk=vcenter.pk).values_list("pk", flat=True).first()
-
-
-def _observe(vcenter: VCenter, status: str, *, same_writes: bool = True, **changes: Any) -> None:
-    """Record what a look at ``vcenter`` saw. The last look wins, so the move starts from the
-    row's status now (under its lock), not from the caller's copy: a watcher holds its
-    vCenter for hours. A look that agrees with the row writes only ``changes`` (or nothing,
-    ``same_writes=False``)."""
-    with transaction.atomic(savepoint=False):
-        current = VCenter.objects.select_for_update(no_key=True).filter(pk=vcenter.pk) \
-            .values_list("status", flat=True).first()
-        if current is None:
-            return  # deleted meanwhile: nothing to record
-        vcenter.status = current
-        if current == status:
-            if same_writes:
-                VCenter.objects.filter(pk=vcenter.pk).update(**changes)
-            for name, value in changes.items():
-                setattr(vcenter, name, value)
-        else:
-            vcenter.move_to(status, **changes)
-
-
-def mark_unreachable(vcenter: VCenter, reason: str) -> None:
-    _observe(vcenter, VCenter.Status.UNREACHABLE, status_reason=reason, latency_ms=None, updated_at=timezone.now())
-
-
-def mark_reachable(vcenter: VCenter) -> None:
-    # Already reachable: nothing to write (its reason was cleared when it became so).
-    _observe(vcenter, VCenter.Status.REACHABLE, same_writes=False, status_reason="", updated_at=timezone.now())
 
 
 class _Mirror:

@@ -16,7 +16,7 @@ from apps.core.states import IllegalTransition
 from apps.firstboot.jobs import keys_not_added
 from apps.firstboot.models import KeyDelivery
 from apps.inventory.models import VCenter
-from apps.inventory.services import mark_reachable, mark_unreachable
+from apps.inventory.status import mark_reachable, mark_unreachable
 from apps.jobs import runner
 from apps.jobs.models import Job
 from apps.leases import vmtasks

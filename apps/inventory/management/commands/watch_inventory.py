@@ -20,7 +20,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections, connection
 
 from apps.inventory.models import VCenter
-from apps.inventory.services import apply_changes, mark_reachable, mark_unreachable, sync_inventory
+from apps.inventory.services import apply_changes, sync_inventory
+from apps.inventory.status import mark_reachable, mark_unreachable
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Endpoint
 from apps.vsphere.watcher import MAX_WAIT_SECONDS, ChangeBatch, Watcher
