@@ -185,3 +185,19 @@ def test_an_on_demand_request_for_a_pool_without_a_copy_starts_it_waits_and_gets
     [vm] = req.vms.all()
     assert vm.state == VMState.LEASED and vm.host.cluster_id == c1.pk and req.status_reason == ""
     assert TemplateCopy.objects.get(cluster=c1).status == TemplateStatus.READY
+
+
+def test_a_pool_on_a_datastore_gets_a_copy_on_that_datastore(vcsim_factory, redis_conn):
+    from apps.inventory.models import Datastore  # noqa: PLC0415
+
+    vc, folder = site(vcsim_factory(*GUEST))
+    seed = make_pool(vc, folder, name="seed", size=0)
+    c1 = Cluster.objects.get(vcenter=vc, name="DC0_C1")
+    datastore = Datastore.objects.get(vcenter=vc, name="LocalDS_0")
+    pool = Pool.objects.create(name="deb-c1", template=seed.template, cluster=c1, folder=folder, size=1,
+                               datastore=datastore)
+    fill(pool, 1)
+    copy = TemplateCopy.objects.get(cluster=c1)
+    assert (copy.datastore_id, copy.status, copy.where) == (datastore.pk, TemplateStatus.READY, "DC0_C1 / LocalDS_0")
+    [made] = in_vsphere(vc, "debian-12-DC0_C1-LocalDS_0")
+    assert made.moid == copy.moid and datastore.moid in made.datastore_moids

@@ -115,7 +115,7 @@ def ensure_copy(pool: Pool) -> TemplateCopy | None:
 def _copy_host(copy: TemplateCopy) -> str | None:
     """A host of the copy's cluster that mounts its datastore (the least loaded); None lets
     vSphere place a copy without one."""
-    if copy.datastore_id is None:
+    if copy.datastore is None:
         return None
     try:
         return least_loaded_host(host_candidates(copy.cluster_id), copy.datastore.moid).moid
@@ -142,7 +142,7 @@ def copy_to_cluster_job(job: runner.JobContext, *, copy_id: int) -> None:
         made = ops.copy_template_to_cluster(
             conn, template_moid=source.moid, name=name,
             folder_moid=folder, resource_pool_moid=copy.cluster.resource_pool_moid,
-            datastore_moid=copy.datastore.moid if copy.datastore_id else None, host_moid=_copy_host(copy),
+            datastore_moid=copy.datastore.moid if copy.datastore else None, host_moid=_copy_host(copy),
             owner=copy_marker(name),
         )
     info = made.template
