@@ -236,7 +236,10 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
     can_clone = (
         # A pool its vCenter's outage degraded gets a fill even when full: the fill's first
         # look is what tells that vCenter answers again and returns the pool to OK.
-        (report.deficit > 0 or pool.unreachable_since is not None)
+        # So does a pool with booting guests and no fill: only a fill watches guests boot,
+        # and the one that started them may have died with its worker.
+        (report.deficit > 0 or pool.unreachable_since is not None
+         or own.filter(state=VMState.BOOTING).exists())
         and pool.health != Pool.Health.FAILING
         and (pool.retry_at is None or pool.retry_at <= now)
         and pool.template.status == TemplateStatus.READY

@@ -76,7 +76,11 @@ def fill_pool(pool_id: int, job: runner.JobContext) -> None:
     vcenter = pool.template.vcenter
     width = max(1, min(vcenter.task_limit, settings.VMPORTAL_CLONE_LIMIT, pool.size))
     endpoint = Endpoint.from_vcenter(vcenter)
-    booting: dict[str, VM] = {}  # by moid
+    # Guests a fill before this one started and did not see through (its worker died) are
+    # watched here too: one fill runs per pool, so every booting VM of the pool is ours.
+    booting: dict[str, VM] = {
+        vm.moid: vm for vm in pool.vms.filter(state=VMState.BOOTING, on_demand=False).exclude(moid="")
+    }
     counts = {"ready": 0, "failed": 0}
     claiming = True
     with ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:

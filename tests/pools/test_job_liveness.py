@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -108,3 +109,32 @@ def test_a_killed_fill_frees_its_clone_slots_within_the_stale_bound_and_the_pool
     held = set(IPAllocation.objects.filter(vm__isnull=False).values_list("vm__name", flat=True))
     assert held == ready
     assert not Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).exists()
+
+
+def test_guests_a_killed_fill_left_booting_are_seen_ready_by_a_new_fill_before_their_boot_timeout(
+        vcsim_factory, redis_conn, fast_liveness):
+    # Guests report their address 6 s after power-on: long enough to kill the fill while
+    # every VM of the (then full) pool is booting, far shorter than the boot timeout.
+    vc, folder = site(vcsim_factory(*GUEST, "-guest-ip-delay", "6s"), task_limit=4)
+    pool = make_pool(vc, folder, size=3)
+    Pool.objects.filter(pk=pool.pk).update(boot_timeout=timedelta(minutes=10))
+    manager.reconcile_pool(pool.pk)
+    doomed = worker(burst=False)
+    try:
+        wait_for(lambda: pool.vms.filter(state=VMState.BOOTING).count() == 3, within=30, what="three guests booting")
+    finally:
+        kill(doomed)
+
+    replacement = worker(burst=False)
+    try:
+        def ready() -> bool:
+            manager.reconcile_all()
+            return pool.vms.filter(state=VMState.READY).count() == 3
+
+        took = wait_for(ready, within=STALE_AFTER + 30, what="the booting guests seen ready by a new fill")
+        print(f"guests of the killed fill ready {took:.1f}s after the kill (boot timeout 10 min)")
+    finally:
+        replacement.terminate()
+        replacement.wait()
+    assert not pool.vms.exclude(state__in=(VMState.READY, VMState.DESTROYED)).exists()
+    assert {v.name for v in vms_in_folder(vc)} == {vm.name for vm in pool.vms.filter(state=VMState.READY)}
