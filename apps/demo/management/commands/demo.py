@@ -24,6 +24,8 @@ from django.core.management.base import BaseCommand, CommandError
 from vmportal.config import env_int, env_str
 
 SIM_USER = "vmportal"
+# More restarts of one process than this within a minute means it cannot run: stop, and say so.
+RESTARTS_PER_MINUTE = 5
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
@@ -40,6 +42,7 @@ class Command(BaseCommand):
         password = env_str("VMPORTAL_DEMO_PASSWORD", "demo")
         sim_password = env_str("VMPORTAL_DEMO_VCSIM_PASSWORD", "demo-simulator")
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.argv: dict[str, list[str]] = {}
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             self.start_simulator(sim_port, sim_password)
@@ -109,13 +112,35 @@ class Command(BaseCommand):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(argv, env=env, start_new_session=True, text=True, **kwargs)
         self.procs.append((name, proc))
+        self.argv[name] = argv
         return proc
 
     def supervise(self) -> None:
+        """Restart a web server, worker or daemon that exits, as systemd's Restart=always would.
+
+        A worker killed mid-job is part of normal operation (its job is reaped and retried),
+        so the demo keeps going; only the simulator is fatal, since its inventory is the demo.
+        A process that keeps dying (RESTARTS_PER_MINUTE) stops the demo with its name.
+        """
+        restarts: dict[str, list[float]] = {}
         while True:
-            for name, proc in self.procs:
-                if proc.poll() is not None:
-                    raise CommandError(f"{name} exited with code {proc.returncode}; stopping the demo.")
+            for i, (name, proc) in enumerate(self.procs):
+                if proc.poll() is None:
+                    continue
+                if name == "vcsim":
+                    raise CommandError(f"The simulator exited with code {proc.returncode}; stopping the demo.")
+                now = time.monotonic()
+                recent = [t for t in restarts.get(name, []) if now - t < 60] + [now]
+                restarts[name] = recent
+                if len(recent) > RESTARTS_PER_MINUTE:
+                    raise CommandError(
+                        f"{name} exited {len(recent)} times within a minute (last code {proc.returncode}); "
+                        "stopping the demo. Its output is above."
+                    )
+                self.stdout.write(self.style.WARNING(f"{name} exited with code {proc.returncode}; restarting it."))
+                self.procs.pop(i)
+                self.spawn(name, self.argv[name])
+                break
             time.sleep(1)
 
     def stop_all(self) -> None:
