@@ -15,7 +15,7 @@ from functools import cache
 
 import django_rq
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from redis.exceptions import RedisError
 
 from apps.api.auth import presented_token
@@ -116,22 +116,30 @@ class ApiGuardMiddleware:
     def __call__(self, request: HttpRequest):
         if not request.path.startswith(("/api/", "/metrics")) or request.path.startswith("/api/tokens"):
             return self.get_response(request)
-        limit = settings.VMPORTAL_API_MAX_BODY_BYTES
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return error("Content-Length is not a number.", 400)
-        if length > limit:
-            return error(f"The body is larger than {limit} bytes.", 413)
-        if _has_nul(request):
-            # PostgreSQL refuses NUL in text; refusing it here keeps every view from a 500.
-            return error("NUL characters are not allowed in requests.", 400)
-        checks = [(f"ip:{client_ip(request)}", settings.VMPORTAL_API_RATE_LIMIT_PER_IP)]
-        raw = presented_token(request)
-        if raw:
-            checks.append((f"token:{hash_token(raw)}", settings.VMPORTAL_API_RATE_LIMIT_PER_TOKEN))
-        retry_after = _over_limit(checks)
-        if retry_after is not None:
-            return error("Too many requests; slow down.", 429, headers={"Retry-After": str(retry_after)},
-                         retry_after=retry_after)
-        return self.get_response(request)
+        return refusal(request) or self.get_response(request)
+
+
+def refusal(request: HttpRequest) -> HttpResponse | None:
+    """The answer to an API request that is too big, carries NUL or is over a rate limit; else None.
+
+    Also called by vmportal.lean_api, which serves token-authenticated API calls before
+    this middleware would run."""
+    limit = settings.VMPORTAL_API_MAX_BODY_BYTES
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return error("Content-Length is not a number.", 400)
+    if length > limit:
+        return error(f"The body is larger than {limit} bytes.", 413)
+    if _has_nul(request):
+        # PostgreSQL refuses NUL in text; refusing it here keeps every view from a 500.
+        return error("NUL characters are not allowed in requests.", 400)
+    checks = [(f"ip:{client_ip(request)}", settings.VMPORTAL_API_RATE_LIMIT_PER_IP)]
+    raw = presented_token(request)
+    if raw:
+        checks.append((f"token:{hash_token(raw)}", settings.VMPORTAL_API_RATE_LIMIT_PER_TOKEN))
+    retry_after = _over_limit(checks)
+    if retry_after is not None:
+        return error("Too many requests; slow down.", 429, headers={"Retry-After": str(retry_after)},
+                     retry_after=retry_after)
+    return None
