@@ -29,6 +29,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         next_full = 0.0
+        # Pools nudged lately, and when their coalescing window is over (apps.pools.nudge).
+        windows: dict[int, float] = {}
         while self.running:
             close_old_connections()
             now = time.monotonic()
@@ -40,16 +42,28 @@ class Command(BaseCommand):
                 if once:
                     return
             try:
-                nudged = nudge.wait(timeout=max(1.0, next_full - time.monotonic()))
+                due = [p for p, at in windows.items() if at <= time.monotonic()]
+                for pool_id in due:
+                    del windows[pool_id]
+                    if nudge.trailing(pool_id):
+                        self.reconcile(pool_id)
+                until = min([next_full, *windows.values()]) - time.monotonic()
+                nudged = nudge.wait(timeout=max(0.01, until))
             except RedisError as exc:
                 log.warning("Redis unavailable (%s); reconciling on the timer only.", exc)
+                windows.clear()
                 time.sleep(min(interval, 5))
                 continue
             for pool_id in nudged:
-                try:
-                    reconcile_pool(pool_id)
-                except Exception:
-                    log.exception("Reconcile of pool %s failed", pool_id)
+                # The margin covers the clock between Redis expiring the window and this loop.
+                windows[pool_id] = time.monotonic() + nudge.COALESCE_MS / 1000 + 0.05
+                self.reconcile(pool_id)
+
+    def reconcile(self, pool_id: int) -> None:
+        try:
+            reconcile_pool(pool_id)
+        except Exception:
+            log.exception("Reconcile of pool %s failed", pool_id)
 
     def stop(self, *args):
         self.running = False
