@@ -6,8 +6,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 from datetime import timedelta
+from functools import cache
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count
 from django.http import HttpRequest
 
@@ -37,11 +39,40 @@ def _short(hostname: str) -> str:
     return hostname.split(".", 1)[0]
 
 
+@cache
+def _pool_columns() -> tuple[str, list[str], list[str]]:
+    template_model = Pool._meta.get_field("template").related_model
+    pool_fields = [f.attname for f in Pool._meta.concrete_fields]
+    template_fields = [f.attname for f in template_model._meta.concrete_fields]
+    columns = ", ".join([*(f"p.{f.column}" for f in Pool._meta.concrete_fields),
+                         *(f"t.{f.column}" for f in template_model._meta.concrete_fields)])
+    # Only table and column names from the models are formatted in; names are parameters.
+    tables = f"{Pool._meta.db_table} p JOIN {template_model._meta.db_table} t ON t.id = p.template_id"
+    sql = f"SELECT {columns} FROM {tables}"  # noqa: S608
+    return sql, pool_fields, template_fields
+
+
+def _pools_named(names: set[str]) -> list[Pool]:
+    """The pools of these names with their templates, in one query written as SQL: the ORM's
+    select_related form cost more in Python than the query did in PostgreSQL (checkout's hot path)."""
+    sql, pool_fields, template_fields = _pool_columns()
+    template_model = Pool._meta.get_field("template").related_model
+    names_list = sorted(names)
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} WHERE p.name IN ({', '.join(['%s'] * len(names_list))})", names_list)
+        rows = cursor.fetchall()
+    pools = []
+    for row in rows:
+        pool = Pool.from_db(connection.alias, pool_fields, row[: len(pool_fields)])
+        pool.template = template_model.from_db(connection.alias, template_fields, row[len(pool_fields):])
+        pools.append(pool)
+    return pools
+
+
 def _serving(names: set[str]) -> dict[str, list[Pool]]:
     """The pools behind each name: the pool of that name, else the enabled pools that have it
     as an alias; 404 naming those that are neither."""
-    serving: dict[str, list[Pool]] = {p.name: [p] for p in Pool.objects.select_related("template")
-                                      .filter(name__in=names)}
+    serving: dict[str, list[Pool]] = {p.name: [p] for p in _pools_named(names)} if names else {}
     aliases = names - set(serving)
     if aliases:  # a pool's own name wins over an alias (the model keeps them apart anyway)
         for pool in Pool.objects.select_related("template").filter(enabled=True).exclude(aliases=""):
