@@ -177,6 +177,19 @@ WHITENOISE_USE_FINDERS = True
 VMPORTAL_JOB_STALE_AFTER = env_int("VMPORTAL_JOB_STALE_AFTER", 45, minimum=3)
 # Most clone tasks in flight across all vCenters (each vCenter also has its own limit).
 VMPORTAL_CLONE_LIMIT = env_int("VMPORTAL_CLONE_LIMIT", 20, minimum=1)
+# One rule for where VMs run (apps.vsphere.placement), at clone time and at checkout: a host
+# above OVERLOAD percent of its CPU or memory gets no new clones, and a pool that balances
+# hosts moves a VM checked out on such a host to one at least GAP points under OVERLOAD.
+# Hosts within GAP points of the least-loaded one share a burst of clones.
+VMPORTAL_HOST_OVERLOAD_PCT = env_int("VMPORTAL_HOST_OVERLOAD_PCT", 90, minimum=1)
+VMPORTAL_HOST_BALANCE_GAP_PCT = env_int("VMPORTAL_HOST_BALANCE_GAP_PCT", 25, minimum=0)
+if VMPORTAL_HOST_OVERLOAD_PCT > 100 or VMPORTAL_HOST_BALANCE_GAP_PCT >= VMPORTAL_HOST_OVERLOAD_PCT:
+    raise ImproperlyConfigured(
+        f"VMPORTAL_HOST_OVERLOAD_PCT={VMPORTAL_HOST_OVERLOAD_PCT} must be at most 100 and above "
+        f"VMPORTAL_HOST_BALANCE_GAP_PCT={VMPORTAL_HOST_BALANCE_GAP_PCT}."
+    )
+# Most vMotions of checked-out VMs (pools that balance hosts) in flight per vCenter.
+VMPORTAL_MIGRATIONS_PER_VCENTER = env_int("VMPORTAL_MIGRATIONS_PER_VCENTER", 2, minimum=1)
 # Active leases one engineer may hold at once (0: no limit; admins are exempt).
 VMPORTAL_MAX_LEASES_PER_USER = env_int("VMPORTAL_MAX_LEASES_PER_USER", 10, minimum=0)
 # VMs one on-demand request may ask for (vmpooler's max_ondemand_instances_per_request).
@@ -248,6 +261,15 @@ VMPORTAL_MAX_VMS_PER_CHECKOUT = env_int(
     "VMPORTAL_MAX_VMS_PER_CHECKOUT", env_int("VMPORTAL_API_MAX_VMS_PER_REQUEST", 20, minimum=1), minimum=1)
 VMPORTAL_MAX_POOL_SIZE = env_int("VMPORTAL_MAX_POOL_SIZE", env_int("VMPORTAL_API_MAX_POOL_SIZE", 500, minimum=1),
                                  minimum=1)
+# Pools that size themselves (apps/pools/autosize.py): checkouts within WINDOW seconds are
+# remembered; the size covers the busiest clone-and-boot time of them (and of the same hour
+# yesterday) plus HEADROOM percent; it grows at once and shrinks no sooner than SHRINK_AFTER
+# seconds after its last automatic change, halfway each time. FILL_SECONDS is the clone-and-boot
+# time assumed until a pool has made a VM.
+VMPORTAL_AUTOSIZE_WINDOW = env_int("VMPORTAL_AUTOSIZE_WINDOW", 3600, minimum=1)
+VMPORTAL_AUTOSIZE_SHRINK_AFTER = env_int("VMPORTAL_AUTOSIZE_SHRINK_AFTER", 900, minimum=0)
+VMPORTAL_AUTOSIZE_HEADROOM = env_int("VMPORTAL_AUTOSIZE_HEADROOM", 50, minimum=0)
+VMPORTAL_AUTOSIZE_FILL_SECONDS = env_int("VMPORTAL_AUTOSIZE_FILL_SECONDS", 120, minimum=1)
 # Longest lease lifetime any pool may offer, in hours (pool forms, both APIs).
 VMPORTAL_MAX_LEASE_HOURS = env_int("VMPORTAL_MAX_LEASE_HOURS", 24 * 365, minimum=1)
 VMPORTAL_API_MAX_TAGS = env_int("VMPORTAL_API_MAX_TAGS", 32, minimum=1)

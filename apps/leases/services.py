@@ -24,7 +24,7 @@ from apps.core.permissions import is_admin
 from apps.core.states import history_params, history_sql, record_history
 from apps.leases.models import GroupLeaseLimit, Lease, OnDemandRequest
 from apps.leases.signals import leases_inserted
-from apps.pools import nudge
+from apps.pools import balance, nudge
 from apps.pools.manager import ReconcileReport, discard_vm
 from apps.pools.models import VM, Pool, VMState
 
@@ -235,6 +235,8 @@ def checkout(*, user: User, pools: list[Pool], lifetime: timedelta | None = None
             # Written by SQL, so no post_save: receivers (first boot's keys) hear of them here.
             leases_inserted.send(sender=Lease, pool_id=pool_id, leases=taken)
             leases += taken
+            if pool.balance_hosts:
+                balance.request_moves(vms)
             nudge.nudge(pool_id)
             continue
         vms = _ordered(VM.objects.raw(_checkout_sql()["take"], params))
@@ -249,13 +251,15 @@ def checkout(*, user: User, pools: list[Pool], lifetime: timedelta | None = None
             audit.record("lease.checkout", target=lease, pool=pool_id,
                          after={"vm": vm.name, "expires_at": lease.expires_at.isoformat()})
             leases.append(lease)
+        if pool.balance_hosts:
+            balance.request_moves(vms)
         nudge.nudge(pool_id)
     return leases
 
 
 def get_lease_for(user: User, lease_id: int) -> Lease:
     """A lease the user may act on: their own, or any for an admin."""
-    lease = Lease.objects.select_related("vm", "pool", "user").filter(pk=lease_id).first()
+    lease = Lease.objects.select_related("vm__host", "vm__moving_to", "pool", "user").filter(pk=lease_id).first()
     if lease is None or (lease.user_id != user.pk and not is_admin(user)):
         # Same answer for "absent" and "not yours": lease ids are not secrets, but
         # other people's leases are none of your business.

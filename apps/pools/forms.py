@@ -22,7 +22,8 @@ class PoolForm(forms.ModelForm):
         model = Pool
         fields = [
             "name", "description", "template", "cluster", "folder", "datastore", "network", "size",
-            "linked_clones", "cpus", "memory_mb", "ready_ttl", "lease_lifetime", "lease_max_lifetime",
+            "autosize", "min_size", "max_size",
+            "linked_clones", "balance_hosts", "cpus", "memory_mb", "ready_ttl", "lease_lifetime", "lease_max_lifetime",
             "boot_timeout", "max_tries", "enabled", "domain", "aliases", "alias_weight",
         ]
         help_texts = {
@@ -32,7 +33,8 @@ class PoolForm(forms.ModelForm):
             "boot_timeout": "HH:MM:SS, from 00:00:01 to 24:00:00.",
         }
         field_classes = {
-            **dict.fromkeys(["size", "cpus", "memory_mb", "max_tries", "alias_weight"], AsciiIntegerField),
+            **dict.fromkeys(["size", "min_size", "max_size", "cpus", "memory_mb", "max_tries", "alias_weight"],
+                            AsciiIntegerField),
             **dict.fromkeys(["ready_ttl", "lease_lifetime", "lease_max_lifetime", "boot_timeout"], AsciiDurationField),
         }
 
@@ -49,6 +51,13 @@ class PoolForm(forms.ModelForm):
         folder.queryset = Folder.objects.filter(path__contains="/vm").select_related("vcenter").order_by("path")
         folder.label_from_instance = lambda f: f.path
         self.fields["size"].help_text = f"Ready VMs to keep, 0 to {settings.VMPORTAL_MAX_POOL_SIZE}."
+        if self.instance.autosize:
+            self.fields["size"].help_text += " Set by automatic sizing while it is on."
+        self.fields["autosize"].help_text = (
+            "The pool manager sets the size from recent checkouts, within the smallest and largest size.")
+        for name, what in (("min_size", "Smallest"), ("max_size", "Largest")):
+            self.fields[name].help_text = (f"{what} size automatic sizing sets, 0 to "
+                                           f"{settings.VMPORTAL_MAX_POOL_SIZE}.")
         self.fields["cpus"].help_text = f"1 to {MAX_VCPUS}; empty: the template's."
         self.fields["memory_mb"].help_text = "MB, within the cluster's largest host; empty: the template's."
         self.fields["lease_lifetime"].help_text = (

@@ -4,7 +4,7 @@ templates work (prepare a template copy)."""
 from __future__ import annotations
 
 from apps.jobs import runner
-from apps.pools import provisioning, templates
+from apps.pools import balance, provisioning, templates
 
 
 @runner.handler("pools.fill", queue="clone", on_lost=provisioning.release_fill_slots,
@@ -27,3 +27,9 @@ def prepare_template(job: runner.JobContext, *, copy_id: int) -> None:
 @runner.handler("pools.purge", queue="purge")
 def purge(job: runner.JobContext, *, folder_id: int) -> None:
     provisioning.purge_folder(folder_id, job)
+
+
+@runner.handler(balance.MIGRATE_JOB, queue="default", on_lost=balance.abandon_move,
+                on_failure=balance.abandon_move)
+def migrate(job: runner.JobContext, *, vm_id: int) -> None:
+    balance.migrate_vm(vm_id, job)

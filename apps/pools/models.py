@@ -209,6 +209,14 @@ class Pool(models.Model):
     datastore = models.ForeignKey(Datastore, on_delete=models.PROTECT, null=True, blank=True)
     network = models.ForeignKey(Network, on_delete=models.SET_NULL, null=True, blank=True)
     size = models.PositiveIntegerField(default=0, help_text="Ready VMs to keep.", validators=[validate_pool_size])
+    # Automatic sizing (apps/pools/autosize.py): the pool manager writes size itself, within
+    # [min_size, max_size], from the pool's recent checkouts; off, size is the admin's alone.
+    autosize = models.BooleanField("automatic size", default=False,
+                                   help_text="Let the pool manager set the size from recent checkouts.")
+    min_size = models.PositiveIntegerField(default=0, validators=[validate_pool_size],
+                                           help_text="Smallest size automatic sizing sets.")
+    max_size = models.PositiveIntegerField(default=0, validators=[validate_pool_size],
+                                           help_text="Largest size automatic sizing sets.")
     linked_clones = models.BooleanField(default=True)
     cpus = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_VCPUS)])
@@ -224,6 +232,11 @@ class Pool(models.Model):
     max_tries = models.PositiveSmallIntegerField(
         default=3, validators=[MinValueValidator(1), MaxValueValidator(MAX_TRIES)])
     enabled = models.BooleanField(default=True)
+    balance_hosts = models.BooleanField(
+        default=False,
+        help_text="At checkout, move a VM whose host is overloaded to a much less loaded host of the "
+                  "cluster (vMotion, after the lease is answered).",
+    )
     health = models.CharField(max_length=16, choices=Health.choices, default=Health.OK)
     health_reason = models.TextField(blank=True)
     consecutive_failures = models.PositiveSmallIntegerField(default=0)
@@ -264,6 +277,8 @@ class Pool(models.Model):
                                    name="pool_lease_max_at_least_lifetime"),
             models.CheckConstraint(condition=Q(boot_timeout__gt=timedelta(0)), name="pool_boot_timeout_positive"),
             models.CheckConstraint(condition=Q(max_tries__gte=1), name="pool_max_tries_positive"),
+            models.CheckConstraint(condition=Q(autosize=False) | Q(min_size__lte=F("max_size"), max_size__gte=1),
+                                   name="pool_autosize_bounds"),
         ]
 
     def __str__(self) -> str:
@@ -292,6 +307,10 @@ class Pool(models.Model):
         if bad or taken:
             errors["aliases"] = (f"Not usable as an alias: {', '.join(sorted({*bad, *taken}))} "
                                  "(letters, digits, '.', '_', '-'; not this or another pool's name).")
+        if self.autosize and self.max_size < 1:
+            errors["max_size"] = "Automatic sizing needs a largest size of at least 1."
+        elif self.min_size > self.max_size:
+            errors["min_size"] = f"The smallest size must be at most the largest ({self.max_size})."
         if self.datastore_id and self.cluster_id and not self.datastore.hosts.filter(cluster=self.cluster_id).exists():
             errors["datastore"] = f"No host of cluster {self.cluster} mounts datastore {self.datastore}."
         if self.cluster_id:
@@ -371,6 +390,12 @@ class VM(models.Model):
     # The clone target when the slot was claimed: a pool's cluster change drains the VMs
     # made for the old one (host may be unknown until the clone lands, or change by DRS).
     cluster = models.ForeignKey(Cluster, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # A checkout's move to a less loaded host (Pool.balance_hosts, apps.pools.balance): the
+    # target while the vMotion runs (also what the per-vCenter migration limit counts), and
+    # how the last move ended, for the lease page.
+    moving_to = models.ForeignKey(Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    moving_since = models.DateTimeField(null=True, blank=True)
+    move_note = models.CharField(max_length=500, blank=True)
     ip_address = models.CharField(max_length=64, blank=True)
     hostname = models.CharField(max_length=255, blank=True)
     tries = models.PositiveSmallIntegerField(default=0)

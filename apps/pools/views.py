@@ -17,6 +17,7 @@ from apps.core.errors import VmPortalError
 from apps.core.htmx import htmx_partial, render_polled
 from apps.core.permissions import admin_required
 from apps.jobs.models import Job
+from apps.pools import autosize
 from apps.pools import reconfigure as services
 from apps.pools.forms import (
     CaptureVMForm,
@@ -42,6 +43,7 @@ from apps.pools.templates import (
     start_vm_capture,
 )
 from apps.pools.uploads import LimitedDiskUploadHandler, StoredUpload
+from apps.vsphere.placement import thresholds as placement_thresholds
 
 IN_FLIGHT = ("pending", "deploying", "preparing")  # template and copy statuses that move by themselves
 
@@ -104,6 +106,8 @@ def _pool_context(pool: Pool, *, form=None, reconfigure_form=None) -> dict:
         "pool": pool,
         "counts": counts,
         "template_copy": template_copy_state(pool),
+        "autosize_change": autosize.last_change(pool) if pool.autosize else None,
+        "host_limits": placement_thresholds(),
         "form": form or PoolForm(instance=pool, prefix="edit"),
         "reconfigure_form": reconfigure_form or ReconfigureForm(pool=pool),
         "drain_preview": services.preview_reconfigure(

@@ -6,6 +6,10 @@ load is unknown, so the host is skipped, never counted as idle) and is under the
 utilisation limit. Among usable hosts the least loaded win; a burst of clones is spread
 over the least-loaded hosts, counting the clones already placed on each, so ten clones
 started together do not all land on the host that looked emptiest a moment ago.
+
+Checkout balancing (pools with balance_hosts) uses the same rule: a VM handed out on a host
+over the limit moves to a usable host at least the balance gap under it (``balance_target``).
+Both thresholds come from settings (VMPORTAL_HOST_OVERLOAD_PCT, VMPORTAL_HOST_BALANCE_GAP_PCT).
 """
 
 from __future__ import annotations
@@ -15,16 +19,46 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from django.conf import settings
+
 from apps.core.errors import Unavailable
 
 if TYPE_CHECKING:
     from apps.vsphere.inventory import HostRecord
 
-# A host above this share of its CPU or memory gets no new clones.
-UTILISATION_LIMIT = 0.90
-# A burst is spread over the usable hosts whose load is within this many percentage
-# points of the least-loaded one; a nearly full host is not "spread onto" for fairness.
-SPREAD_BAND = 0.25
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Shares 0..1. ``overload``: a host above it of its CPU or memory gets no new clones, and
+    its checked-out VMs may move. ``gap``: a burst of clones is spread over the hosts within it
+    of the least loaded (a nearly full host is not "spread onto" for fairness), and a VM moves
+    only to a host at least this far under ``overload`` (a vMotion to a host nearly as busy is
+    not worth its cost)."""
+
+    overload: float
+    gap: float
+
+    @property
+    def move_below(self) -> float:
+        return self.overload - self.gap
+
+    @property
+    def overload_pct(self) -> int:
+        return round(self.overload * 100)
+
+    @property
+    def move_below_pct(self) -> int:
+        return round(self.move_below * 100)
+
+    @property
+    def gap_pct(self) -> int:
+        return round(self.gap * 100)
+
+
+def thresholds() -> Thresholds:
+    return Thresholds(overload=settings.VMPORTAL_HOST_OVERLOAD_PCT / 100,
+                      gap=settings.VMPORTAL_HOST_BALANCE_GAP_PCT / 100)
 
 
 _CONNECTION_STATES = {"disconnected": "disconnected", "notResponding": "not responding"}
@@ -103,9 +137,12 @@ class NoUsableHost(Unavailable):
 
 
 def rejection_reason(
-    host: HostCandidate, *, datastore_moid: str | None = None, limit: float = UTILISATION_LIMIT
+    host: HostCandidate, *, datastore_moid: str | None = None, limit: float | None = None,
+    datastore_moids: Iterable[str] = (),
 ) -> str | None:
-    """Why ``host`` cannot take a clone, or None when it can."""
+    """Why ``host`` cannot take a clone (or a VM on ``datastore_moids``), or None when it can."""
+    if limit is None:
+        limit = thresholds().overload
     if host.connection_state != "connected":
         return _CONNECTION_STATES.get(host.connection_state, f"connection state {host.connection_state or 'unknown'}")
     if host.in_maintenance:
@@ -116,6 +153,8 @@ def rejection_reason(
         return "status red"
     if datastore_moid is not None and datastore_moid not in host.datastore_moids:
         return "target datastore not mounted"
+    if not set(datastore_moids) <= host.datastore_moids:
+        return "the VM's datastore not mounted"
     if host.cpu_usage_mhz is None or host.memory_usage_mb is None:
         return "no quick stats (load unknown)"
     if not host.cpu_capacity_mhz or not host.memory_capacity_mb:
@@ -128,7 +167,8 @@ def rejection_reason(
 
 
 def rank_hosts(
-    hosts: Iterable[HostCandidate], *, datastore_moid: str | None = None, limit: float = UTILISATION_LIMIT
+    hosts: Iterable[HostCandidate], *, datastore_moid: str | None = None, limit: float | None = None,
+    datastore_moids: Iterable[str] = (),
 ) -> list[HostCandidate]:
     """Usable hosts, least loaded first (ties by name, so the order is stable).
 
@@ -137,7 +177,7 @@ def rank_hosts(
     usable: list[HostCandidate] = []
     rejected: list[Rejection] = []
     for host in hosts:
-        reason = rejection_reason(host, datastore_moid=datastore_moid, limit=limit)
+        reason = rejection_reason(host, datastore_moid=datastore_moid, limit=limit, datastore_moids=datastore_moids)
         if reason is None:
             usable.append(host)
         else:
@@ -152,14 +192,14 @@ def choose_hosts(
     count: int = 1,
     datastore_moid: str | None = None,
     *,
-    limit: float = UTILISATION_LIMIT,
+    limit: float | None = None,
     spread: int | None = None,
     placed: Mapping[str, int] | None = None,
 ) -> list[HostCandidate]:
     """A host for each of ``count`` clones, spread over the least-loaded usable hosts.
 
     ``spread`` caps how many hosts share the burst (default: every usable host within
-    SPREAD_BAND of the least loaded). ``placed`` counts clones already started on a host
+    the balance gap of the least loaded). ``placed`` counts clones already started on a host
     (by moid) but not yet visible in its quick stats; they count like this burst's own.
     Each clone goes to the host with the fewest clones so far, the less loaded on a tie,
     which is a round-robin in load order when nothing was placed before.
@@ -168,7 +208,7 @@ def choose_hosts(
         return []
     ranked = rank_hosts(hosts, datastore_moid=datastore_moid, limit=limit)
     best = ranked[0].load or 0.0
-    pool = [h for h in ranked if (h.load or 0.0) - best <= SPREAD_BAND]
+    pool = [h for h in ranked if (h.load or 0.0) - best <= thresholds().gap]
     if spread is not None:
         pool = pool[: max(1, spread)]
     rank = {h.moid: i for i, h in enumerate(pool)}
@@ -182,6 +222,39 @@ def choose_hosts(
 
 
 def least_loaded_host(
-    hosts: Iterable[HostCandidate], datastore_moid: str | None = None, *, limit: float = UTILISATION_LIMIT
+    hosts: Iterable[HostCandidate], datastore_moid: str | None = None, *, limit: float | None = None
 ) -> HostCandidate:
     return rank_hosts(hosts, datastore_moid=datastore_moid, limit=limit)[0]
+
+
+@dataclass(frozen=True)
+class Balance:
+    """Where a checked-out VM should run: ``target`` None means it stays, for ``reason``."""
+
+    target: HostCandidate | None
+    reason: str
+
+
+def balance_target(
+    current: HostCandidate | None, hosts: Iterable[HostCandidate], *, datastore_moids: Iterable[str] = (),
+    limits: Thresholds | None = None,
+) -> Balance:
+    """The clone-time rule applied to a VM already running on ``current``: it moves when its
+    host is over the overload limit and a host that would take a clone (same checks, the VM's
+    datastores mounted) is at least the gap under that limit; to the least loaded of those."""
+    limits = limits or thresholds()
+    if current is None:
+        return Balance(None, "its host is not in the inventory")
+    if current.load is None:
+        return Balance(None, f"the load of {current.name} is unknown")
+    if current.load <= limits.overload:
+        return Balance(None, f"{current.name} at {current.load:.0%}, within the {limits.overload:.0%} limit")
+    others = [h for h in hosts if h.moid != current.moid]
+    try:
+        best = rank_hosts(others, limit=limits.move_below, datastore_moids=datastore_moids)[0]
+    except NoUsableHost as exc:
+        detail = "; ".join(str(r) for r in exc.rejections) or "no other host in the cluster"
+        return Balance(None, f"{current.name} at {current.load:.0%}, but no host is at or under "
+                             f"{limits.move_below:.0%} ({detail})")
+    return Balance(best, f"{current.name} at {current.load:.0%}, over the {limits.overload:.0%} limit; "
+                         f"{best.name} at {best.load or 0:.0%}")

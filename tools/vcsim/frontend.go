@@ -47,6 +47,8 @@ func (f *frontend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.serveSOAP(w, r)
 	case strings.HasPrefix(r.URL.Path, "/_vcsim/calls"):
 		f.calls.ServeHTTP(w, r)
+	case r.URL.Path == "/_vcsim/host-stats":
+		serveHostStats(w, r)
 	case r.URL.Path == "/guestFile":
 		// Guest file transfers are authorised by their one-time token, as on ESXi.
 		f.sim.guestFiles.serveTransfer(w, r)
