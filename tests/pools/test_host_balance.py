@@ -232,3 +232,12 @@ def test_off_by_default_nothing_moves_and_a_failed_move_leaves_the_vm_with_its_r
     page = client.get(reverse("lease-detail", args=[lease.pk])).content.decode()
     assert failed.move_note.split(" (")[0] in page and "moving to" not in page
     assert calls(sim)["RelocateVM_Task"]["total"] == 1
+
+
+@pytest.mark.django_db
+@override_settings(VMPORTAL_HOST_OVERLOAD_PCT=80, VMPORTAL_HOST_BALANCE_GAP_PCT=30)
+def test_host_load_page_states_the_one_rule_and_its_thresholds(client, admin_user):
+    client.force_login(admin_user)
+    page = client.get(reverse("adminui:hosts")).content.decode()
+    assert "a host over 80% of its CPU or memory gets no new clones" in page
+    assert "within 30 points of the least loaded" in page and "to one at or under 50%" in page
