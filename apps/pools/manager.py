@@ -35,7 +35,7 @@ from apps.core.states import StaleState, TransitionError
 from apps.inventory.models import Folder, VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
-from apps.pools import guest_setup, templates
+from apps.pools import autosize, guest_setup, templates
 from apps.pools.instance import instance_id
 from apps.pools.models import (
     VM,
@@ -190,6 +190,9 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
 
     for step in _pool_steps:
         step(pool, report)
+    # Automatic sizing first: the size it sets, and audits, is the one this reconcile fills
+    # or shrinks to (written through the admin's path, under this same pool row lock).
+    pool.size = autosize.autosize_pool(pool).size
 
     for vm in vms.filter(state=VMState.BOOTING, state_changed_at__lt=now - pool.boot_timeout):
         vm.move_to(VMState.FAILED, state_reason=f"The guest did not become usable within {pool.boot_timeout}.")

@@ -22,7 +22,8 @@ from apps.pools.models import VM, Pool, Template, TemplateStatus, VMState
 
 # Fields an admin may change; also what the audit log records before/after.
 AUDITED_FIELDS = (
-    "name", "description", "template", "cluster", "folder", "datastore", "network", "size", "linked_clones",
+    "name", "description", "template", "cluster", "folder", "datastore", "network", "size", "autosize", "min_size",
+    "max_size", "linked_clones",
     "cpus", "memory_mb", "ready_ttl", "lease_lifetime", "lease_max_lifetime", "boot_timeout", "max_tries",
     "enabled", "health", "health_reason", "consecutive_failures", "retry_at", "domain", "aliases", "alias_weight",
 )
@@ -211,8 +212,11 @@ def create_pool(*, pool: Pool) -> Pool:
 
 
 @transaction.atomic
-def update_pool(*, pool_id: int, changes: dict, action: str = "pool.reconfigure") -> tuple[Pool, Preview]:
-    """Apply ``changes`` (field → value) to the pool, locked, validated, audited, then nudge."""
+def update_pool(*, pool_id: int, changes: dict, action: str = "pool.reconfigure",
+                message: str = "") -> tuple[Pool, Preview]:
+    """Apply ``changes`` (field → value) to the pool, locked, validated, audited, then nudge.
+
+    ``message`` says why (automatic sizing's reason); the audit event adds what it does."""
     pool = _locked(pool_id)
     current = shape_of(pool)
     before = snapshot(pool)
@@ -231,7 +235,8 @@ def update_pool(*, pool_id: int, changes: dict, action: str = "pool.reconfigure"
     pool.save()
     old, new = changed_only(before, snapshot(pool))
     if old or new:
-        audit.record(action, target=pool, pool=pool, before=old, after=new, message=result.summary)
+        audit.record(action, target=pool, pool=pool, before=old, after=new,
+                     message=f"{message} {result.summary}." if message else result.summary)
         nudge.nudge(pool.pk)
     return pool, result
 
@@ -251,8 +256,10 @@ def reconfigure(*, pool_id: int, size: int | None = None, template: Template | N
 
 @transaction.atomic
 def drain(*, pool_id: int, disable: bool = False) -> tuple[Pool, Preview]:
-    """Size 0 (or disabled): ready VMs are destroyed, leased VMs stay until returned."""
-    changes: dict = {"size": 0}
+    """Size 0 (or disabled): ready VMs are destroyed, leased VMs stay until returned.
+
+    Automatic sizing is turned off too: it would refill the pool at the next reconcile."""
+    changes: dict = {"size": 0, "autosize": False}
     if disable:
         changes["enabled"] = False
     pool, result = update_pool(pool_id=pool_id, changes=changes)
