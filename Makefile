@@ -27,7 +27,7 @@ services:
 TYPED := apps/vsphere apps/jobs apps/core $(sort $(wildcard $(foreach m,services selectors provisioning access manager,\
          apps/*/$(m).py apps/*/$(m)/__init__.py))) \
          apps/leases/ondemand.py apps/leases/vmtasks.py apps/leases/tags.py \
-         apps/api/tokens.py apps/api/auth.py apps/pools/health.py apps/inventory/status.py apps/pools/autosize.py
+         apps/api/tokens.py apps/api/auth.py apps/pools/health.py apps/inventory/status.py apps/pools/autosize.py apps/pools/balance.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
