@@ -87,7 +87,7 @@ def _over_limit(keys_and_limits: list[tuple[str, int]]) -> int | None:
     window = now - now % WINDOW
     try:
         client = _redis()  # held until the pipeline is done with its connection
-        pipe = client.pipeline()
+        pipe = client.pipeline(transaction=False)  # one round trip; MULTI/EXEC bought nothing here
         for key, _ in keys_and_limits:
             full = f"{KEY_PREFIX}:{key}:{window}"
             pipe.incr(full)

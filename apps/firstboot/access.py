@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 
 from apps.audit import services as audit
 from apps.core.errors import Conflict, NotFound, VmPortalError
@@ -91,8 +91,12 @@ def lease_created(sender: type[Lease], instance: Lease, created: bool, **kwargs:
 def leases_inserted(sender: type[Lease], pool_id: int, leases: list[Lease], **kwargs: Any) -> None:
     """A checkout's leases, written in its own statement: one query for their pool, then as
     lease_created does for each."""
-    if not PoolFirstBoot.objects.filter(pool_id=pool_id).exclude(guest_username="").exists():
-        return
+    with connection.cursor() as cursor:
+        # As SQL: on every API checkout, the ORM's form of this query cost more in Python than in PostgreSQL.
+        cursor.execute(f"SELECT 1 FROM {PoolFirstBoot._meta.db_table} WHERE pool_id = %s "  # noqa: S608
+                       "AND guest_username <> '' LIMIT 1", [pool_id])
+        if cursor.fetchone() is None:
+            return
     for lease in leases:
         KeyDelivery.objects.create(lease=lease)
         runner.enqueue("firstboot.add_keys", target=lease, lease_id=lease.pk)
