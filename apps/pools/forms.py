@@ -56,12 +56,19 @@ class PoolForm(forms.ModelForm):
         self.fields["autosize"].help_text = (
             "The pool manager sets the size from recent checkouts, within the smallest and largest size.")
         for name, what in (("min_size", "Smallest"), ("max_size", "Largest")):
+            self.fields[name].required = False  # left empty: 0, as for a pool sized by hand
             self.fields[name].help_text = (f"{what} size automatic sizing sets, 0 to "
                                            f"{settings.VMPORTAL_MAX_POOL_SIZE}.")
         self.fields["cpus"].help_text = f"1 to {MAX_VCPUS}; empty: the template's."
         self.fields["memory_mb"].help_text = "MB, within the cluster's largest host; empty: the template's."
         self.fields["lease_lifetime"].help_text = (
             f"HH:MM:SS, e.g. 02:00:00; at most {settings.VMPORTAL_MAX_LEASE_HOURS} hours.")
+
+    def clean_min_size(self) -> int:
+        return self.cleaned_data.get("min_size") or 0
+
+    def clean_max_size(self) -> int:
+        return self.cleaned_data.get("max_size") or 0
 
     def clean_alias_weight(self) -> int:
         return self.cleaned_data.get("alias_weight") or Pool._meta.get_field("alias_weight").default

@@ -232,9 +232,11 @@ def update_pool(*, pool_id: int, changes: dict, action: str = "pool.reconfigure"
     else:
         pool.full_clean()
     result = preview_reconfigure(counts=counts, current=current, new=shape_of(pool))
-    pool.save()
     old, new = changed_only(before, snapshot(pool))
+    # Every field that may change is audited: nothing audited changed, nothing to write (a
+    # form posting an empty optional number, read as its default, is no change).
     if old or new:
+        pool.save()
         audit.record(action, target=pool, pool=pool, before=old, after=new,
                      message=f"{message} {result.summary}." if message else result.summary)
         nudge.nudge(pool.pk)
