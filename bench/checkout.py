@@ -426,7 +426,11 @@ def raw_run(url: str, seeded: Seeded, clients: int, total: int) -> Run:
     conns = []
 
     def make(index: int):
-        conn = psycopg.connect(url, prepare_threshold=5)
+        # autocommit: conn.transaction() is then the transaction itself. Without it the token
+        # lookup opened an outer transaction that never committed (the block was a savepoint):
+        # no commit was measured, and at 32 clients two threads of one user waited for ever
+        # on each other's user-row lock.
+        conn = psycopg.connect(url, prepare_threshold=5, autocommit=True)
         conns.append(conn)  # kept open until measured: a closed backend's CPU time is gone from /proc
         token_hash = hashlib.sha256(seeded.tokens[index % USERS].encode()).hexdigest()
 
