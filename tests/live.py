@@ -61,8 +61,12 @@ def settle(pool: Pool, *, rounds: int = 6) -> None:
         assert worker().wait(timeout=120) == 0
         if not Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).exists():
             pool.refresh_from_db()
-            if not pool.vms.filter(state__in=(VMState.CLONING, VMState.BOOTING, VMState.FAILED,
-                                              VMState.DESTROYING)).exists():
+            in_flight = pool.vms.filter(state__in=(VMState.CLONING, VMState.BOOTING, VMState.FAILED,
+                                                   VMState.DESTROYING)).exists()
+            # A pool whose cluster had no template copy fills only in the round after the
+            # copy job: settled means full (or stopped for a reason), not merely idle.
+            full = pool.vms.filter(state=VMState.READY, on_demand=False).count() >= pool.size
+            if not in_flight and (full or pool.health != Pool.Health.OK or not pool.enabled):
                 return
 
 

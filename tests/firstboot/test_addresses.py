@@ -13,7 +13,7 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from apps.firstboot import provisioning
 from apps.firstboot.models import AddressRange, IPAllocation, Method, PoolFirstBoot
 from apps.pools.manager import claim_slots
-from apps.pools.models import VM, Pool, VMState
+from apps.pools.models import VM, Pool, TemplateCopy, TemplateStatus, VMState
 from tests import factories
 
 
@@ -27,6 +27,9 @@ def make_range(**kw) -> AddressRange:
 
 def fixed_pool(rng: AddressRange, **kw) -> Pool:
     pool = factories.pool(**kw)
+    # A ready copy in the pool's cluster, so slots can be claimed without a copy job first.
+    TemplateCopy.objects.create(template=pool.template, cluster=pool.cluster, status=TemplateStatus.READY,
+                                moid=f"vm-copy-{pool.pk}")
     PoolFirstBoot.objects.create(pool=pool, method=Method.CUSTOMIZATION, address_range=rng)
     return pool
 
