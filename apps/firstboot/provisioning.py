@@ -271,16 +271,7 @@ def discard_seeds(conn: Connection, vms: Iterable[VM]) -> int:
 
     Errors are logged and the rows kept, so a later destroy or sweep tries again.
     """
-    done = 0
-    for iso in SeedISO.objects.filter(vm__in=list(vms)):
-        try:
-            ops.delete_datastore_file(conn, iso.datastore_moid, iso.path)
-        except VSphereError as exc:
-            log.warning("seed ISO %s not deleted yet: %s", iso, exc)
-            continue
-        iso.delete()
-        done += 1
-    return done
+    return _delete_seeds(conn, SeedISO.objects.filter(vm__in=list(vms)))
 
 
 def sweep_seeds(conn: Connection, *, vcenter_id: int, older_than: timedelta = timedelta(hours=1)) -> int:
@@ -288,8 +279,14 @@ def sweep_seeds(conn: Connection, *, vcenter_id: int, older_than: timedelta = ti
     stale = SeedISO.objects.filter(vcenter_id=vcenter_id, created_at__lt=timezone.now() - older_than).filter(
         Q(vm__isnull=True) | ~Q(vm__state__in=(VMState.CLONING, VMState.BOOTING))
     )
+    return _delete_seeds(conn, stale)
+
+
+def _delete_seeds(conn: Connection, isos: Iterable[SeedISO]) -> int:
+    """Delete each ISO's file, then its row; a file vCenter would not delete keeps its row
+    (logged), so the next destroy or sweep tries again."""
     done = 0
-    for iso in stale:
+    for iso in isos:
         try:
             ops.delete_datastore_file(conn, iso.datastore_moid, iso.path)
         except VSphereError as exc:
