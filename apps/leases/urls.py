@@ -16,4 +16,8 @@ urlpatterns = [
     path("leases/<int:lease_id>/", views.lease_detail, name="lease-detail"),
     path("leases/<int:lease_id>/extend", views.extend, name="lease-extend"),
     path("leases/<int:lease_id>/return", views.return_lease, name="lease-return"),
+    path("leases/<int:lease_id>/vm-tasks", views.lease_vm_tasks, name="lease-vm-tasks"),
+    path("leases/<int:lease_id>/snapshot", views.lease_snapshot, name="lease-snapshot"),
+    path("leases/<int:lease_id>/revert", views.lease_revert, name="lease-revert"),
+    path("leases/<int:lease_id>/disk", views.lease_add_disk, name="lease-disk"),
 ]

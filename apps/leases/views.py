@@ -17,8 +17,8 @@ from django_htmx.http import HttpResponseClientRedirect
 from apps.core.errors import VmPortalError
 from apps.core.fields import AsciiIntegerField
 from apps.core.htmx import htmx_partial, render_polled
-from apps.leases import ondemand, services
-from apps.leases.models import Lease, OnDemandRequest
+from apps.leases import ondemand, services, vmtasks
+from apps.leases.models import Lease, OnDemandRequest, VMTask
 from apps.pools.models import Pool
 from apps.pools.selectors import pools_with_counts
 
@@ -186,7 +186,7 @@ def lease_detail(request: HttpRequest, lease_id: int) -> HttpResponse:
     # Extending stops at the pool's longest lease, counted from check-out; the page says so up front.
     max_lifetime = lease.pool.lease_max_lifetime if lease.pool else None
     return render(request, "leases/lease_detail.html", {
-        "lease": lease, "extend_choices": EXTEND_CHOICES,
+        **_vm_tasks_context(lease), "extend_choices": EXTEND_CHOICES,
         "max_lifetime_hours": max_lifetime and max_lifetime / timedelta(hours=1),
         "extend_limit": max_lifetime and lease.started_at + max_lifetime,
     })
@@ -217,3 +217,55 @@ def return_lease(request: HttpRequest, lease_id: int) -> HttpResponse:
         return _refused(request, exc, redirect("lease-detail", lease_id=lease_id))
     messages.success(request, f"{lease.vm.name} returned; it will be destroyed and the pool refilled.")
     return redirect("my-leases")
+
+
+def _vm_tasks_context(lease: Lease) -> dict:
+    tasks = list(lease.vm_tasks.order_by("-created_at"))
+    return {"lease": lease, "vm_tasks": tasks, "max_disk_gb": vmtasks.MAX_DISK_GB,
+            "tasks_pending": any(t.status == VMTask.Status.QUEUED for t in tasks),
+            "snapshots": [t for t in tasks if t.kind == VMTask.Kind.SNAPSHOT and t.status == VMTask.Status.DONE]}
+
+
+def lease_vm_tasks(request: HttpRequest, lease_id: int) -> HttpResponse:
+    """The lease page's snapshots and disks, polled while a task is queued; it stops once none is."""
+    try:
+        lease = services.get_lease_for(request.user, lease_id)
+    except VmPortalError as exc:
+        return render(request, "error.html", {"message": str(exc)}, status=exc.http_status)
+    context = _vm_tasks_context(lease)
+    return render_polled(request, "leases/partials/_vm_tasks.html", context, settled=not context["tasks_pending"])
+
+
+def _vm_task_action(request: HttpRequest, lease_id: int, start, done: str) -> HttpResponse:
+    back = redirect("lease-detail", lease_id=lease_id)
+    try:
+        task = start()
+    except VmPortalError as exc:
+        return _refused(request, exc, back)
+    messages.success(request, done.format(vm=task.lease.vm.name))
+    return back
+
+
+@require_POST
+def lease_snapshot(request: HttpRequest, lease_id: int) -> HttpResponse:
+    return _vm_task_action(request, lease_id, lambda: vmtasks.snapshot(user=request.user, lease_id=lease_id),
+                           "Taking a snapshot of {vm}; it is listed below when done.")
+
+
+@require_POST
+def lease_revert(request: HttpRequest, lease_id: int) -> HttpResponse:
+    snapshot_id = request.POST.get("snapshot", "")
+    return _vm_task_action(request, lease_id,
+                           lambda: vmtasks.revert(user=request.user, lease_id=lease_id, snapshot_id=snapshot_id),
+                           "Reverting {vm} to the snapshot.")
+
+
+@require_POST
+def lease_add_disk(request: HttpRequest, lease_id: int) -> HttpResponse:
+    def start() -> VMTask:
+        raw = request.POST.get("size_gb", "").strip()
+        # The service checks the range, as for the APIs; here only "is it a whole number?".
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+            raise VmPortalError(f"A disk must be between 1 and {vmtasks.MAX_DISK_GB} GB.")
+        return vmtasks.add_disk(user=request.user, lease_id=lease_id, size_gb=int(raw))
+    return _vm_task_action(request, lease_id, start, "Adding a disk to {vm}.")
