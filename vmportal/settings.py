@@ -321,3 +321,27 @@ if globals().get("AUTH_LDAP_SERVER_URI"):
 if globals().get("OIDC_RP_CLIENT_ID"):
     AUTHENTICATION_BACKENDS.append(_auth.OIDC_BACKEND)
 # --- end of directory sign-in ------------------------------------------------------------
+
+# --- sign-in throttling (django-axes; README "Configuration") ------------------------------
+# Every sign-in (login page, Django admin, the API's Basic-auth token route, LDAP) goes through
+# django.contrib.auth.authenticate, where axes' backend, first in the list, refuses a
+# username+address pair that failed AXES_FAILURE_LIMIT times until AXES_COOLOFF_MINUTES have
+# passed; a success clears its count. Attempts are kept in the database, so a Redis outage
+# neither unlocks nor locks anybody. The address is the rate limit's (VMPORTAL_TRUSTED_PROXIES).
+from datetime import timedelta  # noqa: E402
+
+INSTALLED_APPS.append("axes")
+AUTHENTICATION_BACKENDS.insert(0, "axes.backends.AxesStandaloneBackend")
+# Last, as axes asks: it turns the answer of a refused sign-in into the lockout response.
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+AXES_ENABLED = env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "vmportal.lockout.axes_client_ip"
+# Failures stay in axes' AccessAttempt table (Django admin) until they expire; a row for every
+# successful sign-in too would grow without bound.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_LOCKOUT_CALLABLE = "vmportal.lockout.lockout_response"
+AXES_HTTP_RESPONSE_CODE = 429

@@ -30,7 +30,8 @@ def test_both_are_off_by_default_so_only_local_accounts_sign_in(clean_env):
                                "print(settings.AUTHENTICATION_BACKENDS)"],
         cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "vmportal.settings"}, capture_output=True, text=True,
         check=True)
-    assert out.stdout.strip() == "['django.contrib.auth.backends.ModelBackend']"
+    # axes' backend only refuses locked-out sign-ins (vmportal/settings.py); it signs nobody in.
+    assert out.stdout.strip() == "['axes.backends.AxesStandaloneBackend', 'django.contrib.auth.backends.ModelBackend']"
 
 
 @pytest.mark.parametrize(("env", "named"), [
