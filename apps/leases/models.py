@@ -130,7 +130,7 @@ class OnDemandRequest(models.Model):
 
 
 class VMTask(models.Model):
-    """A change a lessee asked for on their VM: an extra disk, a snapshot, a revert.
+    """A change a lessee asked for on their VM: an extra disk, a snapshot, a revert, power off/on or reset.
 
     Run by the ``leases.vm_task`` job; the row is the record vmpooler's GET /vm shows
     (``disk``, ``snapshots``) and the place its failure reason is kept.
@@ -140,6 +140,9 @@ class VMTask(models.Model):
         DISK = "disk", "Add disk"
         SNAPSHOT = "snapshot", "Snapshot"
         REVERT = "revert", "Revert to snapshot"
+        POWER_OFF = "power_off", "Power off"
+        POWER_ON = "power_on", "Power on"
+        RESET = "reset", "Reset"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -226,9 +226,13 @@ def run_vm_task(job: runner.JobContext, task_id: int) -> None:
             elif task.kind == VMTask.Kind.SNAPSHOT:
                 ops.create_snapshot(conn, vm.moid, task.snapshot, description=f"vmportal lease {task.lease_id}")
                 job.log(f"{vm.name}: snapshot {task.snapshot}")
-            else:
+            elif task.kind == VMTask.Kind.REVERT:
                 ops.revert_snapshot(conn, vm.moid, task.snapshot)
                 job.log(f"{vm.name}: reverted to {task.snapshot}")
+            else:
+                action = {VMTask.Kind.POWER_OFF: ops.power_off, VMTask.Kind.POWER_ON: ops.power_on,
+                          VMTask.Kind.RESET: ops.reset}[VMTask.Kind(task.kind)]
+                job.log(f"{vm.name}: {task.get_kind_display().lower()}: {action(conn, vm.moid)}")
     except VSphereError as exc:
         vmtasks.finish(task, str(exc))
         job.log(f"{vm.name}: {exc}")

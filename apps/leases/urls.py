@@ -20,4 +20,5 @@ urlpatterns = [
     path("leases/<int:lease_id>/snapshot", views.lease_snapshot, name="lease-snapshot"),
     path("leases/<int:lease_id>/revert", views.lease_revert, name="lease-revert"),
     path("leases/<int:lease_id>/disk", views.lease_add_disk, name="lease-disk"),
+    path("leases/<int:lease_id>/power", views.lease_power, name="lease-power"),
 ]

@@ -269,3 +269,10 @@ def lease_add_disk(request: HttpRequest, lease_id: int) -> HttpResponse:
             raise VmPortalError(f"A disk must be between 1 and {vmtasks.MAX_DISK_GB} GB.")
         return vmtasks.add_disk(user=request.user, lease_id=lease_id, size_gb=int(raw))
     return _vm_task_action(request, lease_id, start, "Adding a disk to {vm}.")
+
+
+@require_POST
+def lease_power(request: HttpRequest, lease_id: int) -> HttpResponse:
+    kind = request.POST.get("kind", "")
+    return _vm_task_action(request, lease_id, lambda: vmtasks.power(user=request.user, lease_id=lease_id, kind=kind),
+                           "{vm}: " + dict(VMTask.Kind.choices).get(kind, "").lower() + " asked for.")

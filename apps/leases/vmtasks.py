@@ -1,4 +1,4 @@
-"""Changes a lessee makes to their VM while they hold it: add a disk, snapshot, revert.
+"""Changes a lessee makes to their VM while they hold it: add a disk, snapshot, revert, power.
 
 The request is checked and recorded at once (a VMTask row, audited) and carried out by
 the ``leases.vm_task`` job, as vmpooler's disk and snapshot queues do.
@@ -59,6 +59,17 @@ def revert(*, user: User, lease_id: int, snapshot_id: str) -> VMTask:
             status=VMTask.Status.FAILED).exists():
         raise NotFound(f"{lease.vm.name} has no snapshot {snapshot_id[:64]}.")
     return _queue(lease, kind=VMTask.Kind.REVERT, snapshot=snapshot_id)
+
+
+POWER_KINDS = (VMTask.Kind.POWER_OFF, VMTask.Kind.POWER_ON, VMTask.Kind.RESET)
+
+
+@transaction.atomic
+def power(*, user: User, lease_id: int, kind: str) -> VMTask:
+    """Power the lessee's VM off or on, or reset it (vmpooler has no such call; the lease page does)."""
+    if kind not in POWER_KINDS:
+        raise VmPortalError("Choose power off, power on or reset.")
+    return _queue(_active_lease(user, lease_id), kind=kind)
 
 
 def finish(task: VMTask, error: str = "") -> bool:

@@ -46,7 +46,7 @@ def test_snapshot_from_the_lease_page_queues_a_task_for_owner_and_admin_only(
 def test_lease_page_lists_tasks_with_status_and_polls_only_while_one_is_queued(client, lease, engineer):
     client.force_login(engineer)
     page = client.get(reverse("lease-detail", args=[lease.pk])).content.decode()
-    assert "Snapshots and disks" in page and "No snapshots or added disks yet" in page
+    assert "Snapshots, disks and power" in page and "No snapshots or added disks yet" in page
     assert f'hx-get="{reverse("lease-vm-tasks", args=[lease.pk])}"' not in page
 
     client.post(reverse("lease-disk", args=[lease.pk]), {"size_gb": "8"})
@@ -95,6 +95,29 @@ def test_vm_task_forms_need_csrf(lease, engineer):
     assert not VMTask.objects.exists()
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("who, made", [("owner", True), ("admin", True), ("other", False), ("anonymous", False)])
+def test_power_off_from_the_lease_page_is_a_task_for_owner_and_admin_only(
+        client, lease, engineer, other_engineer, admin_user, who, made):
+    from apps.audit.models import AuditEvent
+
+    _as(client, who, {"owner": engineer, "admin": admin_user, "other": other_engineer, "anonymous": None})
+    response = client.post(reverse("lease-power", args=[lease.pk]), {"kind": "power_off"})
+    assert VMTask.objects.filter(lease=lease, kind=VMTask.Kind.POWER_OFF).exists() == made
+    assert AuditEvent.objects.filter(action="vm.power_off").exists() == made
+    assert response.status_code == {"owner": 302, "admin": 302, "other": 404, "anonymous": 302}[who]
+
+
+@pytest.mark.django_db
+def test_power_off_and_reset_ask_first_and_an_unknown_power_action_is_refused(client, lease, engineer):
+    client.force_login(engineer)
+    page = client.get(reverse("lease-detail", args=[lease.pk])).content.decode()
+    assert f'data-confirm="Power off {lease.vm.name}?' in page and f'data-confirm="Reset {lease.vm.name}?' in page
+    response = client.post(reverse("lease-power", args=[lease.pk]), {"kind": "destroy"}, follow=True)
+    assert b"Choose power off, power on or reset." in response.content
+    assert not VMTask.objects.exists()
+
+
 @pytest.mark.vcsim
 @pytest.mark.django_db(transaction=True)
 def test_a_snapshot_taken_from_the_lease_page_is_made_in_vsphere_and_shown_done(client, vcsim_factory, redis_conn,
@@ -119,3 +142,28 @@ def test_a_snapshot_taken_from_the_lease_page_is_made_in_vsphere_and_shown_done(
     assert poll.status_code == 286 and "Done" in poll.content.decode() and "Revert" in poll.content.decode()
     with connect(Endpoint.from_vcenter(vc)) as conn:
         assert [s.name for s in ops.list_snapshots(conn, VM.objects.get(pk=lease.vm_id).moid)] == [task.snapshot]
+
+
+
+@pytest.mark.vcsim
+@pytest.mark.django_db(transaction=True)
+def test_power_off_on_and_reset_from_the_lease_page_reach_vsphere(client, vcsim_factory, redis_conn, engineer):
+    from apps.pools.models import VM
+    from apps.vsphere import operations as ops
+    from apps.vsphere.session import Endpoint, connect
+    from tests.live import GUEST, make_pool, settle, site, worker
+
+    vc, folder = site(vcsim_factory(*GUEST))
+    pool = make_pool(vc, folder, name="deb", size=1)
+    settle(pool)
+    [lease] = services.checkout(user=engineer, pools=[pool])
+    moid = VM.objects.get(pk=lease.vm_id).moid
+    client.force_login(engineer)
+    for kind, state in [("power_off", "poweredOff"), ("reset", "poweredOn"), ("reset", "poweredOn"),
+                        ("power_off", "poweredOff"), ("power_on", "poweredOn")]:
+        client.post(reverse("lease-power", args=[lease.pk]), {"kind": kind})
+        assert worker().wait(timeout=120) == 0
+        task = VMTask.objects.latest("pk")
+        assert (task.kind, task.status) == (kind, VMTask.Status.DONE), task.error
+        with connect(Endpoint.from_vcenter(vc)) as conn:
+            assert ops.get_vm(conn, moid).power_state == state

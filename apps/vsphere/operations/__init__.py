@@ -26,7 +26,7 @@ from apps.vsphere.operations.destroy import PURGE_CHECK_PATHS, destroy_if_owned,
 from apps.vsphere.operations.devices import add_disk, cdrom_isos, eject_cdrom, extra_config, set_extra_config
 from apps.vsphere.operations.lookup import create_folder, find_vm, get_vm, list_folder_vms, name_taken
 from apps.vsphere.operations.ovf import DEPLOY_TIMEOUT, OvfSource, UrlOpener, deploy_ovf, ovf_network_names
-from apps.vsphere.operations.power import power_off, power_on, relocate_vm, shut_down
+from apps.vsphere.operations.power import power_off, power_on, relocate_vm, reset, shut_down
 from apps.vsphere.operations.readiness import check_usable, wait_until_usable
 from apps.vsphere.operations.snapshots import create_snapshot, list_snapshots, remove_snapshot, revert_snapshot
 from apps.vsphere.operations.templates import copy_template_to_cluster, prepare_template, register_template
@@ -70,6 +70,7 @@ __all__ = [
     "register_template",
     "relocate_vm",
     "remove_snapshot",
+    "reset",
     "revert_snapshot",
     "set_extra_config",
     "shut_down",

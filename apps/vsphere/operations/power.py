@@ -44,6 +44,16 @@ def power_off(conn: Connection, moid: str, *, timeout: float = TASK_TIMEOUT) -> 
     return _power(conn, moid, want="off", timeout=timeout)
 
 
+def reset(conn: Connection, moid: str, *, timeout: float = TASK_TIMEOUT) -> str:
+    """Hard-reset a running VM (as its reset button would); an off VM is powered on instead."""
+    vm = _vm(conn, moid)
+    values = tasks.read(conn, vm, ["name", "runtime.powerState"], operation="reset", name=moid)
+    if values.get("runtime.powerState") != "poweredOn":
+        return power_on(conn, moid, timeout=timeout)
+    tasks.run_task(conn, vm.ResetVM_Task, operation="reset", obj=values.get("name", moid), timeout=timeout)
+    return "poweredOn"
+
+
 def shut_down(conn: Connection, moid: str, *, timeout: float = 300.0) -> str:
     """Ask the guest to shut down, and power off (hard) if it is not off within ``timeout``.
 
