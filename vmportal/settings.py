@@ -156,7 +156,24 @@ VMPORTAL_ADMIN_GROUP = env_str("VMPORTAL_ADMIN_GROUP", "vmportal-admins")
 SESSION_ENGINE = "vmportal.sessions"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SESSION_COOKIE_SECURE)
+# HTTPS in production (README "Running in production"): all off by default, so the demo and
+# tests work over plain HTTP. Behind a TLS-terminating proxy, SECURE_PROXY_SSL_HEADER names
+# the header it sets ("X-Forwarded-Proto", value https); trust it only when the proxy always
+# sets or strips that header, or a client could claim HTTPS. /healthz stays reachable over
+# HTTP for load balancers that probe the backend directly.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz\Z"]
+_proxy_ssl_header = env_str("SECURE_PROXY_SSL_HEADER").strip()
+if _proxy_ssl_header and not (_proxy_ssl_header.isascii() and _proxy_ssl_header.replace("-", "").isalnum()):
+    raise ImproperlyConfigured(
+        f"SECURE_PROXY_SSL_HEADER={_proxy_ssl_header!r}: give a header name, e.g. X-Forwarded-Proto.")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 X_FRAME_OPTIONS = "DENY"
 
 # --- i18n, static ----------------------------------------------------------------------
