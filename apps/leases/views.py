@@ -17,6 +17,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from apps.core.errors import VmPortalError
 from apps.core.fields import AsciiIntegerField
 from apps.core.htmx import htmx_partial, render_polled
+from apps.core.listing import sort_and_search
 from apps.leases import ondemand, services, vmtasks
 from apps.leases.models import Lease, OnDemandRequest, VMTask
 from apps.pools.models import Pool
@@ -158,13 +159,17 @@ def ondemand_retry(request: HttpRequest, request_id: str) -> HttpResponse:
 
 
 def my_leases(request: HttpRequest) -> HttpResponse:
-    leases = Lease.objects.active().filter(user=request.user).select_related("vm", "pool").order_by("expires_at")
+    leases, listing = sort_and_search(
+        request, Lease.objects.active().filter(user=request.user).select_related("vm", "pool"),
+        columns={"vm": ("vm__name",), "state": ("vm__state", "vm__name"), "pool": ("pool__name", "vm__name"),
+                 "address": ("vm__ip_address",), "checked_out": ("started_at",), "expires": ("expires_at",)},
+        default="expires", search=("vm__name", "vm__hostname", "vm__ip_address", "pool__name"))
     recent = timezone.now() - timedelta(hours=1)
     requests = OnDemandRequest.objects.filter(user=request.user).filter(
         Q(status__in=(OnDemandRequest.Status.QUEUED, OnDemandRequest.Status.PROVISIONING))
         | Q(status=OnDemandRequest.Status.FAILED, finished_at__gte=recent)
     ).exclude(request_id__in=request.session.get(DISMISSED, [])).order_by("-created_at")[:20]
-    return render(request, "leases/my_leases.html", {"leases": leases, "requests": requests})
+    return render(request, "leases/my_leases.html", {"leases": leases, "requests": requests, "listing": listing})
 
 
 @require_POST

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.audit.models import AuditEvent
 from apps.core.errors import VmPortalError
 from apps.core.htmx import htmx_partial, render_polled
+from apps.core.listing import sort_and_search
 from apps.core.permissions import admin_required
 from apps.jobs.models import Job
 from apps.pools import autosize
@@ -96,12 +97,17 @@ def pool_detail(request: HttpRequest, pool_id: int) -> HttpResponse:
             messages.success(request, f"Saved {pool.name}: {result.summary}." if changes else "Nothing changed.")
             return redirect("adminui:pool-detail", pool_id=pool.pk)
         pool = Pool.objects.select_related("template", "cluster").get(pk=pool_id)
-    return render(request, "pools/pool_detail.html", _pool_context(pool, form=form),
+    return render(request, "pools/pool_detail.html", _pool_context(request, pool, form=form),
                   status=400 if form.errors else 200)
 
 
-def _pool_context(pool: Pool, *, form=None, reconfigure_form=None) -> dict:
+def _pool_context(request: HttpRequest, pool: Pool, *, form=None, reconfigure_form=None) -> dict:
     counts = services.pool_counts(pool)
+    live_vms, vm_listing = sort_and_search(
+        request, pool.vms.filter(state__in=("ready", "leased")).select_related("lease__user", "cluster"),
+        columns={"name": ("name",), "state": ("state", "name"), "ip": ("ip_address",),
+                 "cluster": ("cluster__name", "name"), "user": ("lease__user__username", "name")},
+        default="state", search=("name", "hostname", "ip_address", "cluster__name", "lease__user__username"))
     return {
         "pool": pool,
         "counts": counts,
@@ -115,8 +121,7 @@ def _pool_context(pool: Pool, *, form=None, reconfigure_form=None) -> dict:
             new=services.PoolShape(size=0, template_id=pool.template_id, cluster_id=pool.cluster_id, enabled=False),
         ),
         "recent_events": AuditEvent.objects.filter(pool_id=pool.pk).order_by("-at", "-id")[:10],
-        "live_vms": pool.vms.filter(state__in=("ready", "leased")).select_related("lease__user", "cluster")
-        .order_by("state", "name")[:50],
+        "live_vms": live_vms[:50], "vm_listing": vm_listing,
     }
 
 
@@ -152,7 +157,7 @@ def pool_reconfigure(request: HttpRequest, pool_id: int) -> HttpResponse:
         else:
             messages.success(request, f"{pool.name} reconfigured: {result.summary}.")
             return redirect("adminui:pool-detail", pool_id=pool.pk)
-    return render(request, "pools/pool_detail.html", _pool_context(pool, reconfigure_form=form), status=400)
+    return render(request, "pools/pool_detail.html", _pool_context(request, pool, reconfigure_form=form), status=400)
 
 
 @admin_required
