@@ -16,7 +16,14 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
 
-pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+PG_PORT="${PGPORT:-5432}"
+pg_up() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
+# Can the tests' default DATABASE_URL (postgres@127.0.0.1, no password) connect? It can where
+# the server trusts localhost, or with a password in ~/.pgpass, which libpq (psycopg) reads.
+pg_login_ok() { psql -w -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; }
+as_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -n -u postgres "$@"; fi
+}
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
 
 ensure_postgres() {
@@ -27,7 +34,37 @@ ensure_postgres() {
         $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start
         for _ in $(seq 1 30); do pg_up && break; sleep 1; done
     fi
-    pg_up || { echo "ensure-system: PostgreSQL does not answer on 127.0.0.1:5432" >&2; exit 1; }
+    pg_up || { echo "ensure-system: PostgreSQL does not answer on 127.0.0.1:$PG_PORT" >&2; exit 1; }
+    # A configured DATABASE_URL carries its own credentials; the tests use it as it is.
+    [ -z "${DATABASE_URL:-}" ] || return 0
+    pg_login_ok && return 0
+    # Debian's own pg_hba.conf asks TCP logins for a password (scram-sha-256) and lets only
+    # the postgres OS user in over the socket (peer). A postgres role without a password gets
+    # a generated one, kept in ~/.pgpass for libpq; one that has a password we do not know is
+    # left alone, with what to do.
+    local has_password
+    has_password=$(as_postgres psql -p "$PG_PORT" -d postgres -Atqc \
+        "select rolpassword is not null from pg_authid where rolname = 'postgres'") || {
+        echo "ensure-system: cannot log in to PostgreSQL as postgres over TCP, nor as the postgres" \
+             "OS user over its socket: set DATABASE_URL=postgres://user:password@127.0.0.1:$PG_PORT/vmportal" >&2
+        exit 1
+    }
+    if [ "$has_password" = "t" ]; then
+        echo "ensure-system: PostgreSQL asks for the postgres role's password, which is set but not in" \
+             "~/.pgpass: add '127.0.0.1:$PG_PORT:*:postgres:<password>' to ~/.pgpass (mode 0600) or" \
+             "set DATABASE_URL=postgres://postgres:<password>@127.0.0.1:$PG_PORT/vmportal" >&2
+        exit 1
+    fi
+    local password
+    password=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+    echo "ensure-system: giving the postgres role a password for TCP logins (kept in ~/.pgpass)"
+    (umask 077 && touch "$HOME/.pgpass")
+    chmod 600 "$HOME/.pgpass"
+    printf '127.0.0.1:%s:*:postgres:%s\nlocalhost:%s:*:postgres:%s\n' \
+        "$PG_PORT" "$password" "$PG_PORT" "$password" >>"$HOME/.pgpass"
+    # Hex only, so it needs no quoting; ALTER ROLE is not logged by default (log_statement=none).
+    as_postgres psql -p "$PG_PORT" -d postgres -Atqc "alter role postgres password '$password'" >/dev/null
+    pg_login_ok || { echo "ensure-system: postgres still cannot log in over TCP with ~/.pgpass" >&2; exit 1; }
 }
 
 ensure_redis() {
