@@ -101,20 +101,22 @@ class JobContext:
 
 
 class Heartbeat:
-    """Touches the Job row every ``heartbeat_every()`` seconds while ``run`` runs the handler."""
+    """Touches the Job rows every ``heartbeat_every()`` seconds while ``run`` runs the handler
+    (or a handler works for jobs it took over; their own ``run`` found them taken)."""
 
-    def __init__(self, job: Job):
-        self.job_id, self.stop = job.pk, threading.Event()
+    def __init__(self, *jobs: Job | int):
+        self.job_ids = [j if isinstance(j, int) else j.pk for j in jobs]
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
         try:
             while not self.stop.is_set():
                 try:
-                    Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
+                    Job.objects.filter(pk__in=self.job_ids).update(heartbeat_at=timezone.now())
                 except DatabaseError as exc:
                     # A blip must not silence a live job for good: beat again next time.
-                    log.warning("Heartbeat of job %s not recorded: %s", self.job_id, exc)
+                    log.warning("Heartbeat of jobs %s not recorded: %s", self.job_ids, exc)
                     connection.close()
                 self.stop.wait(heartbeat_every())
         finally:

@@ -12,10 +12,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import CharField, F, Subquery, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from apps.audit import services as audit
-from apps.core.states import TransitionError
+from apps.core.states import StaleState, TransitionError
 from apps.inventory.models import Folder
 from apps.jobs import runner
 from apps.jobs.models import Job
@@ -45,6 +47,8 @@ BOOT_POLL = 0.5  # seconds between looks at booting guests when there is nothing
 # deadline, carrying our marker, and the next purge destroys it; until then its address is kept
 # back, or the late clone would boot with an address another VM has.
 LATE_CLONE_BOUND = timedelta(seconds=ops.TASK_TIMEOUT) + PURGE_EVERY
+DESTROY_BATCH = 50  # destroying VMs one destroy job takes over from queued jobs of the same vCenter
+DESTROY_STARTERS = 8  # threads starting a batch's tasks (each start is a round trip)
 
 
 def marker_for(vm: VM) -> str:
@@ -227,24 +231,111 @@ def destroy_again(job: Job, reason: str) -> None:
 
 
 def destroy_vm(vm_id: int, job: runner.JobContext) -> None:
-    """Destroy a VM's clone and record it; safe to run twice (a VM already gone is destroyed)."""
+    """Destroy a VM's clone and record it; safe to run twice (a VM already gone is destroyed).
+
+    Its worker also takes over up to DESTROY_BATCH other destroying VMs of the same vCenter
+    whose destroy jobs are still queued, and destroys them all at once: a return wave makes
+    hundreds of destroys, and one at a time they drain far slower than vCenter could."""
     vm = VM.objects.select_related("vcenter", "pool__folder").get(pk=vm_id)
     if vm.state != VMState.DESTROYING:
         job.log(f"{vm.name} is {vm.state}; nothing to do")
         return
-    with connect(Endpoint.from_vcenter(vm.vcenter)) as conn:
-        moid = vm.moid
-        seen = bool(moid)
-        if not moid and vm.pool and vm.pool.folder:
-            # The clone may exist though its moid was never recorded (worker killed
-            # mid-clone): look for it in the pool's folder by name and our marker.
-            found = [v for v in ops.list_folder_vms(conn, vm.pool.folder.moid)
-                     if v.name == vm.name and v.owner == marker_for(vm)]
-            moid = found[0].moid if found else ""
-            seen = bool(found)
-        if moid:
-            ops.destroy_vm(conn, moid, expected_owner=marker_for(vm))
-        guest_setup.guest().discard_seeds(conn, [vm])  # a seed ISO a failed clone or a crash left
+    taken = _take_over_destroys(vm, job)
+    if taken:
+        job.log(f"destroying {len(taken)} more VMs of {vm.vcenter} with it")
+    # The taken jobs' own runs found them taken and beat nothing: beat for them here. A
+    # worker killed meanwhile leaves them running without a beat: the reaper fails them and
+    # ``destroy_again`` enqueues each anew, which is safe as destroy is idempotent.
+    with runner.Heartbeat(*taken.values()):
+        try:
+            errors = _destroy_batch([vm, *taken], job)
+        except Exception as exc:
+            for sibling_job in taken.values():
+                _finish_taken(sibling_job, job, exc)
+            raise
+    for sibling, sibling_job in taken.items():
+        _finish_taken(sibling_job, job, errors.get(sibling.pk))
+    if vm.pk in errors:
+        raise errors[vm.pk]
+
+
+def _take_over_destroys(vm: VM, job: runner.JobContext) -> dict[VM, int]:
+    """Claim the queued destroy jobs of other destroying VMs of ``vm``'s vCenter: their rows
+    become running here, so when RQ delivers them ``runner.run`` finds them taken."""
+    siblings = (VM.objects.filter(vcenter_id=vm.vcenter_id, state=VMState.DESTROYING).exclude(pk=vm.pk)
+                .annotate(key=Cast("pk", CharField())).values("key"))
+    now = timezone.now()
+    with transaction.atomic():
+        # SKIP LOCKED: two destroy workers claiming at once split the queue instead of waiting.
+        claimable = list(Job.objects.select_for_update(skip_locked=True)
+                         .filter(kind="pools.destroy", status=Job.Status.QUEUED,
+                                 object_type=VM._meta.label_lower, object_id__in=Subquery(siblings))
+                         .order_by("pk").values_list("pk", "args")[:DESTROY_BATCH])
+        Job.objects.filter(pk__in=[pk for pk, _ in claimable], status=Job.Status.QUEUED).update(
+            status=Job.Status.RUNNING, started_at=now, heartbeat_at=now)
+    job_of = {args["vm_id"]: pk for pk, args in claimable}
+    # A VM with two queued jobs (reconcile raced a return) is destroyed once: its other job
+    # finishes as succeeded with it.
+    vms = VM.objects.select_related("vcenter", "pool__folder").filter(pk__in=job_of, state=VMState.DESTROYING)
+    taken = {v: job_of[v.pk] for v in vms}
+    for pk, _ in claimable:
+        if pk not in taken.values():
+            _finish_taken(pk, job, None)
+    return taken
+
+
+def _finish_taken(job_id: int, by: runner.JobContext, error: Exception | None) -> None:
+    """Record a taken-over job's end as ``runner.run`` would have: the error in the runner's
+    "<class>: <message>" form, which reconcile reads to choose its retry."""
+    taken = Job(pk=job_id, status=Job.Status.RUNNING)
+    line = f"{timezone.now():%H:%M:%S} run by {by.job}\n"
+    try:
+        if error is None:
+            taken.move_to(Job.Status.SUCCEEDED, finished_at=timezone.now(), log=Concat(F("log"), Value(line)))
+        else:
+            taken.move_to(Job.Status.FAILED, finished_at=timezone.now(), log=Concat(F("log"), Value(line)),
+                          error=f"{type(error).__name__}: {error}"[:4000])
+    except StaleState:
+        pass  # the reaper declared it lost meanwhile and compensated: its verdict stands
+
+
+def _destroy_batch(vms: list[VM], job: runner.JobContext) -> dict[int, Exception]:
+    """Destroy ``vms`` (one vCenter) in vSphere together, then record each; the errors of
+    those that failed, by VM id (they stay destroying)."""
+    seen = {vm.pk: bool(vm.moid) for vm in vms}
+    moids = {vm.pk: vm.moid for vm in vms}
+    errors: dict[int, Exception] = {}
+    try:
+        with connect(Endpoint.from_vcenter(vms[0].vcenter)) as conn:
+            folders = {vm.pool.folder.moid for vm in vms if not vm.moid and vm.pool and vm.pool.folder}
+            # A clone may exist though its moid was never recorded (worker killed mid-clone):
+            # look for it in the pool's folder by name and our marker, one listing per folder.
+            listed = {f: ops.list_folder_vms(conn, f) for f in folders}
+            for vm in vms:
+                if not vm.moid and vm.pool and vm.pool.folder:
+                    found = [v for v in listed[vm.pool.folder.moid]
+                             if v.name == vm.name and v.owner == marker_for(vm)]
+                    moids[vm.pk] = found[0].moid if found else ""
+                    seen[vm.pk] = bool(found)
+            targets = [vm for vm in vms if moids[vm.pk]]
+            with ThreadPoolExecutor(min(DESTROY_STARTERS, max(1, len(targets))),
+                                    thread_name_prefix="destroy") as starters:
+                results = ops.destroy_many(conn, [(moids[vm.pk], marker_for(vm)) for vm in targets],
+                                           executor=starters)
+            errors = {vm.pk: r for vm, r in zip(targets, results, strict=True) if isinstance(r, VSphereError)}
+            # Seed ISOs a failed clone or a crash left.
+            guest_setup.guest().discard_seeds(conn, [vm for vm in vms if vm.pk not in errors])
+    except VSphereError as exc:  # the session itself failed: every VM stays destroying
+        return dict.fromkeys((vm.pk for vm in vms if vm.pk not in errors), exc) | errors
+    for vm in vms:
+        if vm.pk in errors:
+            job.log(f"{vm.name}: {errors[vm.pk]}")
+        else:
+            _record_destroyed(vm, seen=seen[vm.pk], job=job)
+    return errors
+
+
+def _record_destroyed(vm: VM, *, seen: bool, job: runner.JobContext) -> None:
     # The row, its address and its audit event change together: a worker killed in between
     # leaves the VM destroying (retried), never destroyed with its address still held.
     with transaction.atomic():

@@ -22,7 +22,7 @@ from apps.vsphere.operations.datastore import (
     delete_datastore_file,
     upload_datastore_file,
 )
-from apps.vsphere.operations.destroy import PURGE_CHECK_PATHS, destroy_if_owned, destroy_vm
+from apps.vsphere.operations.destroy import PURGE_CHECK_PATHS, destroy_if_owned, destroy_many, destroy_vm
 from apps.vsphere.operations.devices import add_disk, cdrom_isos, eject_cdrom, extra_config, set_extra_config
 from apps.vsphere.operations.lookup import create_folder, find_vm, get_vm, list_folder_vms, name_taken
 from apps.vsphere.operations.ovf import DEPLOY_TIMEOUT, OvfSource, UrlOpener, deploy_ovf, ovf_network_names
@@ -54,6 +54,7 @@ __all__ = [
     "delete_datastore_file",
     "deploy_ovf",
     "destroy_if_owned",
+    "destroy_many",
     "destroy_vm",
     "eject_cdrom",
     "entity_path",

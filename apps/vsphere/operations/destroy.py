@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from typing import Any
 
+from pyVmomi import vim
+
 from apps.vsphere import tasks
-from apps.vsphere.errors import InvalidPowerState, InvalidSpec, ObjectNotFound
+from apps.vsphere.errors import InvalidPowerState, InvalidSpec, ObjectNotFound, VSphereError
 from apps.vsphere.operations._common import TASK_TIMEOUT, _extra, _moid, _vm
 from apps.vsphere.session import Connection
-from apps.vsphere.types import OWNER_KEY, OwnedDestroy
+from apps.vsphere.types import OWNER_KEY, OwnedDestroy, TaskHandle
 
 
 def destroy_vm(
@@ -103,3 +107,97 @@ def destroy_if_owned(
     except ObjectNotFound:
         return OwnedDestroy(destroyed=False, gone=True)
 
+
+
+DESTROY_PATHS = ["name", "runtime.powerState", "config.template", "config.extraConfig"]
+
+
+def destroy_many(
+    conn: Connection,
+    targets: Sequence[tuple[str, str | None]],
+    *,
+    timeout: float = TASK_TIMEOUT,
+    executor: Executor | None = None,
+) -> list[bool | VSphereError]:
+    """Power off and delete many VMs at once, each ``(moid, expected_owner)`` checked as
+    ``destroy_vm`` checks one: their states read in one round trip, the power-offs started
+    together and waited on through one filter, then the Destroy_Tasks the same way.
+
+    One result per target, in order: True (destroyed), False (already gone) or the error
+    that VM met; one VM's fault never stops the others.
+    """
+    deadline = time.monotonic() + timeout
+    results: list[bool | VSphereError | None] = [None] * len(targets)
+    values = _read_targets(conn, [moid for moid, _ in targets])
+    for i, (moid, owner) in enumerate(targets):
+        if moid not in values:
+            results[i] = False
+            continue
+        name = values[moid].get("name", moid)
+        if values[moid].get("config.template"):
+            results[i] = InvalidSpec(f"'{name}' is a template; refusing to delete it", operation="destroy", obj=name)
+        elif owner is not None and _extra(values[moid]).get(OWNER_KEY) != owner:
+            results[i] = InvalidSpec(
+                f"'{name}' is not marked as ours ({OWNER_KEY}={_extra(values[moid]).get(OWNER_KEY)!r})",
+                operation="destroy",
+                obj=name,
+            )
+    submit = executor.submit if executor is not None else _run_now
+
+    def run_all(method: str, operation: str, wanted: list[int]) -> None:
+        started: dict[int, Future] = {
+            i: submit(tasks.start_task, conn, getattr(_vm(conn, targets[i][0]), method), operation=operation,
+                      obj=values[targets[i][0]].get("name", targets[i][0]))
+            for i in wanted
+        }
+        handles: dict[int, TaskHandle] = {}
+        for i, future in started.items():
+            try:
+                handles[i] = future.result()
+            except VSphereError as exc:
+                results[i] = _settled(exc, operation)
+        outcomes = tasks.wait_for_tasks(conn, list(handles.values()), max(1.0, deadline - time.monotonic()))
+        for i, outcome in zip(handles, outcomes, strict=True):
+            if not outcome.ok:
+                assert outcome.error is not None
+                results[i] = _settled(outcome.error, operation)
+
+    run_all("PowerOffVM_Task", "power off", [
+        i for i, (moid, _) in enumerate(targets)
+        if results[i] is None and values[moid].get("runtime.powerState") in ("poweredOn", "suspended")
+    ])
+    run_all("Destroy_Task", "destroy", [i for i in range(len(targets)) if results[i] is None])
+    return [True if r is None else r for r in results]
+
+
+def _settled(exc: VSphereError, operation: str) -> bool | VSphereError | None:
+    """A task's error as a result: a VM gone is done (False); one already off goes on to be
+    destroyed (None); anything else is that VM's failure."""
+    if isinstance(exc, ObjectNotFound):
+        return False
+    if isinstance(exc, InvalidPowerState) and operation == "power off":
+        return None
+    return exc
+
+
+def _read_targets(conn: Connection, moids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The destroy checks' properties of the VMs that still exist, by moid."""
+    try:
+        return tasks.read_many(conn, vim.VirtualMachine, [_vm(conn, m) for m in moids], DESTROY_PATHS,
+                               operation="destroy")
+    except ObjectNotFound:
+        pass  # one VM already gone may fail the whole read: ask one by one
+    found = {}
+    for moid in moids:
+        with contextlib.suppress(ObjectNotFound):
+            found[moid] = tasks.read(conn, _vm(conn, moid), DESTROY_PATHS, operation="destroy", name=moid)
+    return found
+
+
+def _run_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as exc:  # delivered by future.result(), like an executor would
+        future.set_exception(exc)
+    return future
