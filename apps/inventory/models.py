@@ -128,6 +128,8 @@ class Host(VCenterObject):
     overall_status = models.CharField(max_length=16, default="gray")
     cpu_capacity_mhz = models.PositiveIntegerField(null=True, blank=True)
     memory_capacity_mb = models.PositiveIntegerField(null=True, blank=True)
+    # Logical CPUs: the most vCPUs a VM on this host can have.
+    cpu_threads = models.PositiveIntegerField(null=True, blank=True)
     # None means vCenter reported no quick stats: the load is unknown, never zero.
     cpu_usage_mhz = models.PositiveIntegerField(null=True, blank=True)
     memory_usage_mb = models.PositiveIntegerField(null=True, blank=True)

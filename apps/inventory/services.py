@@ -240,7 +240,7 @@ def _write_inventory(vcenter: VCenter, inv: Inventory, report: SyncReport, now: 
     )
     hosts = mirror("hosts", Host, [
         "name", "datacenter_id", "cluster_id", "connection_state", "in_maintenance", "config_issues",
-        "overall_status", "cpu_capacity_mhz", "memory_capacity_mb", "cpu_usage_mhz", "memory_usage_mb",
+        "overall_status", "cpu_capacity_mhz", "memory_capacity_mb", "cpu_usage_mhz", "memory_usage_mb", "cpu_threads",
     ]).write({
         h.moid: {
             "name": h.name, "datacenter_id": dc(h.datacenter_moid),
@@ -248,7 +248,7 @@ def _write_inventory(vcenter: VCenter, inv: Inventory, report: SyncReport, now: 
             "connection_state": h.connection_state, "in_maintenance": h.in_maintenance,
             "config_issues": h.config_issues, "overall_status": h.overall_status,
             "cpu_capacity_mhz": h.cpu_capacity_mhz, "memory_capacity_mb": h.memory_capacity_mb,
-            "cpu_usage_mhz": h.cpu_usage_mhz, "memory_usage_mb": h.memory_usage_mb,
+            "cpu_usage_mhz": h.cpu_usage_mhz, "memory_usage_mb": h.memory_usage_mb, "cpu_threads": h.cpu_threads,
         }
         for h in inv.hosts
     })
@@ -331,7 +331,7 @@ def prune_load_samples(vcenter: VCenter, *, now: datetime | None = None) -> int:
 _VM_FIELDS = ("name", "power_state", "is_template", "tools_status", "guest_ip", "guest_hostname",
               "instance_uuid", "marker")
 _HOST_FIELDS = ("name", "connection_state", "in_maintenance", "config_issues", "overall_status",
-                "cpu_capacity_mhz", "memory_capacity_mb", "cpu_usage_mhz", "memory_usage_mb")
+                "cpu_capacity_mhz", "memory_capacity_mb", "cpu_usage_mhz", "memory_usage_mb", "cpu_threads")
 _TEXT = {"name", "power_state", "tools_status", "guest_ip", "guest_hostname", "instance_uuid", "marker",
          "connection_state", "overall_status"}
 

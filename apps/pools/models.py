@@ -319,7 +319,7 @@ class Pool(models.Model):
             raise ValidationError(errors)
 
     def _placement_errors(self) -> dict[str, str]:
-        """Folder, datastore and network on the cluster's vCenter; memory within its largest host."""
+        """Folder, datastore and network on the cluster's vCenter; vCPUs and memory within its largest host."""
         errors = {}
         vcenter_id = self.cluster.vcenter_id
         for name in ("folder", "datastore", "network"):
@@ -329,6 +329,11 @@ class Pool(models.Model):
         if "network" not in errors and self.network_id and not self.network.hosts.filter(
                 cluster=self.cluster_id).exists():
             errors["network"] = f"No host of cluster {self.cluster} is connected to network {self.network}."
+        if self.cpus:
+            most = Host.objects.filter(cluster=self.cluster_id).aggregate(m=models.Max("cpu_threads"))["m"]
+            if most and self.cpus > most:
+                errors["cpus"] = (f"Ensure this value is between 1 and {most}: the largest host of cluster "
+                                  f"{self.cluster} has {most} logical CPUs.")
         if self.memory_mb:
             largest = Host.objects.filter(cluster=self.cluster_id).aggregate(m=models.Max("memory_capacity_mb"))["m"]
             if largest and self.memory_mb > largest:

@@ -70,6 +70,7 @@ class HostRecord:
     # None: vCenter sent no quick stats, so the load is unknown (never read it as 0).
     cpu_usage_mhz: int | None
     memory_usage_mb: int | None
+    cpu_threads: int | None = None  # the most vCPUs one VM on this host can have
     datastore_moids: tuple[str, ...] = ()
     network_moids: tuple[str, ...] = ()
 
@@ -168,6 +169,7 @@ _PATHS: dict[type, list[str]] = {
         "overallStatus",
         "summary.hardware.cpuMhz",
         "summary.hardware.numCpuCores",
+        "summary.hardware.numCpuThreads",
         "summary.hardware.memorySize",
         "summary.quickStats.overallCpuUsage",
         "summary.quickStats.overallMemoryUsage",
@@ -386,6 +388,7 @@ def _build(rows: list[tuple[Any, dict[str, Any]]], extra_configs: dict[str, Any]
                 memory_capacity_mb=_mb(props.get("summary.hardware.memorySize")),
                 cpu_usage_mhz=_int(props.get("summary.quickStats.overallCpuUsage")),
                 memory_usage_mb=_int(props.get("summary.quickStats.overallMemoryUsage")),
+                cpu_threads=_int(props.get("summary.hardware.numCpuThreads")),
                 datastore_moids=_moids(props.get("datastore")),
                 network_moids=_moids(props.get("network")),
             ))

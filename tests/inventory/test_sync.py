@@ -86,6 +86,7 @@ def test_sync_mirrors_the_simulator_inventory(vcsim, vcenter_for, raw):
     host = cluster.hosts.order_by("name").first()
     assert host.datacenter.name == "DC0"
     assert host.cpu_capacity_mhz > 0 and host.memory_capacity_mb > 0
+    assert host.cpu_threads and host.cpu_threads > 0  # bounds the vCPUs a pool may ask for
     assert host.cpu_usage_mhz is not None and host.memory_usage_mb is not None
     assert host.connection_state == "connected"
     assert {d.name for d in host.datastores.all()} >= {"LocalDS_0", "LocalDS_1"}

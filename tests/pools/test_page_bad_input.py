@@ -155,3 +155,16 @@ def test_the_audit_table_refuses_truncate():
         cursor.execute("SET LOCAL vmportal.allow_audit_truncate = 'off'")
         cursor.execute(f"TRUNCATE {AuditEvent._meta.db_table}")
     assert AuditEvent.objects.count() == 1
+
+
+def test_vcpus_above_the_clusters_largest_host_are_refused_naming_it(client, admin_user, ready_pool):
+    factories.host(ready_pool.cluster, cpu_threads=16)
+    factories.host(ready_pool.cluster, cpu_threads=48)
+    client.force_login(admin_user)
+    response = client.post(reverse("adminui:pool-create"), _create_form(ready_pool, cpus="64"))
+    assert response.status_code == 400
+    assert f"the largest host of cluster {ready_pool.cluster} has 48 logical CPUs" in response.content.decode()
+    assert not Pool.objects.filter(name="new-pool").exists()
+    response = client.post(reverse("adminui:pool-create"), _create_form(ready_pool, cpus="48"))
+    assert response.status_code == 302
+    assert Pool.objects.get(name="new-pool").cpus == 48
