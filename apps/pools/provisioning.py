@@ -42,6 +42,11 @@ from apps.vsphere.types import OWNER_KEY, CloneSpec
 
 log = logging.getLogger(__name__)
 BOOT_POLL = 0.5  # seconds between looks at booting guests when there is nothing to clone
+# A fill stops claiming new slots after this long and ends once its guests are up; the
+# nudge it sends at the end starts the next one. Without a bound, a pool that is drained
+# as fast as it fills keeps one job running for ever, and a worker asked to stop warmly
+# (a deploy, a rolling restart) would wait for it just as long.
+FILL_CLAIM_FOR = 20.0  # seconds
 # A clone whose moid was never recorded (its worker was killed, or the connection broke while
 # it ran) may still be running in vCenter after its row is destroyed. It lands within the clone
 # deadline, carrying our marker, and the next purge destroys it; until then its address is kept
@@ -87,10 +92,12 @@ def fill_pool(pool_id: int, job: runner.JobContext) -> None:
     }
     counts = {"ready": 0, "failed": 0}
     claiming = True
+    claim_until = time.monotonic() + FILL_CLAIM_FOR
     with ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:
         if pool.unreachable_since is not None and not vcenter_answers(pool, endpoint, job):
             return
         while claiming or booting:
+            claiming = claiming and time.monotonic() < claim_until
             batch = claim_slots(pool_id, width) if claiming else []
             if batch:
                 # An admin may have changed the template or clone target since this job
