@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -187,3 +188,13 @@ def _template_info(
         datastore_moids=tuple(d._moId for d in values.get("datastore") or []),
     )
 
+
+def _run_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    """Run ``fn`` at once and hand back a finished Future: the no-executor path of the
+    batch operations (clone_many, destroy_many)."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as exc:  # delivered by future.result(), like an executor would
+        future.set_exception(exc)
+    return future

@@ -7,7 +7,7 @@ import ipaddress
 import re
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from typing import Any
 
 from pyVmomi import vim
@@ -15,7 +15,7 @@ from pyVmomi.VmomiSupport import IsChildVersion
 
 from apps.vsphere import tasks
 from apps.vsphere.errors import DuplicateName, InvalidSpec, VSphereError
-from apps.vsphere.operations._common import TASK_TIMEOUT, _find_child, _find_snapshot, _moid, _vm, entity_path
+from apps.vsphere.operations._common import TASK_TIMEOUT, _find_child, _find_snapshot, _moid, _run_now, _vm, entity_path
 from apps.vsphere.operations.destroy import destroy_vm
 from apps.vsphere.session import Connection
 from apps.vsphere.types import BASE_SNAPSHOT, CloneResult, CloneSpec, Customization, TaskHandle
@@ -273,15 +273,6 @@ def clone_many(
             datastore_moids=tuple(d._moId for d in values.get("datastore") or []),
         )
     return [r for r in results if r is not None]
-
-
-def _run_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-    future: Future = Future()
-    try:
-        future.set_result(fn(*args, **kwargs))
-    except BaseException as exc:  # delivered by future.result(), like an executor would
-        future.set_exception(exc)
-    return future
 
 
 def _folder_path(conn: Connection, folder_moid: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
@@ -12,7 +12,7 @@ from pyVmomi import vim
 
 from apps.vsphere import tasks
 from apps.vsphere.errors import InvalidPowerState, InvalidSpec, ObjectNotFound, VSphereError
-from apps.vsphere.operations._common import TASK_TIMEOUT, _extra, _moid, _vm
+from apps.vsphere.operations._common import TASK_TIMEOUT, _extra, _moid, _run_now, _vm
 from apps.vsphere.session import Connection
 from apps.vsphere.types import OWNER_KEY, OwnedDestroy, TaskHandle
 
@@ -194,10 +194,3 @@ def _read_targets(conn: Connection, moids: Sequence[str]) -> dict[str, dict[str,
     return found
 
 
-def _run_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-    future: Future = Future()
-    try:
-        future.set_result(fn(*args, **kwargs))
-    except BaseException as exc:  # delivered by future.result(), like an executor would
-        future.set_exception(exc)
-    return future
