@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "django_rq",
+    "ninja",  # its static files: Swagger UI for /api/docs/, served here rather than from a CDN
     "apps.core",
     "apps.audit",
     "apps.jobs",
@@ -157,6 +158,8 @@ SESSION_ENGINE = "vmportal.sessions"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SESSION_COOKIE_SECURE)
+# A refused form gets a page that says to reload it (JSON on API paths), not Django's own.
+CSRF_FAILURE_VIEW = "vmportal.views.csrf_failure"
 # HTTPS in production (README "Running in production"): all off by default, so the demo and
 # tests work over plain HTTP. Behind a TLS-terminating proxy, SECURE_PROXY_SSL_HEADER names
 # the header it sets ("X-Forwarded-Proto", value https); trust it only when the proxy always

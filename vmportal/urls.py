@@ -5,6 +5,7 @@ from apps.audit import urls as audit_urls
 from apps.inventory import urls as inventory_urls
 from apps.jobs import dashboard
 from apps.pools import urls as pool_urls
+from vmportal import views
 
 # The admin pages live in the apps that own their data; together they keep the manage/ prefix
 # and the one "adminui" URL namespace they have always been reversed by.
@@ -20,4 +21,11 @@ urlpatterns = [
     path("", include("apps.api.urls")),
     path("", include("apps.leases.urls")),
     path("", include("apps.core.urls")),  # healthz
+    path("favicon.ico", views.favicon, name="favicon"),
 ]
+
+# Pages get vmportal's own error pages; API paths keep their JSON errors (vmportal/views.py).
+handler400 = views.bad_request
+handler403 = views.permission_denied
+handler404 = views.page_not_found
+handler500 = views.server_error
