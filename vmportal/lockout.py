@@ -30,6 +30,23 @@ def axes_client_ip(request: HttpRequest) -> str | None:
     return address
 
 
+def outage_failure(request: HttpRequest, credentials: dict | None = None) -> bool:
+    """AXES_WHITELIST_CALLABLE: a failed sign-in that the directory's outage caused is not counted.
+
+    While the LDAP server is down every directory account fails to sign in; counting those
+    would lock out everyone who retries during the outage. A local account with a password
+    is judged by vmportal itself, so its failures still count, outage or not: an attacker
+    gains nothing from the directory being down.
+    """
+    if not getattr(request, "directory_unreachable", False):
+        return False
+    from django.contrib.auth import get_user_model
+
+    username = (credentials or {}).get("username") or ""
+    local = get_user_model().objects.filter(username=username).only("password").first()
+    return local is None or not local.has_usable_password()
+
+
 def lockout_message() -> str:
     minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
     return (

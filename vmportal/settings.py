@@ -364,4 +364,5 @@ AXES_CLIENT_IP_CALLABLE = "vmportal.lockout.axes_client_ip"
 # successful sign-in too would grow without bound.
 AXES_DISABLE_ACCESS_LOG = True
 AXES_LOCKOUT_CALLABLE = "vmportal.lockout.lockout_response"
+AXES_WHITELIST_CALLABLE = "vmportal.lockout.outage_failure"  # a directory outage locks nobody out
 AXES_HTTP_RESPONSE_CODE = 429

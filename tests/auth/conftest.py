@@ -28,7 +28,9 @@ def use_ldap(settings, monkeypatch):
         values = auth_settings.ldap_settings()
         for name, value in values.items():
             setattr(settings, name, value)
-        settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", auth_settings.LDAP_BACKEND]
+        # As vmportal/settings.py orders them: axes' lockout check first, as in production.
+        settings.AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend",
+                                            "django.contrib.auth.backends.ModelBackend", auth_settings.LDAP_BACKEND]
         return values
 
     return configure

@@ -139,3 +139,20 @@ def test_directory_down_says_so_and_local_superusers_still_sign_in(client, slapd
     assert "directory cannot be reached" in api.json()["error"]
     assert _sign_in(client, "root-local", "local-pw").status_code == 302
     assert client.get(reverse("home")).status_code == 200
+
+
+def test_failures_caused_by_a_directory_outage_lock_nobody_out(client, slapd, use_ldap, settings):
+    from axes.models import AccessAttempt
+
+    use_ldap(**search_then_bind(slapd))
+    assert _sign_in(client, "erin", "erin-pw").status_code == 302  # mirrored: no local password
+    client.post(reverse("logout"))
+    User.objects.create_user("local-lee", password="local-pw")
+    slapd.stop()
+    for _ in range(settings.AXES_FAILURE_LIMIT + 2):
+        assert UNREACHABLE in _sign_in(client, "erin", "erin-pw").content.decode()
+        _sign_in(client, "local-lee", "wrong")
+    assert not AccessAttempt.objects.filter(username="erin").exists()
+    # A local password is vmportal's to judge, outage or not: those failures still lock.
+    response = _sign_in(client, "local-lee", "local-pw")
+    assert response.status_code == 429, response.status_code
