@@ -1,4 +1,4 @@
-"""Logging filters that keep secrets out of log lines."""
+"""Logging filters: secrets kept out of log lines, and expected answers kept out of ERROR."""
 
 from __future__ import annotations
 
@@ -34,4 +34,21 @@ class RedactTokenPaths(logging.Filter):
         if request is not None and "/token/" in getattr(request, "path", ""):
             # AdminEmailHandler and Sentry-like handlers render the request itself.
             record.request = None
+        return True
+
+
+class PoolEmptyIsNoError(logging.Filter):
+    """Logs a pool-empty checkout's 503 at WARNING, not django.request's ERROR.
+
+    Under load an empty pool answers many such 503s (vmpooler clients retry): they are the
+    answer the API promises, not a fault, and an ERROR for each buried the real ones. Only a
+    503 of a request in which a checkout found a pool empty is lowered (apps.pools.autosize
+    marks it); a 500, or a 503 for Redis being down, stays an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and getattr(record, "status_code", None) == 503:
+            from apps.pools.autosize import answered_pool_empty  # noqa: PLC0415 - settings load before apps
+
+            if answered_pool_empty():
+                record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         return True

@@ -260,14 +260,16 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    # API tokens in request paths (vmpooler's /token/<token>) never reach a log line.
-    "filters": {"redact_tokens": {"()": "vmportal.logfilters.RedactTokenPaths"}},
+    # API tokens in request paths (vmpooler's /token/<token>) never reach a log line; a
+    # checkout's 503 for an empty pool is a WARNING, not an ERROR like a server fault.
+    "filters": {"redact_tokens": {"()": "vmportal.logfilters.RedactTokenPaths"},
+                "pool_empty_is_no_error": {"()": "vmportal.logfilters.PoolEmptyIsNoError"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_tokens"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # pyVmomi logs SOAP bodies at DEBUG, which would include login passwords.
         "pyVmomi": {"level": "WARNING"},
-        "django.request": {"filters": ["redact_tokens"]},
+        "django.request": {"filters": ["redact_tokens", "pool_empty_is_no_error"]},
         "django.server": {"filters": ["redact_tokens"]},
     },
 }

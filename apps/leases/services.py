@@ -24,7 +24,7 @@ from apps.core.permissions import is_admin
 from apps.core.states import history_params, history_sql, record_history
 from apps.leases.models import GroupLeaseLimit, Lease, OnDemandRequest
 from apps.leases.signals import leases_inserted
-from apps.pools import balance, nudge
+from apps.pools import autosize, balance, nudge
 from apps.pools.manager import ReconcileReport, discard_vm
 from apps.pools.models import VM, Pool, VMState
 
@@ -32,6 +32,8 @@ from apps.pools.models import VM, Pool, VMState
 class PoolEmpty(Unavailable):
     def __init__(self, pool: Pool, wanted: int, available: int):
         self.pool = pool
+        # Demand that would be lost with the rolled-back checkout: automatic sizing counts it.
+        autosize.record_empty(pool.pk, wanted - available)
         super().__init__(
             f"Pool {pool.name} has {available} ready VM{'s' if available != 1 else ''}; "
             f"{wanted} requested. Try again shortly or request one on demand."

@@ -1,8 +1,8 @@
 from django.contrib import admin
 
-from apps.pools import models
+from apps.pools import autosize, models
 from apps.pools import reconfigure as services
-from apps.pools.forms import PoolForm
+from apps.pools.forms import PoolForm, PoolScheduleForm
 
 
 class TemplateCopyInline(admin.TabularInline):
@@ -19,6 +19,14 @@ class TemplateAdmin(admin.ModelAdmin):
     inlines = [TemplateCopyInline]
 
 
+class PoolScheduleInline(admin.TabularInline):
+    """The pool page's schedule rows: the same form and checks, saved and audited by autosize."""
+
+    model = models.PoolSchedule
+    form = PoolScheduleForm
+    extra = 0
+
+
 @admin.register(models.Pool)
 class PoolAdmin(admin.ModelAdmin):
     """The pages' form and services: the same checks, and the same audit rows."""
@@ -27,6 +35,7 @@ class PoolAdmin(admin.ModelAdmin):
     list_display = ["name", "template", "cluster", "size", "linked_clones", "enabled", "health"]
     list_filter = ["enabled", "health"]
     readonly_fields = ["health", "health_reason"]
+    inlines = [PoolScheduleInline]
 
     def save_model(self, request, obj, form, change):
         if not change:
@@ -35,6 +44,12 @@ class PoolAdmin(admin.ModelAdmin):
         changes = {name: getattr(obj, name) for name in form.changed_data if name in services.AUDITED_FIELDS}
         if changes:
             services.update_pool(pool_id=obj.pk, changes=changes)
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is models.PoolSchedule:
+            autosize.save_schedules(pool=form.instance, formset=formset)
+        else:
+            super().save_formset(request, form, formset, change)
 
     def has_delete_permission(self, request, obj=None):
         return False  # a pool is drained and disabled on its page; its VMs need destroying first

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import time
+from typing import Any
+
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
+from django.forms.models import inlineformset_factory
 
 from apps.core.errors import VmPortalError
 from apps.core.fields import AsciiDurationField, AsciiIntegerField
 from apps.inventory.models import Cluster, Datastore, Folder, InventoryVM, Network, VCenter
 from apps.pools import reconfigure as services
-from apps.pools.models import MAX_VCPUS, Pool, Template
+from apps.pools.models import MAX_VCPUS, WEEKDAYS, Pool, PoolSchedule, Template
 from apps.pools.templates import capture_name_clash, deployable_url, derive_name_clash
 
 
@@ -84,6 +88,59 @@ class PoolForm(forms.ModelForm):
             services.validate_pool(self.instance)
         except ValidationError as exc:
             self._update_errors(exc)
+
+
+class AsciiTimeField(forms.TimeField):
+    def to_python(self, value: Any) -> time | None:
+        if isinstance(value, str) and not value.isascii():  # strptime's \d reads other scripts' digits
+            raise ValidationError(self.error_messages["invalid"], code="invalid")
+        return super().to_python(value)
+
+
+class PoolScheduleForm(forms.ModelForm):
+    """One schedule entry; PoolSchedule.clean checks its size against the pool's bounds."""
+
+    weekdays = forms.MultipleChoiceField(
+        label="Days", choices=[(str(i), name) for i, name in enumerate(WEEKDAYS)],
+        widget=forms.CheckboxSelectMultiple, error_messages={"required": "Pick at least one day."})
+
+    class Meta:
+        model = PoolSchedule
+        fields = ["weekdays", "start", "end", "min_size"]
+        labels = {"min_size": "At least"}
+        field_classes = {"start": AsciiTimeField, "end": AsciiTimeField, "min_size": AsciiIntegerField}
+        widgets = {name: forms.TimeInput(format="%H:%M", attrs={"type": "time"}) for name in ("start", "end")}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A new row offers working hours, so an admin types only the size; a row left at
+        # that offer is unchanged and not saved.
+        self.initial["weekdays"] = list(self.instance.weekdays) if self.instance.pk else list("01234")
+        if not self.instance.pk:
+            self.initial.setdefault("start", time(8))
+            self.initial.setdefault("end", time(18))
+        self.fields["min_size"].help_text = f"0 to {settings.VMPORTAL_MAX_POOL_SIZE}, within the pool's sizes."
+        for name, label in (("start", "From"), ("end", "Until"), ("min_size", "At least")):
+            self.fields[name].widget.attrs["aria-label"] = label  # a table row: the column heading is the label
+
+    def clean_weekdays(self) -> str:
+        return "".join(sorted(set(self.cleaned_data["weekdays"])))
+
+
+# Entries may overlap: where they do, the larger size applies.
+PoolScheduleFormSet = inlineformset_factory(
+    Pool, PoolSchedule, form=PoolScheduleForm, extra=1, can_delete=True,
+    max_num=20, validate_max=True)
+
+
+SCHEDULE_PREFIX = "schedule"
+
+
+def schedule_formset(data: Any, pool: Pool) -> Any:
+    """The pool page's schedule rows, bound only when the post carries them (a post of the
+    settings alone, e.g. from a script, leaves the schedules as they are)."""
+    bound = data is not None and f"{SCHEDULE_PREFIX}-TOTAL_FORMS" in data
+    return PoolScheduleFormSet(data if bound else None, instance=pool, prefix=SCHEDULE_PREFIX)
 
 
 class ReconfigureForm(forms.Form):

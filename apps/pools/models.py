@@ -549,3 +549,63 @@ class PoolSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pool_id} @ {self.at:%Y-%m-%d %H:%M}"
+
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # datetime.weekday() order
+
+
+def weekdays_label(days: str) -> str:
+    """"0123456" → "Mon-Sun", "024" → "Mon,Wed,Fri", "01256" → "Mon-Tue,Thu-Sun"."""
+    numbers = sorted({int(d) for d in days})
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][-1] == n - 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ",".join(WEEKDAYS[r[0]] if len(r) == 1 else f"{WEEKDAYS[r[0]]}-{WEEKDAYS[r[-1]]}" for r in runs)
+
+
+class PoolSchedule(models.Model):
+    """A window of the week in which an automatic pool keeps at least ``min_size`` VMs,
+    e.g. Mon-Fri 08:00-18:00 at least 10 (apps/pools/autosize.py). Times are in TIME_ZONE;
+    a window over midnight is two entries."""
+
+    pool = models.ForeignKey(Pool, on_delete=models.CASCADE, related_name="schedules")
+    # Days as digits of datetime.weekday(), Monday 0: "01234" is Monday to Friday. A string,
+    # not an array, so the SQLite demo stores it too.
+    weekdays = models.CharField(max_length=7, validators=[RegexValidator(r"^[0-6]{1,7}\Z", "Pick at least one day.")])
+    start = models.TimeField(help_text="HH:MM, in the portal's time zone.")
+    end = models.TimeField(help_text="HH:MM, after the start; the window ends before it.")
+    min_size = models.PositiveIntegerField(validators=[validate_pool_size],
+                                           help_text="Smallest size during the window.")
+
+    class Meta:
+        ordering = ["start", "weekdays", "pk"]
+        constraints = [
+            models.CheckConstraint(condition=Q(start__lt=F("end")), name="poolschedule_start_before_end"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} at least {self.min_size}"
+
+    @property
+    def label(self) -> str:
+        return f"{weekdays_label(self.weekdays)} {self.start:%H:%M}-{self.end:%H:%M}"
+
+    def clean(self) -> None:
+        errors = {}
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            errors["end"] = ("The end must be after the start (a window over midnight is two entries, "
+                             "e.g. 22:00-23:59 and 00:00-06:00 the next day).")
+        # The inline forms (pool page, Django admin) give the pool being edited, with the
+        # bounds just posted, not the stored ones.
+        pool = self.pool if self.pool_id else None
+        if pool is not None and self.min_size is not None:
+            if self.min_size > pool.max_size:
+                errors["min_size"] = (f"At most the pool's largest size ({pool.max_size}); schedules apply to "
+                                      "pools with automatic sizing.")
+            elif self.min_size < pool.min_size:
+                errors["min_size"] = f"At least the pool's smallest size ({pool.min_size}), or the entry does nothing."
+        if errors:
+            raise ValidationError(errors)

@@ -3,12 +3,15 @@ serves its live partial to htmx polls (STYLE.md)."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -28,6 +31,7 @@ from apps.pools.forms import (
     PoolForm,
     ReconfigureForm,
     RegisterTemplateForm,
+    schedule_formset,
 )
 from apps.pools.health import system_health, system_health_json
 from apps.pools.models import VM, Pool, Template, TemplateBuild
@@ -87,22 +91,34 @@ def pool_create(request: HttpRequest) -> HttpResponse:
 def pool_detail(request: HttpRequest, pool_id: int) -> HttpResponse:
     pool = get_object_or_404(Pool.objects.select_related("template", "cluster"), pk=pool_id)
     form = PoolForm(request.POST or None, instance=pool, prefix="edit")
-    if request.method == "POST" and form.is_valid():
+    schedules = schedule_formset(request.POST or None, pool)
+    # Both checked, so every error shows at once; the schedules after the form, as their
+    # sizes are checked against the bounds just posted.
+    valid = request.method == "POST" and form.is_valid()
+    valid = request.method == "POST" and (not schedules.is_bound or schedules.is_valid()) and valid
+    if valid:
         changes = {name: form.cleaned_data[name] for name in form.changed_data}
         try:
-            pool, result = services.update_pool(pool_id=pool_id, changes=changes)
+            with transaction.atomic():
+                pool, result = services.update_pool(pool_id=pool_id, changes=changes)
+                rescheduled = schedules.is_bound and autosize.save_schedules(pool=pool, formset=schedules)
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
-            messages.success(request, f"Saved {pool.name}: {result.summary}." if changes else "Nothing changed.")
+            saved = [result.summary] if changes else []
+            if rescheduled:
+                saved.append(f"schedules {'; '.join(autosize.schedule_labels(pool)) or 'none'}")
+            messages.success(request, f"Saved {pool.name}: {', '.join(saved)}." if saved else "Nothing changed.")
             return redirect("adminui:pool-detail", pool_id=pool.pk)
         pool = Pool.objects.select_related("template", "cluster").get(pk=pool_id)
-    return render(request, "pools/pool_detail.html", _pool_context(request, pool, form=form),
-                  status=400 if form.errors else 200)
+    failed = bool(form.errors) or (schedules.is_bound and not schedules.is_valid())
+    return render(request, "pools/pool_detail.html", _pool_context(request, pool, form=form, schedules=schedules),
+                  status=400 if failed else 200)
 
 
-def _pool_context(request: HttpRequest, pool: Pool, *, form=None, reconfigure_form=None) -> dict:
+def _pool_context(request: HttpRequest, pool: Pool, *, form=None, reconfigure_form=None, schedules=None) -> dict:
     counts = services.pool_counts(pool)
+    active = autosize.active_schedules(pool, timezone.now())
     live_vms, vm_listing = sort_and_search(
         request, pool.vms.filter(state__in=("ready", "leased")).select_related("lease__user", "cluster"),
         columns={"name": ("name",), "state": ("state", "name"), "ip": ("ip_address",),
@@ -113,8 +129,11 @@ def _pool_context(request: HttpRequest, pool: Pool, *, form=None, reconfigure_fo
         "counts": counts,
         "template_copy": template_copy_state(pool),
         "autosize_change": autosize.last_change(pool) if pool.autosize else None,
+        "schedule_entries": [(e, e in active) for e in pool.schedules.all()],
         "host_limits": placement_thresholds(),
         "form": form or PoolForm(instance=pool, prefix="edit"),
+        "schedules": schedules or schedule_formset(None, pool),
+        "time_zone": settings.TIME_ZONE,
         "reconfigure_form": reconfigure_form or ReconfigureForm(pool=pool),
         "drain_preview": services.preview_reconfigure(
             counts=counts, current=services.shape_of(pool),

@@ -63,7 +63,7 @@ def test_a_quiet_pool_shrinks_halfway_and_not_within_shrink_after_of_its_last_ch
 
 def test_each_empty_pool_event_adds_a_vm_beyond_what_checkouts_ask():
     d = decide(4, demand([1], empty=3))
-    assert d.size == 7 and "3 found the pool empty" in d.reason
+    assert d.size == 7 and "3 VMs asked of an empty pool" in d.reason
 
 
 def test_yesterdays_burst_in_the_coming_hour_is_met_before_it_starts():

@@ -28,7 +28,8 @@ def superuser_client(client):
 def _pool_change(pool, **over) -> dict:
     data = _create_form(pool, name=pool.name, size=pool.size, description="", domain="", aliases="",
                         alias_weight=1)
-    return {**data, **over, "_save": "Save"}
+    inline = {"schedules-TOTAL_FORMS": 0, "schedules-INITIAL_FORMS": 0}  # the schedule rows' management form
+    return {**data, **inline, **over, "_save": "Save"}
 
 
 @pytest.mark.parametrize(("field", "value", "words"), [
