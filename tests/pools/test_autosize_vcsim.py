@@ -2,18 +2,22 @@
 
 A burst of checkouts grows the pool and the fill makes the VMs; a quiet spell (windows shrunk
 to seconds through the settings) shrinks it back to its smallest size, step by step, and the
-ready VMs it no longer needs are destroyed in vCenter too."""
+ready VMs it no longer needs are destroyed in vCenter too. A schedule active now and checkouts
+that found the pool empty grow it as well."""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 
 import pytest
+from django.utils import timezone
 
 from apps.audit.models import AuditEvent
 from apps.jobs.models import Job
 from apps.leases import services as leases
-from apps.pools.models import Pool, VMState
+from apps.pools.models import Pool, PoolSchedule, VMState
 from tests.live import GUEST, make_pool, settle, site, vms_in_folder
 
 pytestmark = [pytest.mark.vcsim, pytest.mark.django_db(transaction=True)]
@@ -62,3 +66,31 @@ def test_a_burst_grows_an_automatic_pool_and_a_quiet_spell_shrinks_it_back(vcsim
     assert all("0 checkouts in the last 30s" in e.message for e in shrinks), [e.message for e in shrinks]
     assert len(vms_in_folder(vc)) == 2 + 6  # the leased VMs are untouched
     assert pool.vms.filter(state=VMState.LEASED).count() == 6
+
+
+def test_a_schedule_and_checkouts_that_found_the_pool_empty_grow_the_pool_the_workers_fill(
+        vcsim_factory, redis_conn, engineer, settings):
+    settings.VMPORTAL_AUTOSIZE_HEADROOM = 0
+    vc, folder = site(vcsim_factory(*GUEST))
+    pool = make_pool(vc, folder, size=0, autosize=True, min_size=1, max_size=6)
+    local = timezone.localtime()
+    if local.time() >= dt_time(23, 58):
+        pytest.skip("a window around now would cross midnight")
+    start = max(datetime.combine(local.date(), dt_time(0)), local.replace(tzinfo=None) - timedelta(hours=1)).time()
+    PoolSchedule.objects.create(pool=pool, weekdays=str(local.weekday()), start=start.replace(second=0, microsecond=0),
+                                end=dt_time(23, 59), min_size=3)
+
+    settle(pool)  # the schedule's floor, not the pool's smallest size
+    pool.refresh_from_db()
+    assert (pool.size, ready(pool)) == (3, 3)
+    assert "schedule " in AuditEvent.objects.get(action="pool.autosize").message
+
+    leases.checkout(user=engineer, pools=[pool] * 3)
+    for _ in range(2):  # the pool is empty until the fill catches up: two misses, one VM each
+        with pytest.raises(leases.PoolEmpty):
+            leases.checkout(user=engineer, pools=[pool])
+    settle(pool)  # 3 checkouts within one fill time and 2 misses: 3 + 2
+    pool.refresh_from_db()
+    assert (pool.size, ready(pool)) == (5, 5)
+    last = AuditEvent.objects.filter(action="pool.autosize").latest("at", "id")
+    assert last.message.startswith("Grew 3 → 5: 3 checkouts") and "2 VMs asked of an empty pool" in last.message
