@@ -1,17 +1,26 @@
 """Fill a pool of 200 linked clones from empty, next to a raw pyVmomi clone loop.
 
-    .venv/bin/python bench/fill.py [--size 200] [--limit 10]
+    .venv/bin/python bench/fill.py [--size 200] [--limit 10] [--profile FILE]
 
 Both run against the same simulator in the same run, at the same concurrency (the task
 limit). The app's time covers everything a real fill does: reconcile, the RQ job in a real
 worker process, slot claims in PostgreSQL, host placement, clone + power-on, waiting for
-the guest's IP, and the state changes. Prints both times and the ratio.
+the guest's IP, and the state changes. Prints both times, the ratio and the CPU time the
+worker process spent (the fill's own cost: the simulator shares the machine).
+
+``--spy FILE`` has py-spy sample the worker's stacks that hold the GIL during the fill
+(its CPU, without cProfile's overhead). ``--profile FILE`` runs the fill job in this
+process instead of a worker, under cProfile (stats written to FILE, the top printed), and
+counts its SQL statements.
+``BENCH_REDIS_URL`` and ``BENCH_DB`` move the bench off Redis database 13 and its default
+database name, when another bench uses them at the same time.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,10 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DB_NAME = "vmportal_bench_fill"
+DB_NAME = os.environ.get("BENCH_DB", "vmportal_bench_fill")
 os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
 # Redis database 13 is the benches' own: 0 is a demo's, 11-12 and 14-15 other test runs'.
-os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/13"
+os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 # PostgreSQL needs an explicit key (vmportal/settings.py); a throwaway one for the bench.
 os.environ.setdefault("SECRET_KEY", "vmportal-bench-only-not-a-secret")
@@ -38,8 +47,8 @@ def fresh_database() -> None:
         conn.execute(f"CREATE DATABASE {DB_NAME}")
 
 
-def raw_loop(sim, *, count: int, width: int) -> float:
-    """The baseline: plain pyVmomi, `width` threads cloning (powerOn) and waiting."""
+def raw_loop(sim, *, count: int, width: int, cluster: str) -> float:
+    """The baseline: plain pyVmomi, `width` threads cloning (powerOn) into ``cluster`` and waiting."""
     from pyVim.connect import Disconnect, SmartConnect
     from pyVim.task import WaitForTask
     from pyVmomi import vim
@@ -49,7 +58,7 @@ def raw_loop(sim, *, count: int, width: int) -> float:
     index = si.content.searchIndex
     template = index.FindByInventoryPath("DC0/vm/Templates/ubuntu-24.04")
     folder = index.FindByInventoryPath("DC0/vm/vmportal")
-    pool = index.FindByInventoryPath("DC0/host/DC0_C1").resourcePool
+    pool = index.FindByInventoryPath(f"DC0/host/{cluster}").resourcePool
     snapshot = template.snapshot.currentSnapshot if template.snapshot else None
     relocate = vim.vm.RelocateSpec(pool=pool, diskMoveType="createNewChildDiskBacking" if snapshot else None)
     spec = vim.vm.CloneSpec(location=relocate, powerOn=True, snapshot=snapshot)
@@ -90,7 +99,7 @@ def app_setup(sim, *, size: int, width: int):
     call_command("migrate", verbosity=0)
     import django_rq
 
-    from apps.inventory.models import Cluster, Folder, VCenter
+    from apps.inventory.models import Folder, VCenter
     from apps.inventory.services import sync_inventory
     from apps.pools.models import Pool
     from apps.pools.templates import register_template
@@ -101,14 +110,24 @@ def app_setup(sim, *, size: int, width: int):
     assert sync_inventory(vc).ok
     template = register_template(vcenter=vc, name="ubuntu", inventory_path="DC0/vm/Templates/ubuntu-24.04",
                                  prepare_now=True)
+    # The cluster of the template's own (prepared) copy: a pool elsewhere would first wait
+    # for a copy job, which is not what this measures.
     pool = Pool.objects.create(
-        name="bench", template=template, cluster=Cluster.objects.get(vcenter=vc, name="DC0_C1"),
+        name="bench", template=template, cluster=template.copies.get().cluster,
         folder=Folder.objects.get(vcenter=vc, path="DC0/vm/vmportal"), size=size,
     )
     return pool
 
 
-def app_fill(pool, *, width: int) -> tuple[float, int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def app_fill(pool, *, width: int, spy: str | None = None) -> tuple[float, int, float]:
+    """The fill by a real worker process: seconds, VMs ready, the worker's CPU seconds.
+    ``spy``: py-spy records the worker's GIL-holding stacks during the fill into that file."""
     from apps.pools.manager import reconcile_pool
     from apps.pools.models import VMState
 
@@ -126,6 +145,13 @@ def app_fill(pool, *, width: int) -> tuple[float, int]:
     while not Worker.all(connection=redis):
         assert worker.poll() is None, "the worker did not start"
         time.sleep(0.05)
+    cpu_before = cpu_seconds(worker.pid)
+    spying = None
+    if spy:
+        spying = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid),
+                                   "--gil", "--rate", "500", "--format", "raw", "--output", spy, "--nonblocking"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)  # attached before the fill starts
     start = time.perf_counter()
     reconcile_pool(pool.pk)
     ready = 0
@@ -133,15 +159,61 @@ def app_fill(pool, *, width: int) -> tuple[float, int]:
         time.sleep(0.02)
         ready = pool.vms.filter(state=VMState.READY).count()
     elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(worker.pid) - cpu_before
+    if spying is not None:
+        spying.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        spying.wait(timeout=30)
     worker.terminate()
     worker.wait(timeout=60)
-    return elapsed, ready
+    return elapsed, ready, cpu
+
+
+def profiled_fill(pool, *, width: int, out: str) -> None:
+    """The fill job run here, under cProfile, counting its SQL statements by kind."""
+    import cProfile
+    import pstats
+    from collections import Counter
+
+    from django.conf import settings
+    from django.db import connection
+
+    from apps.jobs import runner
+    from apps.jobs.models import Job
+    from apps.pools.manager import reconcile_pool
+    from apps.pools.models import VMState
+
+    settings.VMPORTAL_CLONE_LIMIT = width
+    reconcile_pool(pool.pk)
+    job = Job.objects.get(kind="pools.fill", status=Job.Status.QUEUED)
+    kinds: Counter[str] = Counter()
+    statements: Counter[str] = Counter()
+
+    def count(execute, sql, params, many, context):
+        kinds[sql.lstrip().split(None, 1)[0].upper()] += 1
+        statements[sql[:150]] += 1
+        return execute(sql, params, many, context)
+
+    profiler = cProfile.Profile()
+    cpu, start = time.process_time(), time.perf_counter()
+    with connection.execute_wrapper(count):
+        profiler.runcall(runner.run, job.pk)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    profiler.dump_stats(out)
+    ready = pool.vms.filter(state=VMState.READY).count()
+    pstats.Stats(out).sort_stats("cumulative").print_stats(25)
+    for sql, n in statements.most_common(15):
+        print(f"{n:6d}  {sql}")
+    print(f"fill job in-process: {elapsed:.2f} s, CPU {cpu:.2f} s (all threads), {ready} ready; "
+          f"SQL statements in the job's thread: {sum(kinds.values())} ({dict(kinds.most_common())}); "
+          f"profile in {out}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--limit", type=int, default=10, help="clone tasks in flight (both sides)")
+    parser.add_argument("--profile", metavar="FILE", help="run the fill here under cProfile; no raw loop")
+    parser.add_argument("--spy", metavar="FILE", help="py-spy the worker's GIL-holding stacks (raw format) into FILE")
     args = parser.parse_args()
 
     from tests import vcsim as launcher
@@ -152,12 +224,15 @@ def main() -> None:
         # Set up first: preparing the template gives it the snapshot the raw loop's
         # linked clones need too. Then the raw loop, then the app's fill, on one simulator.
         pool = app_setup(sim, size=args.size, width=args.limit)
-        raw = raw_loop(sim, count=args.size, width=args.limit)
-        app, ready = app_fill(pool, width=args.limit)
+        if args.profile:
+            profiled_fill(pool, width=args.limit, out=args.profile)
+            return
+        raw = raw_loop(sim, count=args.size, width=args.limit, cluster=pool.cluster.name)
+        app, ready, cpu = app_fill(pool, width=args.limit, spy=args.spy)
     finally:
         sim.stop()
-    print(f"fill {args.size} linked clones (task limit {args.limit}): app {app:.2f} s ({ready} ready), "
-          f"raw pyVmomi loop {raw:.2f} s, ratio {app / raw:.2f}x")
+    print(f"fill {args.size} linked clones (task limit {args.limit}): app {app:.2f} s ({ready} ready, "
+          f"worker CPU {cpu:.2f} s), raw pyVmomi loop {raw:.2f} s, ratio {app / raw:.2f}x")
 
 
 if __name__ == "__main__":

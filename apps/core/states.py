@@ -13,11 +13,12 @@ A Job row is its own history (times, error, log), so its moves write no StateCha
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.db import connections, models, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Q
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
@@ -165,3 +166,131 @@ def transition(
     for key, value in values.items():
         if not hasattr(value, "resolve_expression"):  # an F()/Concat() result is the database's to know
             setattr(obj, key, value)
+
+
+def transition_many(
+    moves: Iterable[tuple[models.Model, Mapping[str, Any]]],
+    new: str,
+    *,
+    allowed: Transitions,
+    field: str = "state",
+) -> list[TransitionError]:
+    """``transition(obj, new, **changes)`` for each (obj, changes) of one model, in one
+    statement on PostgreSQL rather than one per row: what a fill does to a batch of clones.
+
+    The rules are transition()'s: the map decides, a row moves only from the state its
+    caller saw, each move gets its history row in the same statement, ``<field>_reason``
+    is its reason, ``<field>_changed_at`` and auto_now fields are set. Rows still in their
+    old state are locked with SKIP LOCKED, so this never waits while holding other rows
+    (no lock-order deadlock with a reconcile holding some of them); a row that was locked
+    is moved afterwards by transition() alone, which may wait for it. Returns the refusals
+    (IllegalTransition, StaleState), one per object not moved; moved objects are updated in
+    place. Expressions (F(), Concat()) are not allowed in ``changes``; foreign keys go by
+    their ``<name>_id``.
+    """
+    errors: list[TransitionError] = []
+    wanted: dict[Any, tuple[models.Model, str, dict[str, Any]]] = {}
+    for obj, changes in moves:
+        old = getattr(obj, field)
+        if new not in allowed.get(old, frozenset()):
+            errors.append(IllegalTransition(obj, old, new))
+        else:
+            wanted[obj.pk] = (obj, old, dict(changes))
+    if not wanted:
+        return errors
+    first = next(iter(wanted.values()))[0]
+    model = type(first)
+    db = router.db_for_write(model, instance=first)
+    now = timezone.now()
+    for _, _, values in wanted.values():
+        for f in model._meta.concrete_fields:
+            if f.name == f"{field}_changed_at" or getattr(f, "auto_now", False):
+                values.setdefault(f.name, now)
+    # One statement per set of columns written (a batch's moves usually share one).
+    groups: dict[tuple[str, ...], list[Any]] = {}
+    for pk, (_, _, values) in wanted.items():
+        groups.setdefault(tuple(sorted(values)), []).append(pk)
+    moved: set[Any] = set()
+    for names, pks in groups.items():
+        rows = [(pk, wanted[pk][1], wanted[pk][2]) for pk in sorted(pks)]
+        if connections[db].vendor == "postgresql":
+            moved |= _move_many_postgresql(db, model, field, new, names, rows)
+        else:
+            moved |= _move_many_orm(db, model, field, new, names, rows)
+    for pk, (obj, _, values) in wanted.items():
+        if pk in moved:
+            setattr(obj, field, new)
+            for name, value in values.items():
+                setattr(obj, name, value)
+            continue
+        # Locked by someone else, moved, or gone: the one-row path waits for it or says which.
+        try:
+            transition(obj, new, allowed=allowed, field=field, **values)
+        except TransitionError as exc:
+            errors.append(exc)
+    return errors
+
+
+def _move_many_postgresql(db: str, model: type[models.Model], field: str, new: str, names: tuple[str, ...],
+                          rows: list[tuple[Any, str, dict[str, Any]]]) -> set[Any]:
+    connection = connections[db]
+    qn = connection.ops.quote_name
+    meta = model._meta
+    # By name and by attname (``host_id``): a caller may write either.
+    by_name: dict[str, Any] = {f.name: f for f in meta.concrete_fields} | {f.attname: f for f in meta.concrete_fields}
+    pk_field, state = by_name[meta.pk.name], by_name[field]
+    columns = [(name, by_name[name]) for name in names]
+    table, pk = qn(meta.db_table), qn(pk_field.column)
+    value_columns = ", ".join([pk, '"_old"', '"_reason"', *(qn(c.column) for _, c in columns)])
+    casts = [pk_field.cast_db_type(connection), state.cast_db_type(connection), "text",
+             *(c.cast_db_type(connection) for _, c in columns)]
+    row_sql = "(" + ", ".join(f"%s::{cast}" for cast in casts) + ")"
+    params: list[Any] = []
+    for row_pk, old, values in rows:
+        params += [row_pk, old, str(values.get(f"{field}_reason", "")),
+                   *(c.get_db_prep_save(values[name], connection) for name, c in columns)]
+    sets = ", ".join([f"{qn(state.column)} = %s", *(f"{qn(c.column)} = data.{qn(c.column)}" for _, c in columns)])
+    history_table = qn(StateChange._meta.db_table)
+    history_column = {f.name: f.column for f in StateChange._meta.concrete_fields}
+    from_moved = {"object_id": "moved.id", "old": 'moved."_old"', "reason": 'moved."_reason"'}
+    history = _history_values(model_label=meta.label_lower, field=field, old="", new=new, reason="")
+    # Names come from the models' meta, every value is a parameter.
+    sql = (
+        f"WITH data ({value_columns}) AS (VALUES {', '.join([row_sql] * len(rows))}), "  # noqa: S608
+        f"locked AS (SELECT t.{pk} FROM {table} t JOIN data ON t.{pk} = data.{pk} AND t.{qn(state.column)} = "
+        f'data."_old" FOR NO KEY UPDATE OF t SKIP LOCKED), '
+        f"moved AS (UPDATE {table} SET {sets} FROM data WHERE {table}.{pk} = data.{pk} "
+        f"AND {table}.{pk} IN (SELECT {pk} FROM locked) "
+        f'RETURNING {table}.{pk} AS id, data."_old", data."_reason") '
+        f"INSERT INTO {history_table} ({', '.join(qn(history_column[n]) for n in _HISTORY_FIELDS)}) "
+        f"SELECT {', '.join(from_moved.get(n, '%s') for n in _HISTORY_FIELDS)} FROM moved RETURNING "
+        f"{qn(history_column['object_id'])}"
+    )
+    params += [new]
+    params += [history[n] for n in _HISTORY_FIELDS if n not in from_moved]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _move_many_orm(db: str, model: type[models.Model], field: str, new: str, names: tuple[str, ...],
+                   rows: list[tuple[Any, str, dict[str, Any]]]) -> set[Any]:
+    """Other databases (SQLite, which serialises writers): lock, one UPDATE per row, the
+    history rows in one INSERT, in one transaction."""
+    still = Q()
+    for row_pk, old, _ in rows:
+        still |= Q(pk=row_pk, **{field: old})
+    label = model._meta.label_lower
+    with transaction.atomic(using=db):
+        locked = set(model._default_manager.using(db).filter(still).select_for_update(skip_locked=True)
+                     .values_list("pk", flat=True))
+        history = []
+        for row_pk, old, values in rows:
+            if row_pk in locked:
+                model._default_manager.using(db).filter(pk=row_pk).update(**{field: new, **values})
+                values_ = _history_values(model_label=label, field=field, old=old, new=new,
+                                          reason=str(values.get(f"{field}_reason", "")))
+                values_["actor_id"] = values_.pop("actor")
+                history.append(StateChange(object_id=row_pk, **values_))
+        StateChange.objects.using(db).bulk_create(history)
+    return locked

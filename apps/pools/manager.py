@@ -473,17 +473,22 @@ def record_clone_failure(vm: VM, reason: str, *, permanent: bool, outage: bool =
 
 
 def record_clone_success(vm: VM) -> None:
-    if vm.pool_id is None:
-        return  # the pool was deleted meanwhile: no health to reset
-    pool = Pool.objects.filter(pk=vm.pool_id).filter(
+    record_clone_successes([vm])
+
+
+def record_clone_successes(vms: list[VM]) -> None:
+    """Clones became usable: their pools' failure counts and health reset (one look per pool
+    and vCenter, not per VM: a fill records a batch at once)."""
+    pool_ids = {vm.pool_id for vm in vms if vm.pool_id is not None}  # None: the pool was deleted meanwhile
+    for pool in Pool.objects.filter(pk__in=pool_ids).filter(
         ~Q(consecutive_failures=0) | ~Q(health=Pool.Health.OK) | Q(unreachable_since__isnull=False)
-    ).exclude(health=Pool.Health.FAILING).only("pk", "name", "health").first()
-    if pool is not None:
+    ).exclude(health=Pool.Health.FAILING).only("pk", "name", "health").order_by("pk"):
         with suppress(StaleState):  # failed meanwhile by another slot: that verdict stands
             pool.move_health(Pool.Health.OK, consecutive_failures=0, health_reason="", retry_at=None,
                              unreachable_since=None)
     # vCenter answered: other pools it left degraded need not wait for their own retry.
-    record_reachable(vcenter_id=vm.vcenter_id)
+    for vcenter_id in sorted({vm.vcenter_id for vm in vms}):
+        record_reachable(vcenter_id=vcenter_id)
 
 
 def record_unreachable(pool_id: int, reason: str) -> None:

@@ -17,7 +17,7 @@ from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from apps.audit import services as audit
-from apps.core.states import StaleState, TransitionError
+from apps.core.states import StaleState, TransitionError, transition_many
 from apps.inventory.models import Folder
 from apps.jobs import runner
 from apps.jobs.models import Job
@@ -29,12 +29,12 @@ from apps.pools.manager import (
     fail_orphaned_clones,
     find_strays,
     record_clone_failure,
-    record_clone_success,
+    record_clone_successes,
     record_reachable,
     record_unreachable,
     still_stray,
 )
-from apps.pools.models import VM, Pool, VMState
+from apps.pools.models import VM, VM_TRANSITIONS, Pool, VMState
 from apps.vsphere import operations as ops
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Connection, Endpoint, connect, probe
@@ -166,16 +166,20 @@ def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters: Execu
                                            if isinstance(r, VSphereError)])
     except VSphereError as exc:  # the session itself failed: nothing was started
         results = [exc] * len(batch)
-    booting = []
+    moves = []
     for vm, host, result in zip(batch, hosts, results, strict=True):
         if isinstance(result, VSphereError):
             job.log(f"{vm.name}: {result}")
             record_clone_failure(vm, str(result), permanent=result.permanent, outage=result.outage)
             continue
-        vm.move_to(VMState.BOOTING, moid=result.moid, instance_uuid=result.instance_uuid,
-                   host_id=host.pk if host else None)
-        booting.append(vm)
-    return booting
+        moves.append((vm, {"moid": result.moid, "instance_uuid": result.instance_uuid,
+                           "host_id": host.pk if host else None}))
+    # The whole batch's moves and history rows in one statement: per VM, they were most
+    # of a fill's SQL and of its worker's CPU.
+    refused = {e.obj.pk: e for e in transition_many(moves, VMState.BOOTING, allowed=VM_TRANSITIONS)}
+    for refusal in refused.values():
+        job.log(str(refusal))  # moved meanwhile (drained, failed by the reaper): its new state's owner cleans up
+    return [vm for vm, _ in moves if vm.pk not in refused]
 
 
 def vcenter_answers(pool: Pool, endpoint: Endpoint, job: runner.JobContext) -> bool:
@@ -208,15 +212,22 @@ def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: run
         outage = exc.outage
     else:
         outage = False
-    ready = failed = 0
+    failed = 0
     now = timezone.now()
+    usable = [(booting[moid], {"ip_address": outcome.ip or "", "hostname": outcome.hostname or "", "ready_at": now})
+              for moid, outcome in seen.items() if not isinstance(outcome, str)]
+    refused = {e.obj.pk: e for e in transition_many(usable, VMState.READY, allowed=VM_TRANSITIONS)}
+    for refusal in refused.values():
+        job.log(str(refusal))  # moved meanwhile (drained, timed out by reconcile): not ours to hand out
+    made_ready = [vm for vm, _ in usable if vm.pk not in refused]
+    record_clone_successes(made_ready)
+    for vm, _ in usable:
+        del booting[vm.moid]
     for moid, outcome in seen.items():
-        vm = booting[moid]
         if not isinstance(outcome, str):
-            vm.move_to(VMState.READY, ip_address=outcome.ip or "", hostname=outcome.hostname or "", ready_at=now)
-            record_clone_success(vm)
-            ready += 1
-        elif now - vm.state_changed_at > pool.boot_timeout:
+            continue
+        vm = booting[moid]
+        if now - vm.state_changed_at > pool.boot_timeout:
             reason = f"The guest did not become usable within {pool.boot_timeout}: {outcome}."
             job.log(f"{vm.name}: {reason}")
             # Boot failures count like clone failures: a template that never boots must
@@ -224,10 +235,8 @@ def check_boots(pool: Pool, booting: dict[str, VM], endpoint: Endpoint, job: run
             # be asked: that says nothing about the guest.
             record_clone_failure(vm, reason, permanent=False, outage=outage)
             failed += 1
-        else:
-            continue
-        del booting[moid]
-    return ready, failed
+            del booting[moid]
+    return len(made_ready), failed + len(refused)
 
 
 def destroy_again(job: Job, reason: str) -> None:
