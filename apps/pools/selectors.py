@@ -3,11 +3,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 
 from apps.core.errors import NotFound
 from apps.pools import placement
-from apps.pools.models import Pool, TemplateCopy, TemplateStatus, VMState
+from apps.pools.models import VM, Pool, TemplateCopy, TemplateStatus, VMState
 
 
 class NoSuchPool(NotFound):
@@ -32,14 +33,23 @@ def pool_named(name: str, pools: QuerySet[Pool] | None = None) -> Pool:
     return pools_named([name], pools)[name]
 
 
+def _live_count(*states: str) -> Coalesce:
+    """How many of the pool's VMs are in ``states``: an index-only scan of (pool_id, state) per
+    pool. A join of every VM grouped by pool read the destroyed ones too, which are never
+    deleted (100 ms at 10k VMs, growing with every VM ever made)."""
+    counted = (VM.objects.filter(pool=OuterRef("pk"), state__in=states).order_by().values("pool")
+               .annotate(n=Count("*")).values("n"))
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
 def pools_with_counts() -> QuerySet[Pool]:
     """Pools with their VM counts by state, in one query."""
     return (
         Pool.objects.select_related("template", "cluster")
         .annotate(
-            ready_count=Count("vms", filter=Q(vms__state=VMState.READY)),
-            booting_count=Count("vms", filter=Q(vms__state__in=(VMState.CLONING, VMState.BOOTING))),
-            leased_count=Count("vms", filter=Q(vms__state=VMState.LEASED)),
+            ready_count=_live_count(VMState.READY),
+            booting_count=_live_count(VMState.CLONING, VMState.BOOTING),
+            leased_count=_live_count(VMState.LEASED),
         )
         .order_by("name")
     )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 
-from django.db.models import Max
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Min, Q, Sum
+from django.db.models.functions import TruncDate
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
@@ -42,11 +44,12 @@ def _status(request: HttpRequest) -> HttpResponse:
         running = sum(p.leased_count for p in pools)
         requested = sum(r.total for r in OnDemandRequest.objects.filter(
             status__in=(OnDemandRequest.Status.QUEUED, OnDemandRequest.Status.PROVISIONING)))
-        body["queue"] = {"requested": requested, "pending": pending,
-                         "cloning": VM.objects.filter(state=VMState.CLONING).count(),
-                         "booting": VM.objects.filter(state=VMState.BOOTING).count(), "ready": ready,
-                         "running": running, "completed": VM.objects.filter(state=VMState.DESTROYING).count(),
-                         "total": ready + pending + running}
+        states = VM.objects.filter(state__in=(VMState.CLONING, VMState.BOOTING, VMState.DESTROYING)).aggregate(
+            cloning=Count("pk", filter=Q(state=VMState.CLONING)), booting=Count("pk", filter=Q(state=VMState.BOOTING)),
+            completed=Count("pk", filter=Q(state=VMState.DESTROYING)))
+        body["queue"] = {"requested": requested, "pending": pending, "cloning": states["cloning"],
+                         "booting": states["booting"], "ready": ready, "running": running,
+                         "completed": states["completed"], "total": ready + pending + running}
     today = timezone.localdate()
     for kind in ("clone", "boot"):
         if kind in views:
@@ -60,35 +63,67 @@ def _status(request: HttpRequest) -> HttpResponse:
     return ok(body)
 
 
-def _durations(seconds: list[float]) -> dict:
-    total = round(sum(seconds), 2)
-    return {"average": round(total / len(seconds), 1) if seconds else 0, "min": round(min(seconds, default=0), 2),
-            "max": round(max(seconds, default=0), 2), "total": total}
+@dataclass(frozen=True)
+class TaskTimes:
+    """How many clones or boots, and the seconds those that finished took (vmpooler's count
+    and duration metrics), summed in SQL; two of them add up without losing anything."""
+
+    count: int = 0
+    timed: int = 0  # of count, those with a ready time
+    total: float = 0.0
+    shortest: float | None = None
+    longest: float | None = None
+
+    def __add__(self, other: TaskTimes) -> TaskTimes:
+        lows = [x for x in (self.shortest, other.shortest) if x is not None]
+        highs = [x for x in (self.longest, other.longest) if x is not None]
+        return TaskTimes(self.count + other.count, self.timed + other.timed, self.total + other.total,
+                         min(lows, default=None), max(highs, default=None))
+
+    def durations(self) -> dict:
+        total = round(self.total, 2) if self.timed else 0
+        return {"average": round(total / self.timed, 1) if self.timed else 0,
+                "min": round(self.shortest, 2) if self.shortest is not None else 0,
+                "max": round(self.longest, 2) if self.longest is not None else 0, "total": total}
 
 
-def _task_times(kind: str, start: date, end: date) -> dict[date, dict[str, list]]:
-    """Per day and pool, the seconds each clone or boot took (None: not ready yet). A clone
-    counts the day it started, a boot the day its VM became ready; both last from clone start
-    to ready, since vmportal does not time the clone apart from the boot."""
+def _seconds(value: timedelta | None) -> float | None:
+    return value.total_seconds() if value is not None else None
+
+
+def _task_times(kind: str, start: date, end: date) -> dict[date, dict[str, TaskTimes]]:
+    """Per day and pool, the clones or boots and how long they took. A clone counts the day it
+    started, a boot the day its VM became ready; both last from clone start to ready, since
+    vmportal does not time the clone apart from the boot. One grouped query: the VMs of the
+    range never come to Python (10k of them took 100-400 ms)."""
     field = "created_at" if kind == "clone" else "ready_at"
-    days: dict[date, dict[str, list]] = {start + timedelta(days=n): defaultdict(list)
-                                         for n in range((end - start).days + 1)}
-    rows = (VM.objects.filter(**{f"{field}__date__gte": start, f"{field}__date__lte": end})
-            .values_list(field, "created_at", "ready_at", "pool__name"))
-    for at, created, ready_at, pool in rows:
-        day = days.get(timezone.localdate(at))
+    zone = timezone.get_current_timezone()
+    # A range of the column itself, not of its local date, so an index on it could serve.
+    since = datetime.combine(start, time.min, tzinfo=zone)
+    before = datetime.combine(end + timedelta(days=1), time.min, tzinfo=zone)
+    took = ExpressionWrapper(F("ready_at") - F("created_at"), output_field=DurationField())
+    rows = (VM.objects.filter(**{f"{field}__gte": since, f"{field}__lt": before})
+            .annotate(day=TruncDate(field, tzinfo=zone), took=took)
+            .values("day", "pool__name").order_by("day", "pool__name")
+            .annotate(n=Count("pk"), timed=Count("ready_at"), total=Sum("took"), shortest=Min("took"),
+                      longest=Max("took")))
+    days: dict[date, dict[str, TaskTimes]] = {start + timedelta(days=n): {} for n in range((end - start).days + 1)}
+    for row in rows:
+        day = days.get(row["day"])
         if day is not None:
-            day[pool or ""].append((ready_at - created).total_seconds() if ready_at else None)
+            pool = row["pool__name"] or ""
+            day[pool] = day.get(pool, TaskTimes()) + TaskTimes(
+                row["n"], row["timed"], _seconds(row["total"]) or 0.0, _seconds(row["shortest"]),
+                _seconds(row["longest"]))
     return days
 
 
-def _metrics(by_pool: dict[str, list]) -> dict:
+def _metrics(by_pool: dict[str, TaskTimes]) -> dict:
     """vmpooler's task metrics: {count: {total, pool}, duration: {average, min, max, total, pool}}."""
-    every = [t for times in by_pool.values() for t in times]
+    every = sum(by_pool.values(), TaskTimes())
     named = {p: t for p, t in by_pool.items() if p}
-    return {"count": {"total": len(every), "pool": {p: {"total": len(t)} for p, t in named.items()}},
-            "duration": {**_durations([t for t in every if t is not None]),
-                         "pool": {p: _durations([x for x in t if x is not None]) for p, t in named.items()}}}
+    return {"count": {"total": every.count, "pool": {p: {"total": t.count} for p, t in named.items()}},
+            "duration": {**every.durations(), "pool": {p: t.durations() for p, t in named.items()}}}
 
 
 def _task_metrics(kind: str, start: date, end: date) -> dict[date, dict]:
@@ -139,10 +174,10 @@ def _date_range(request: HttpRequest) -> tuple[date, date]:
 
 def _task_summary(kind: str, start: date, end: date, only: str | None = None) -> dict:
     times = _task_times(kind, start, end)
-    whole: dict[str, list] = defaultdict(list)
+    whole: dict[str, TaskTimes] = defaultdict(TaskTimes)
     for by_pool in times.values():
         for pool, t in by_pool.items():
-            whole[pool].extend(t)
+            whole[pool] += t
 
     def pick(metrics: dict) -> dict:  # vmpooler's sub-route key: "count" or "duration"
         return {k: v for k, v in metrics.items() if not only or k == only}
