@@ -37,7 +37,12 @@ class Lease(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["user", "ended_at"])]
+        indexes = [
+            models.Index(fields=["user", "ended_at"]),
+            # The API's lease pages walk active leases by id; ended leases (one per VM ever
+            # made, kept) would otherwise be stepped over on every page.
+            models.Index(fields=["id"], condition=models.Q(ended_at__isnull=True), name="lease_active_by_id"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.vm} → {self.user}"
