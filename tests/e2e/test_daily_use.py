@@ -8,39 +8,18 @@ Screenshots land in test-artifacts/.
 from __future__ import annotations
 
 import re
-import threading
 from datetime import datetime, timedelta
 
 import pytest
-from django.db import connection
 
 from apps.pools.models import VMState
 from tests import factories
-from tests.e2e.browser import ARTIFACTS, CHROMIUM, MISSING, chromium, sign_in
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, MISSING, chromium, off_loop, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason=MISSING)]
 
 # Polls are every 3 s; a loaded 2-core machine may take a few of them to answer.
 POLL_WAIT_MS = 30_000
-
-
-def _off_loop(fn) -> None:
-    """Run ORM work in another thread: Playwright's loop in this one makes Django refuse it."""
-    errors: list[BaseException] = []
-
-    def run():
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if errors:
-        raise errors[0]
 
 
 @pytest.fixture
@@ -80,7 +59,7 @@ def test_keyboard_focus_on_check_out_survives_two_polls_that_change_the_counts(l
 
         _count_swaps(page)
         # A VM becomes ready between the polls, so the rows really change under the focus.
-        _off_loop(lambda: factories.vm(pool, state=VMState.READY, ip_address="10.20.0.13"))
+        off_loop(lambda: factories.vm(pool, state=VMState.READY, ip_address="10.20.0.13"))
         _wait_for_swaps(page, 2)
         expect(row.locator("td").nth(3)).to_have_text("3")
         focused = page.evaluate(
@@ -166,7 +145,7 @@ def _pool_row(pool_id: int) -> tuple:
     from apps.pools.models import Pool
 
     result = []
-    _off_loop(lambda: result.append(Pool.objects.values_list("size", "enabled").get(pk=pool_id)))
+    off_loop(lambda: result.append(Pool.objects.values_list("size", "enabled").get(pk=pool_id)))
     return result[0]
 
 
@@ -251,7 +230,7 @@ def test_pool_page_updates_counts_failures_and_vm_table_without_a_reload(live_se
             Pool.objects.filter(pk=pool.pk).update(consecutive_failures=2, health="degraded",
                                                    health_reason="clone failed: disk full")
 
-        _off_loop(change)
+        off_loop(change)
         expect(page.locator("#pool-counts")).to_have_text(re.compile(r"^3 ready, 0 booting"), timeout=POLL_WAIT_MS)
         expect(page.locator("#pool-failures")).to_have_text("2")
         expect(page.locator("#pool-live .msg.warning")).to_contain_text("clone failed: disk full")
@@ -278,7 +257,7 @@ def test_lease_page_shows_tags_and_limit_puts_extend_first_and_follows_key_deliv
         assert actions.index("Return") < actions.index("Capture as template")
         expect(page.locator("#vm-key-delivery")).to_contain_text("Adding your SSH keys")
 
-        _off_loop(lambda: KeyDelivery.objects.filter(pk=delivery.pk).update(state=KeyDelivery.State.DONE))
+        off_loop(lambda: KeyDelivery.objects.filter(pk=delivery.pk).update(state=KeyDelivery.State.DONE))
         expect(page.locator("#vm-key-delivery")).to_contain_text("Your SSH keys were added", timeout=POLL_WAIT_MS)
         page.screenshot(path=str(ARTIFACTS / "lease-page.png"), full_page=True)
 
