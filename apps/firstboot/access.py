@@ -88,15 +88,19 @@ def lease_created(sender: type[Lease], instance: Lease, created: bool, **kwargs:
     runner.enqueue("firstboot.add_keys", target=instance, lease_id=instance.pk)
 
 
-def leases_inserted(sender: type[Lease], pool_id: int, leases: list[Lease], **kwargs: Any) -> None:
-    """A checkout's leases, written in its own statement: one query for their pool, then as
-    lease_created does for each."""
+def leases_inserted(sender: type[Lease], pool_id: int, leases: list[Lease], guest_keys: bool | None = None,
+                    **kwargs: Any) -> None:
+    """A checkout's leases, written in its own statement: as lease_created does for each,
+    when the pool takes keys (``guest_keys``, answered by checkout's statement; else one query)."""
+    if guest_keys is False:
+        return
     with connection.cursor() as cursor:
         # As SQL: on every API checkout, the ORM's form of this query cost more in Python than in PostgreSQL.
-        cursor.execute(f"SELECT 1 FROM {PoolFirstBoot._meta.db_table} WHERE pool_id = %s "  # noqa: S608
-                       "AND guest_username <> '' LIMIT 1", [pool_id])
-        if cursor.fetchone() is None:
-            return
+        if guest_keys is None:
+            cursor.execute(f"SELECT 1 FROM {PoolFirstBoot._meta.db_table} WHERE pool_id = %s "  # noqa: S608
+                           "AND guest_username <> '' LIMIT 1", [pool_id])
+            if cursor.fetchone() is None:
+                return
     for lease in leases:
         KeyDelivery.objects.create(lease=lease)
         runner.enqueue("firstboot.add_keys", target=lease, lease_id=lease.pk)

@@ -11,6 +11,8 @@ from django.test.utils import CaptureQueriesContext
 from apps.api import tokens
 from apps.audit.models import AuditEvent
 from apps.core.models import StateChange
+from apps.firstboot.models import KeyDelivery, PoolFirstBoot
+from apps.jobs.models import Job
 from apps.leases import services
 from apps.leases.models import Lease
 from apps.pools.models import VMState
@@ -31,8 +33,9 @@ def test_a_checkout_moves_the_vm_and_writes_history_lease_and_audit_in_one_state
     writes = [sql for sql in _statements(ctx) if "INSERT INTO" in sql.upper() or sql.upper().startswith("UPDATE")]
     assert len(writes) == 1, writes
     assert all(t in writes[0] for t in ("pools_vm", "leases_lease", "audit_auditevent", StateChange._meta.db_table))
-    # The user lock and count, the statement itself, and first boot's look at the pool.
-    assert len(_statements(ctx)) <= 4, _statements(ctx)
+    # The user lock and count (sent together), and the statement itself, which also answers
+    # first boot's question about the pool.
+    assert len(_statements(ctx)) <= 3, _statements(ctx)
     assert Lease.objects.get(pk=lease.pk).vm.state == VMState.LEASED
 
 
@@ -51,7 +54,7 @@ def test_the_checkouts_lease_and_audit_event_read_as_the_orm_wrote_them(engineer
     assert event.before is None and event.message == ""
 
 
-def test_an_api_checkout_by_token_costs_six_queries(engineer, redis_conn):
+def test_an_api_checkout_by_token_costs_five_queries(engineer, redis_conn):
     pool = factories.pool(name="deb", size=2)
     factories.vm(pool, state=VMState.READY)
     _, raw = tokens.create_token(user=engineer, name="ci")
@@ -60,9 +63,9 @@ def test_an_api_checkout_by_token_costs_six_queries(engineer, redis_conn):
     with CaptureQueriesContext(connection) as ctx:
         answer = client.post("/api/v3/vm/deb")
     assert answer.status_code == 200, answer.content
-    # Token and user (1), the pool by name (1), user lock and lease count (2), the checkout (1),
-    # first boot's look at the pool (1).
-    assert len(_statements(ctx)) <= 6, _statements(ctx)
+    # Token and user (1, also the connection's health check), the pool by name (1), user lock
+    # and lease count (2, in one round trip), the checkout with first boot's look at the pool (1).
+    assert len(_statements(ctx)) <= 5, _statements(ctx)
 
 
 def test_a_revoked_token_stops_working_on_its_next_request(engineer, redis_conn):
@@ -74,3 +77,16 @@ def test_a_revoked_token_stops_working_on_its_next_request(engineer, redis_conn)
     assert client.post("/api/v3/vm/deb").status_code == 200
     tokens.revoke_token(user=engineer, token=token)
     assert client.post("/api/v3/vm/deb").status_code == 401
+
+
+@pytest.mark.parametrize("guest_username", ["ops", ""])
+def test_the_checkout_statement_tells_first_boot_whether_the_pool_takes_the_lessees_keys(
+        engineer, redis_conn, guest_username):
+    pool = factories.pool(size=2)
+    factories.vm(pool, state=VMState.READY)
+    PoolFirstBoot.objects.create(pool=pool, guest_username=guest_username)
+    with CaptureQueriesContext(connection) as ctx:
+        [lease] = services.checkout(user=engineer, pools=[pool])
+    assert not [sql for sql in _statements(ctx) if PoolFirstBoot._meta.db_table in sql and "EXISTS" not in sql]
+    queued = Job.objects.filter(kind="firstboot.add_keys", args={"lease_id": lease.pk})
+    assert KeyDelivery.objects.filter(lease=lease).exists() == queued.exists() == bool(guest_username)
