@@ -6,10 +6,11 @@ import hashlib
 import secrets
 from datetime import timedelta
 from functools import cache
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from apps.api.models import ApiToken
@@ -77,9 +78,7 @@ def authenticate(raw: str) -> ApiToken | None:
         return None
     sql, token_fields, user_fields = _lookup()
     now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [hash_token(raw), now])
-        row = cursor.fetchone()
+    row = _first_query(sql, [hash_token(raw), now])
     if row is None:
         return None
     token = ApiToken.from_db(connection.alias, token_fields, row[: len(token_fields)])
@@ -88,6 +87,34 @@ def authenticate(raw: str) -> ApiToken | None:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+def _first_query(sql: str, params: list) -> tuple | None:
+    """Run the token lookup, which doubles as Django's connection health check.
+
+    With CONN_HEALTH_CHECKS, the first query of a request on a kept connection is preceded
+    by a SELECT 1 of its own: a round trip on every API call. A token call's first query is
+    this read, so it is the check: a connection that died while idle (PostgreSQL restarted,
+    an idle timeout) fails it, is closed, and the read runs once more on a new connection,
+    as the health check would have done. Only outside a transaction: a read-only statement
+    in autocommit can be repeated; inside an atomic block the usual check runs.
+    """
+    db: Any = connection  # the stubs lack the health-check attributes
+    checking = (db.connection is not None and db.health_check_enabled and not db.health_check_done
+                and not db.in_atomic_block)
+    if checking:
+        db.health_check_done = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    except (OperationalError, InterfaceError):
+        if not checking or connection.is_usable():
+            raise  # not a dead connection: the statement itself failed
+        connection.close()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def find_token(raw: str) -> ApiToken:

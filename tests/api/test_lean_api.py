@@ -3,6 +3,9 @@ CSRF and auth middleware; what that way must still do, and what keeps the full l
 
 from __future__ import annotations
 
+import psycopg
+import pytest
+from django.db import close_old_connections, connection
 from django.test import Client
 
 from apps.api import tokens
@@ -60,3 +63,20 @@ def test_unknown_routes_and_bad_tokens_answer_json_on_the_short_way(db):
     assert api.post("/api/v3/vm/debian-12").status_code == 401
     response = api.get("/api/v3/no-such-thing")
     assert response.status_code == 404 and response.json()["ok"] is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_call_reconnects_when_its_kept_connection_died_while_idle(debian, engineer_token):
+    """The token lookup stands in for Django's per-request health check (CONN_HEALTH_CHECKS)."""
+    api = auth_client(engineer_token)
+    assert api.get("/api/v3/vm").status_code == 200
+    connection.ensure_connection()
+    params = {k: v for k, v in connection.get_connection_params().items()
+              if k in ("dbname", "host", "port", "user", "password")}
+    with psycopg.connect(**params, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid])
+    close_old_connections()  # what request_started does under gunicorn (the test client skips it)
+
+    response = api.post("/api/v3/vm/debian-12")
+
+    assert response.status_code == 200, response.content
