@@ -81,18 +81,31 @@ def client_ip(request: HttpRequest) -> str:
     return hops[0] if hops else peer
 
 
+# KEYS: the counters; ARGV[1]: their lifetime in seconds. Returns their new counts. One
+# EVALSHA instead of a pipeline of an INCR and an EXPIRE per counter: the same round trip,
+# a quarter of the commands for redis-py to pack and parse and for Redis to run.
+_COUNT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  counts[i] = redis.call('INCR', key)
+  if counts[i] == 1 then redis.call('EXPIRE', key, ARGV[1]) end
+end
+return counts
+"""
+
+
+@cache
+def _count_script():  # noqa: ANN202 (redis-py's Script, called with each URL's client)
+    return _redis().register_script(_COUNT)
+
+
 def _over_limit(keys_and_limits: list[tuple[str, int]]) -> int | None:
     """Seconds to wait when any counter is over its limit, else None."""
     now = int(time.time())
     window = now - now % WINDOW
     try:
-        client = _redis()  # held until the pipeline is done with its connection
-        pipe = client.pipeline(transaction=False)  # one round trip; MULTI/EXEC bought nothing here
-        for key, _ in keys_and_limits:
-            full = f"{KEY_PREFIX}:{key}:{window}"
-            pipe.incr(full)
-            pipe.expire(full, WINDOW * 2)
-        counts = pipe.execute()[::2]
+        counts = _count_script()(keys=[f"{KEY_PREFIX}:{key}:{window}" for key, _ in keys_and_limits],
+                                 args=[WINDOW * 2], client=_redis())
     except RedisError as exc:
         log.warning("Rate limiting skipped, Redis unavailable: %s", exc)
         return None
