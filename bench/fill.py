@@ -142,9 +142,10 @@ def app_fill(pool, *, width: int, spy: str | None = None) -> tuple[float, int, f
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     redis = django_rq.get_connection("clone")
-    while not Worker.all(connection=redis):
+    while not any(w.get_state() == "idle" for w in Worker.all(connection=redis)):
         assert worker.poll() is None, "the worker did not start"
         time.sleep(0.05)
+    time.sleep(0.5)  # its start-up logging done: the CPU counted below is the fill's
     cpu_before = cpu_seconds(worker.pid)
     spying = None
     if spy:

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -389,10 +389,15 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
     are not bounded by the pool's size nor held back by its backoff, only by task limits.
     """
     with transaction.atomic():
-        pool = Pool.objects.select_related("template").get(pk=pool_id)
-        vcenter = VCenter.objects.select_for_update(no_key=True).get(pk=pool.template.vcenter_id)
+        # The pool's vCenter row, found and locked in one statement; then the pool as it is
+        # now that no other claim on this vCenter can run, with what a fill's clones follow
+        # (the new rows carry it: a fill clones what they record).
+        vcenter = (VCenter.objects.select_for_update(no_key=True)
+                   .filter(pk=Subquery(Pool.objects.filter(pk=pool_id).values("template__vcenter_id"))).first())
+        if vcenter is None:
+            raise Pool.DoesNotExist(f"pool {pool_id} was deleted")
         _lock_global()
-        pool.refresh_from_db()
+        pool = Pool.objects.select_related("template", "cluster", "folder", "datastore").get(pk=pool_id)
         now = timezone.now()
         if (
             not pool.enabled
@@ -404,18 +409,18 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
             or templates.ensure_copy(pool) is None
         ):
             return []
-        if on_demand:
-            room = most
-        else:
-            room = pool.size - pool.vms.filter(
-                on_demand=False, state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING)
-            ).count()
-        cloning = VM.objects.filter(state=VMState.CLONING)
+        # The pool's live VMs and the clones in flight here and everywhere, in one scan.
+        own = Q(pool=pool, on_demand=False, state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING))
+        cloning = Q(state=VMState.CLONING)
+        counts = VM.objects.filter(own | cloning).aggregate(
+            own=Count("pk", filter=own), here=Count("pk", filter=cloning & Q(vcenter=vcenter)),
+            everywhere=Count("pk", filter=cloning),
+        )
         n = min(
             most,
-            room,
-            vcenter.task_limit - cloning.filter(vcenter=vcenter).count(),
-            global_clone_limit() - cloning.count(),
+            most if on_demand else pool.size - counts["own"],
+            vcenter.task_limit - counts["here"],
+            global_clone_limit() - counts["everywhere"],
         )
         if n <= 0:
             return []

@@ -101,10 +101,10 @@ def fill_pool(pool_id: int, job: runner.JobContext) -> None:
             batch = claim_slots(pool_id, width) if claiming else []
             if batch:
                 # An admin may have changed the template or clone target since this job
-                # started: clone what the pool says now (read after the claim, so a change
-                # racing it at worst makes VMs that reconcile drains, never mislabelled ones).
-                pool.refresh_from_db(fields=["template", "cluster", "folder", "datastore", "network", "linked_clones",
-                                             "cpus", "memory_mb"])
+                # started: clone what the pool said when the slots were claimed (read under
+                # the claim's locks, with what clone_batch follows), the template the new
+                # VM rows record, so no clone is ever mislabelled.
+                pool = batch[0].pool or pool
                 ok = clone_batch(pool, batch, endpoint, starters, job)
                 booting.update((vm.moid, vm) for vm in ok)
                 counts["failed"] += len(batch) - len(ok)
