@@ -107,7 +107,7 @@ class PoolScheduleForm(forms.ModelForm):
     class Meta:
         model = PoolSchedule
         fields = ["weekdays", "start", "end", "min_size"]
-        labels = {"min_size": "At least"}
+        labels = {"start": "From", "end": "Until", "min_size": "At least"}
         field_classes = {"start": AsciiTimeField, "end": AsciiTimeField, "min_size": AsciiIntegerField}
         widgets = {name: forms.TimeInput(format="%H:%M", attrs={"type": "time"}) for name in ("start", "end")}
 
@@ -120,8 +120,6 @@ class PoolScheduleForm(forms.ModelForm):
             self.initial.setdefault("start", time(8))
             self.initial.setdefault("end", time(18))
         self.fields["min_size"].help_text = f"0 to {settings.VMPORTAL_MAX_POOL_SIZE}, within the pool's sizes."
-        for name, label in (("start", "From"), ("end", "Until"), ("min_size", "At least")):
-            self.fields[name].widget.attrs["aria-label"] = label  # a table row: the column heading is the label
 
     def clean_weekdays(self) -> str:
         return "".join(sorted(set(self.cleaned_data["weekdays"])))
@@ -129,7 +127,7 @@ class PoolScheduleForm(forms.ModelForm):
 
 # Entries may overlap: where they do, the larger size applies.
 PoolScheduleFormSet = inlineformset_factory(
-    Pool, PoolSchedule, form=PoolScheduleForm, extra=1, can_delete=True,
+    Pool, PoolSchedule, form=PoolScheduleForm, extra=1, can_delete=True, can_delete_extra=False,
     max_num=20, validate_max=True)
 
 
