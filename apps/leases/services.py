@@ -268,15 +268,13 @@ def checkout(*, user: User, pools: list[Pool], lifetime: timedelta | None = None
         # On-demand VMs are ready for their requester only, for the moment before their
         # request's job leases them. Taken VMs are already LEASED; a short pool rolls the
         # whole checkout back.
-        history: dict[str, Any] = dict(
-            model_label=VM._meta.label_lower, field="state", old=VMState.READY, new=VMState.LEASED
-        )
+        history: dict[str, Any] = dict(field="state", old=VMState.READY, new=VMState.LEASED)
         params = [pool_id, VMState.READY, wanted, VMState.LEASED, now, VMState.READY]
         duration = min(lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
         expires_at = now + duration
         if _history_in_statement():
             actor = current_actor()
-            params += history_params(**history)
+            params += history_params(model_label=VM._meta.label_lower, **history)
             params += [user.pk, now, expires_at, note, json.dumps(tags or {}),
                        now, actor.user_id, actor.name, "lease.checkout", Lease._meta.label_lower,
                        f" → {user}", expires_at.isoformat(), actor.request_id]
