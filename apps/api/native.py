@@ -263,7 +263,7 @@ NEXT_PAGE = {"Link": {"description": 'The next page, as `<url>; rel="next"`; abs
 
 
 @api.get("/leases", response={200: list[LeaseOut], **ERRORS}, tags=["leases"],
-         openapi_extra={"responses": {"200": {"headers": NEXT_PAGE}}})
+         openapi_extra={"responses": {200: {"headers": NEXT_PAGE}}})
 def list_leases(request, response: HttpResponse,
                 all: bool = Query(False, description="Everyone's leases: admins only, others get their own."),  # noqa: A002, FBT001 - the query parameter's name
                 limit: int = Query(LEASE_PAGE, ge=1, le=MAX_LEASE_PAGE, description="Leases per page."),

@@ -7,6 +7,7 @@ from datetime import timedelta
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.api import tokens
@@ -50,10 +51,12 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
 
 
 def docs(request: HttpRequest) -> HttpResponse:
+    """How to authenticate, Swagger UI over the native API's schema (django-ninja's bundled copy,
+    served from our static files), the same operations as a plain list, and the vmpooler routes."""
     schema = api.get_openapi_schema(path_prefix="/api/v1")
     operations = [
         {"method": method.upper(), "path": path, "summary": op.get("summary", ""),
          "body": bool(op.get("requestBody")), "tags": ", ".join(op.get("tags", []))}
         for path, item in schema["paths"].items() for method, op in item.items()
     ]
-    return render(request, "api/docs.html", {"operations": operations})
+    return render(request, "api/docs.html", {"operations": operations, "schema_url": reverse("api-v1:openapi-json")})
