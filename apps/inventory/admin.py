@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin
 
-from apps.audit.admin_mixins import AuditedAdmin
+from apps.audit.admin_mixins import AuditedAdmin, LargeTableAdmin
 from apps.inventory import models
 
 
@@ -29,6 +29,19 @@ class VCenterForm(forms.ModelForm):
         return value
 
 
+class PowerStateFilter(admin.SimpleListFilter):
+    """vSphere's three power states, not a DISTINCT over every inventory VM on each page."""
+
+    title = "power state"
+    parameter_name = "power_state"
+
+    def lookups(self, request, model_admin):
+        return [("poweredOn", "powered on"), ("poweredOff", "powered off"), ("suspended", "suspended")]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(power_state=self.value()) if self.value() else queryset
+
+
 @admin.register(models.VCenter)
 class VCenterAdmin(AuditedAdmin):
     form = VCenterForm
@@ -37,7 +50,7 @@ class VCenterAdmin(AuditedAdmin):
     readonly_fields = ["status", "status_reason", "latency_ms", "last_sync_at"]
 
 
-class InventoryAdmin(admin.ModelAdmin):
+class InventoryAdmin(LargeTableAdmin):
     """Inventory mirrors vCenter; edits here would be overwritten by the next sync."""
 
     list_display = ["name", "moid", "vcenter", "synced_at"]
@@ -59,10 +72,11 @@ class HostAdmin(InventoryAdmin):
         "cpu_usage_mhz", "memory_usage_mb",
     ]
     list_filter = ["vcenter", "cluster", "connection_state", "in_maintenance"]
+    list_select_related = ["cluster"]  # nullable: select_related() alone skips it (one query per host)
 
 
 @admin.register(models.HostLoadSample)
-class HostLoadSampleAdmin(admin.ModelAdmin):
+class HostLoadSampleAdmin(LargeTableAdmin):
     list_display = ["host", "at", "cpu_usage_mhz", "memory_usage_mb"]
     list_filter = ["host"]
 
@@ -79,5 +93,5 @@ class FolderAdmin(AuditedAdmin, InventoryAdmin):
 class InventoryVMAdmin(InventoryAdmin):
     list_display = ["name", "path", "power_state", "is_template", "host", "guest_ip", "marker"]
     list_select_related = ["host"]  # nullable: select_related() alone skips it
-    list_filter = ["vcenter", "is_template", "power_state"]
+    list_filter = ["vcenter", "is_template", PowerStateFilter]
     search_fields = ["name", "path", "instance_uuid", "guest_ip"]

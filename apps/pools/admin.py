@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from apps.audit.admin_mixins import LargeTableAdmin
 from apps.pools import autosize, models
 from apps.pools import reconfigure as services
 from apps.pools.forms import PoolForm, PoolScheduleForm
@@ -56,10 +57,13 @@ class PoolAdmin(admin.ModelAdmin):
 
 
 @admin.register(models.VM)
-class VMAdmin(admin.ModelAdmin):
+class VMAdmin(LargeTableAdmin):
     list_display = ["name", "pool", "state", "host", "ip_address", "created_at"]
     # Nullable foreign keys: the changelist's own select_related() skips them (one query per row).
     list_select_related = ["pool", "host"]
+    # Newest first as the model's -created_at, through the primary key: created_at has no
+    # index, and VMs are never deleted, so that order sorted every VM ever made per page.
+    ordering = ["-pk"]
     list_filter = ["state", "pool"]
     search_fields = ["name", "moid", "ip_address", "hostname"]
     # State changes go through services (transition map + audit), never a raw edit.
