@@ -137,3 +137,14 @@ def test_ondemand_list_issues_as_many_queries_for_12_requests_as_for_2(redis_con
     body = client.get("/api/v1/ondemand").json()
     assert len(body) == 12 and all(len(r["lease_ids"]) == 1 and r["vms"][0]["pool"] for r in body)
     assert queries(client, "/api/v1/ondemand") == few
+
+
+def test_vm_change_page_names_its_pool_and_host_without_listing_every_one(superuser, admin_user):
+    leased_vms(admin_user, 3)
+    vm = VM.objects.order_by("pk")[0]
+    vm.host = factories.host(vm.pool.cluster)
+    vm.save(update_fields=["host"])
+    html = superuser.get(f"/admin/pools/vm/{vm.pk}/change/").content.decode()
+    assert f'name="pool" value="{vm.pool_id}"' in html and vm.pool.name in html and vm.host.name in html
+    others = VM.objects.exclude(pool=vm.pool).select_related("pool")
+    assert not [other.pool.name for other in others if f">{other.pool.name}<" in html]

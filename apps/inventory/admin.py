@@ -95,3 +95,4 @@ class InventoryVMAdmin(InventoryAdmin):
     list_select_related = ["host"]  # nullable: select_related() alone skips it
     list_filter = ["vcenter", "is_template", PowerStateFilter]
     search_fields = ["name", "path", "instance_uuid", "guest_ip"]
+    raw_id_fields = ["host", "folder"]  # an id box, not every host and folder as options

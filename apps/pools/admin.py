@@ -64,6 +64,9 @@ class VMAdmin(LargeTableAdmin):
     # Newest first as the model's -created_at, through the primary key: created_at has no
     # index, and VMs are never deleted, so that order sorted every VM ever made per page.
     ordering = ["-pk"]
+    # An id box and the current object's name rather than a list of every pool, template,
+    # cluster and host (twice) as options: those lists were most of a change page's time.
+    raw_id_fields = ["vcenter", "pool", "template", "cluster", "host", "moving_to"]
     list_filter = ["state", "pool"]
     search_fields = ["name", "moid", "ip_address", "hostname"]
     # State changes go through services (transition map + audit), never a raw edit.
