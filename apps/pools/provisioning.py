@@ -78,8 +78,9 @@ def fill_pool(pool_id: int, job: runner.JobContext) -> None:
 
     One thread drives the pipeline: claim a batch of slots, start its clones together
     (their SOAP calls overlap on a few threads) and wait for them through one filter;
-    then take one look at every booting VM of the batch and earlier ones. Booting does
-    not hold a task slot, so the next batch starts while guests come up.
+    then take one look at every booting VM of the batch and earlier ones (at most every
+    BOOT_POLL). Booting does not hold a task slot, so the next batch starts while guests
+    come up.
     """
     pool = Pool.objects.select_related("template__vcenter", "cluster").get(pk=pool_id)
     vcenter = pool.template.vcenter
@@ -93,6 +94,7 @@ def fill_pool(pool_id: int, job: runner.JobContext) -> None:
     counts = {"ready": 0, "failed": 0}
     claiming = True
     claim_until = time.monotonic() + FILL_CLAIM_FOR
+    last_look = 0.0
     with ThreadPoolExecutor(width, thread_name_prefix="clone") as starters:
         if pool.unreachable_since is not None and not vcenter_answers(pool, endpoint, job):
             return
@@ -111,7 +113,12 @@ def fill_pool(pool_id: int, job: runner.JobContext) -> None:
                 claiming = len(ok) == len(batch)  # a failure backs the pool off: stop here
             elif claiming and not booting:
                 break  # full, or at a task limit with nothing of ours in flight
-            if booting:
+            # Guests are looked at after each batch, but no more often than BOOT_POLL while
+            # batches come faster than that (a fast vCenter, the simulator): a look finds
+            # little that soon after the clone, and costs a vSphere read and the database
+            # work of the move on the path of every next batch.
+            if booting and (not batch or time.monotonic() - last_look >= BOOT_POLL):
+                last_look = time.monotonic()
                 ready, failed = check_boots(pool, booting, endpoint, job)
                 counts["ready"] += ready
                 counts["failed"] += failed
