@@ -103,7 +103,7 @@ def _describe(where: str, violations: list[dict]) -> str:
 def _check(page, axe, where: str, found: dict[str, list[str]]) -> None:
     from playwright.sync_api import expect
 
-    expect(page.locator("h1").first).to_be_visible()
+    expect(page.locator("h1").first, f"{where}: the page has no heading (at {page.url})").to_be_visible()
     # What scripts draw after the load event (the API page's Swagger UI) is checked too.
     page.wait_for_load_state("networkidle")
     if page.locator("#swagger-ui").count():
