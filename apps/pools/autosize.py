@@ -10,17 +10,18 @@ The rule (``decide``, pure): a pool must hold enough ready VMs for the checkouts
 arrive while a new VM is cloned and booted (its fill time, measured from its own recent VMs),
 so the size covers the busiest fill-time interval of the last WINDOW seconds, and of the coming
 WINDOW of the same time yesterday (a daily burst is met before it starts), plus HEADROOM percent.
-Each VM asked of an empty pool since the last automatic change adds one VM on top. It grows at once;
-it shrinks no sooner than SHRINK_AFTER seconds after the last automatic change, and then only
-halfway towards the target, so a lull between two bursts does not throw away the VMs the
-second one needs.
+Each VM asked of the empty pool since the last automatic change adds one VM on top. It grows
+at once; it shrinks no sooner than SHRINK_AFTER seconds after the last automatic change, and
+then only halfway towards the target, so a lull between two bursts does not throw away the VMs
+the second one needs.
 
 A checkout that finds the pool empty (PoolEmpty: the API's 503) writes no audit event, as
 its transaction rolls back; ``record_empty`` notes it in Redis instead, one sorted set per
 pool shared by every web process, and such a miss counts like an on-demand request. A client
 retrying every few seconds must not read as a crowd, so each person counts once per minute
 (with the VMs they lacked), and an on-demand request made in the same minute after the miss
-(the web page does that) is the same need, not a second one.
+(the web page does that) is the same need, not a second one. A checkout with no person behind
+it (a script) counts each time.
 
 Schedules (PoolSchedule) raise the smallest size during windows of the week, e.g. Mon-Fri
 08:00-18:00 at least 10, in TIME_ZONE: the effective floor is the larger of the pool's
