@@ -35,6 +35,9 @@ class AuditEvent(models.Model):
         indexes = [
             models.Index(fields=["actor_name", "-at"]),
             models.Index(fields=["pool", "-at"]),
+            # The audit list sorted by action or target: a value, then newest first in it.
+            models.Index(fields=["action", "-at", "-id"], name="audit_action_at"),
+            models.Index(fields=["target_repr", "-at", "-id"], name="audit_target_at"),
         ]
 
     def __str__(self) -> str:

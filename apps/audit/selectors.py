@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,9 +48,36 @@ def filter_audit(*, actor: str = "", action: str = "", pool_id: int | None = Non
     return events.order_by("-at", "-id")
 
 
-def encode_cursor(event: AuditEvent) -> str:
-    raw = f"{event.at.isoformat()}|{event.pk}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+# The columns the list sorts by: the field each orders by first. Every one is served by an
+# index that goes on with the time (at: its own; actor: (actor_name, -at); action and target:
+# migration 0005), so a sorted page is an index range scan over 1M events, never a sort of them.
+SORT_FIELDS = {"at": "at", "actor": "actor_name", "action": "action", "target": "target_repr"}
+DEFAULT_SORT = "-at"
+
+
+def clean_sort(sort: str) -> str:
+    """``sort`` if it names a column (``-`` for descending), else the default (newest first)."""
+    return sort if sort.removeprefix("-") in SORT_FIELDS else DEFAULT_SORT
+
+
+def _ordering(sort: str) -> tuple[str, ...]:
+    """A column ascending, then newest first within each value, as its index runs; descending
+    is the exact reverse (last value first, oldest first within it), the same index read
+    backwards. Any other order within a value would need a sort of all the rows that have it."""
+    desc = sort.startswith("-")
+    field = SORT_FIELDS[sort.removeprefix("-")]
+    if field == "at":
+        return ("-at", "-id") if desc else ("at", "id")
+    return (f"-{field}", "at", "id") if desc else (field, "-at", "-id")
+
+
+def encode_cursor(event: AuditEvent, sort: str = DEFAULT_SORT) -> str:
+    field = SORT_FIELDS[sort.removeprefix("-")]
+    if field == "at":
+        raw = f"{event.at.isoformat()}|{event.pk}"
+    else:
+        raw = json.dumps([getattr(event, field), event.at.isoformat(), event.pk])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int] | None:
@@ -63,10 +91,32 @@ def decode_cursor(cursor: str) -> tuple[datetime, int] | None:
         return None
 
 
+def decode_column_cursor(cursor: str) -> tuple[str, datetime, int] | None:
+    """(column value, at, id) of the last row seen in a column sort, or None."""
+    try:
+        value, at_text, pk = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+        at = parse_datetime(at_text) if isinstance(at_text, str) else None
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        return None
+    if not isinstance(value, str) or at is None or not isinstance(pk, int) or isinstance(pk, bool):
+        return None
+    return value, at, pk
+
+
 @dataclass
 class Page:
     events: list[AuditEvent]
     next_cursor: str | None
+
+
+def _older(events: QuerySet[AuditEvent], at: datetime, pk: int) -> QuerySet[AuditEvent]:
+    # at <= the cursor's is redundant but is what PostgreSQL can start an index scan at;
+    # the OR alone is a filter over every newer row, so page 10,000 would read 500k rows.
+    return events.filter(Q(at__lte=at), Q(at__lt=at) | Q(pk__lt=pk))
+
+
+def _newer(events: QuerySet[AuditEvent], at: datetime, pk: int) -> QuerySet[AuditEvent]:
+    return events.filter(Q(at__gte=at), Q(at__gt=at) | Q(pk__gt=pk))
 
 
 def after_cursor(events: QuerySet[AuditEvent], cursor: str) -> QuerySet[AuditEvent]:
@@ -74,18 +124,43 @@ def after_cursor(events: QuerySet[AuditEvent], cursor: str) -> QuerySet[AuditEve
     position = decode_cursor(cursor) if cursor else None
     if position is None:
         return events
-    at, pk = position
-    # at <= the cursor's is redundant but is what PostgreSQL can start an index scan at;
-    # the OR alone is a filter over every newer row, so page 10,000 would read 500k rows.
-    return events.filter(Q(at__lte=at), Q(at__lt=at) | Q(pk__lt=pk))
+    return _older(events, *position)
 
 
-def audit_page(events: QuerySet[AuditEvent], *, after: str = "", size: int = 50) -> Page:
-    """One page, newest first, after the cursor (keyset: an index range scan, never OFFSET or COUNT)."""
-    rows = list(after_cursor(events, after)[: size + 1])
+def audit_page(events: QuerySet[AuditEvent], *, after: str = "", size: int = 50, sort: str = DEFAULT_SORT) -> Page:
+    """One page in ``sort``'s order, after the cursor (keyset: index range scans, never OFFSET
+    or COUNT). A cursor that is not ours, or not of this sort, starts from the first page."""
+    sort = clean_sort(sort)
+    ordering = _ordering(sort)
+    events = events.order_by(*ordering)
+    desc = sort.startswith("-")
+    field = SORT_FIELDS[sort.removeprefix("-")]
+    if field == "at":
+        position = decode_cursor(after) if after else None
+        if position is not None:
+            events = _older(events, *position) if desc else _newer(events, *position)
+        rows = list(events[: size + 1])
+    else:
+        rows = _column_page(events, field, desc, decode_column_cursor(after) if after else None, size + 1)
     more = len(rows) > size
     rows = rows[:size]
-    return Page(events=rows, next_cursor=encode_cursor(rows[-1]) if more and rows else None)
+    return Page(events=rows, next_cursor=encode_cursor(rows[-1], sort) if more and rows else None)
+
+
+def _column_page(events: QuerySet[AuditEvent], field: str, desc: bool,
+                 position: tuple[str, datetime, int] | None, limit: int) -> list[AuditEvent]:
+    if position is None:
+        return list(events[:limit])
+    value, at, pk = position
+    # Two range scans rather than one OR: the rest of the cursor's value (index condition
+    # field = value and at beyond the cursor's), then the values after it. One OR would
+    # start at the value's first row and step over every row of it already shown: deep in
+    # a value a million events share, most of them.
+    same = events.filter(**{field: value})
+    rows = list((_newer(same, at, pk) if desc else _older(same, at, pk))[:limit])
+    if len(rows) < limit:
+        rows += list(events.filter(**{f"{field}__{'lt' if desc else 'gt'}": value})[: limit - len(rows)])
+    return rows
 
 
 def iter_events(events: QuerySet[AuditEvent], *, chunk_size: int = 2000) -> Iterator[AuditEvent]:

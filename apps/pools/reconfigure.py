@@ -206,7 +206,9 @@ def _locked(pool_id: int) -> Pool:
 def create_pool(*, pool: Pool) -> Pool:
     validate_pool(pool)
     pool.save()
-    audit.record("pool.create", target=pool, pool=pool, after=snapshot(pool))
+    audit.record("pool.create", target=pool, pool=pool, after=snapshot(pool),
+                 message=f"Created with size {pool.size}: clone {pool.size} from {pool.template} on {pool.cluster}."
+                 if pool.size else f"Created empty (size 0), from {pool.template} on {pool.cluster}.")
     nudge.nudge(pool.pk)
     return pool
 
@@ -264,7 +266,9 @@ def drain(*, pool_id: int, disable: bool = False) -> tuple[Pool, Preview]:
     changes: dict = {"size": 0, "autosize": False}
     if disable:
         changes["enabled"] = False
-    pool, result = update_pool(pool_id=pool_id, changes=changes)
+    # Its own action, so the audit log tells a drain from a resize to 0.
+    pool, result = update_pool(pool_id=pool_id, changes=changes, action="pool.drain",
+                               message="Drained and disabled:" if disable else "Drained:")
     return pool, result
 
 

@@ -67,8 +67,9 @@ def test_a_pool_with_a_failed_template_can_still_be_drained(ready_pool):
     ready_pool.template.save()
     pool, _ = services.drain(pool_id=ready_pool.pk, disable=True)
     assert (pool.size, pool.enabled) == (0, False)
-    event = AuditEvent.objects.get(action="pool.reconfigure")
+    event = AuditEvent.objects.get(action="pool.drain")
     assert event.after == {"size": 0, "enabled": False}
+    assert event.message.startswith("Drained and disabled: ")
 
 
 def test_reset_clears_failing_health(ready_pool):
