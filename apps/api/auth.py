@@ -31,10 +31,16 @@ def presented_token(request: HttpRequest) -> str:
 
 
 def token_user(request: HttpRequest) -> ApiToken | None:
-    token = tokens.authenticate(presented_token(request))
+    return token_user_along(request, None)[0]
+
+
+def token_user_along(request: HttpRequest, along: tuple[str, list] | None) -> tuple[ApiToken | None, list[tuple]]:
+    """token_user(), and the rows of the read-only query ``along``, in one round trip
+    (tokens.authenticate_along)."""
+    token, rows = tokens.authenticate_along(presented_token(request), along)
     if token is not None:
         bind(request, token.user)
-    return token
+    return token, rows
 
 
 def basic_user(request: HttpRequest) -> User | None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from contextlib import nullcontext
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -74,11 +75,23 @@ def _lookup() -> tuple[str, list[str], list[str]]:
 def authenticate(raw: str) -> ApiToken | None:
     """The usable token with this clear text, or None (unknown, revoked, expired, or its
     user deactivated). Read from the database on every request: revoking takes effect at once."""
+    return authenticate_along(raw)[0]
+
+
+def authenticate_along(raw: str, along: tuple[str, list] | None = None) -> tuple[ApiToken | None, list[tuple]]:
+    """authenticate(), and the rows of ``along`` (a read-only query and its parameters),
+    sent with the token lookup in one round trip on PostgreSQL: what a call needs next
+    (checkout's pools) costs no wait of its own. Its rows are read whether or not the
+    token is good; the caller answers 401 before it uses them."""
     if not raw or len(raw) > 256:
-        return None
+        return None, []
     sql, token_fields, user_fields = _lookup()
     now = timezone.now()
-    row = _first_query(sql, [hash_token(raw), now])
+    row, rows = _first_query(sql, [hash_token(raw), now], along)
+    return _token_from(row, token_fields, user_fields, now), rows
+
+
+def _token_from(row: tuple | None, token_fields: list[str], user_fields: list[str], now: datetime) -> ApiToken | None:
     if row is None:
         return None
     token = ApiToken.from_db(connection.alias, token_fields, row[: len(token_fields)])
@@ -89,8 +102,8 @@ def authenticate(raw: str) -> ApiToken | None:
     return token
 
 
-def _first_query(sql: str, params: list) -> tuple | None:
-    """Run the token lookup, which doubles as Django's connection health check.
+def _first_query(sql: str, params: list, along: tuple[str, list] | None) -> tuple[tuple | None, list[tuple]]:
+    """Run the token lookup (and ``along``), which doubles as Django's connection health check.
 
     With CONN_HEALTH_CHECKS, the first query of a request on a kept connection is preceded
     by a SELECT 1 of its own: a round trip on every API call. A token call's first query is
@@ -105,16 +118,28 @@ def _first_query(sql: str, params: list) -> tuple | None:
     if checking:
         db.health_check_done = True
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
+        return _reads(sql, params, along)
     except (OperationalError, InterfaceError):
         if not checking or connection.is_usable():
             raise  # not a dead connection: the statement itself failed
         connection.close()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
+    return _reads(sql, params, along)
+
+
+def _reads(sql: str, params: list, along: tuple[str, list] | None) -> tuple[tuple | None, list[tuple]]:
+    if along is None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone(), []
+    pipelined = connection.vendor == "postgresql"
+    if pipelined:
+        connection.ensure_connection()
+    # A pipeline's errors surface raw from psycopg: wrapped as Django's, as a cursor would.
+    with (connection.wrap_database_errors, connection.connection.pipeline() if pipelined else nullcontext(),
+          connection.cursor() as first, connection.cursor() as second):
+        first.execute(sql, params)
+        second.execute(*along)
+        return first.fetchone(), second.fetchall()
 
 
 def find_token(raw: str) -> ApiToken:

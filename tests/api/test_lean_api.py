@@ -80,3 +80,21 @@ def test_a_token_call_reconnects_when_its_kept_connection_died_while_idle(debian
     response = api.post("/api/v3/vm/debian-12")
 
     assert response.status_code == 200, response.content
+
+
+def test_a_checkout_by_path_answers_401_before_it_names_unknown_pools_or_counts(db, settings):
+    # The pools named are read with the token lookup; a bad token still learns nothing of them.
+    api = auth_client("not-a-token")
+    assert api.post("/api/v3/vm/no-such-pool").status_code == 401
+    names = "+".join(["no-such-pool"] * (settings.VMPORTAL_MAX_VMS_PER_CHECKOUT + 1))
+    assert api.post(f"/api/v3/vm/{names}").status_code == 401
+
+
+def test_a_checkout_by_path_with_a_good_token_reads_pools_and_aliases_as_before(debian, engineer_token, settings):
+    api = auth_client(engineer_token)
+    response = api.post("/api/v3/vm/no-such-pool")
+    assert response.status_code == 404 and "no-such-pool" in response.json()["error"]
+    names = "+".join(["debian-12"] * (settings.VMPORTAL_MAX_VMS_PER_CHECKOUT + 1))
+    assert api.post(f"/api/v3/vm/{names}").status_code == 400
+    response = api.post("/api/v3/vm/debian-12")
+    assert response.status_code == 200 and response.json()["debian-12"]["hostname"]

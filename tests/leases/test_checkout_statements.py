@@ -63,8 +63,9 @@ def test_an_api_checkout_by_token_costs_five_queries(engineer, redis_conn):
     with CaptureQueriesContext(connection) as ctx:
         answer = client.post("/api/v3/vm/deb")
     assert answer.status_code == 200, answer.content
-    # Token and user (1, also the connection's health check), the pool by name (1), user lock
-    # and lease count (2, in one round trip), the checkout with first boot's look at the pool (1).
+    # Token and user (1, also the connection's health check) and the pool by name (1) in one
+    # round trip, user lock and lease count (2) in another, the checkout with first boot's
+    # look at the pool (1).
     assert len(_statements(ctx)) <= 5, _statements(ctx)
 
 

@@ -52,15 +52,24 @@ def _pool_columns() -> tuple[str, list[str], list[str]]:
     return sql, pool_fields, template_fields
 
 
-def _pools_named(names: set[str]) -> list[Pool]:
-    """The pools of these names with their templates, in one query written as SQL: the ORM's
-    select_related form cost more in Python than the query did in PostgreSQL (checkout's hot path)."""
-    sql, pool_fields, template_fields = _pool_columns()
-    template_model = Pool._meta.get_field("template").related_model
+def pools_query(names: set[str]) -> tuple[str, list[str]]:
+    """The query of _pools_named, for a caller that sends it along with another (checkout
+    sends it with the token lookup)."""
+    sql, _, _ = _pool_columns()
     names_list = sorted(names)
-    with connection.cursor() as cursor:
-        cursor.execute(f"{sql} WHERE p.name IN ({', '.join(['%s'] * len(names_list))})", names_list)
-        rows = cursor.fetchall()
+    return f"{sql} WHERE p.name IN ({', '.join(['%s'] * len(names_list))})", names_list
+
+
+def _pools_named(names: set[str], rows: list[tuple] | None = None) -> list[Pool]:
+    """The pools of these names with their templates, in one query written as SQL: the ORM's
+    select_related form cost more in Python than the query did in PostgreSQL (checkout's hot
+    path). ``rows``: that query's rows, when the caller already read them (pools_query)."""
+    _, pool_fields, template_fields = _pool_columns()
+    template_model = Pool._meta.get_field("template").related_model
+    if rows is None:
+        with connection.cursor() as cursor:
+            cursor.execute(*pools_query(names))
+            rows = cursor.fetchall()
     pools = []
     for row in rows:
         pool = Pool.from_db(connection.alias, pool_fields, row[: len(pool_fields)])
@@ -69,10 +78,10 @@ def _pools_named(names: set[str]) -> list[Pool]:
     return pools
 
 
-def _serving(names: set[str]) -> dict[str, list[Pool]]:
+def _serving(names: set[str], rows: list[tuple] | None = None) -> dict[str, list[Pool]]:
     """The pools behind each name: the pool of that name, else the enabled pools that have it
     as an alias; 404 naming those that are neither."""
-    serving: dict[str, list[Pool]] = {p.name: [p] for p in _pools_named(names)} if names else {}
+    serving: dict[str, list[Pool]] = {p.name: [p] for p in _pools_named(names, rows)} if names else {}
     aliases = names - set(serving)
     if aliases:  # a pool's own name wins over an alias (the model keeps them apart anyway)
         for pool in Pool.objects.select_related("template").filter(enabled=True).exclude(aliases=""):
@@ -83,10 +92,11 @@ def _serving(names: set[str]) -> dict[str, list[Pool]]:
     return serving
 
 
-def _pick(wanted: Counter, *, prefer_ready: bool) -> list[tuple[str, Pool]]:
+def _pick(wanted: Counter, *, prefer_ready: bool, rows: list[tuple] | None = None) -> list[tuple[str, Pool]]:
     """One (requested name, pool) per VM wanted. An alias's pool is drawn by weight among
-    those with a ready VM left (for checkouts), or among all of them."""
-    serving = _serving(set(wanted))
+    those with a ready VM left (for checkouts), or among all of them. ``rows``: pools_query's
+    rows for these names, when already read."""
+    serving = _serving(set(wanted), rows)
     ready: Counter = Counter()
     shared = [p.pk for pools in serving.values() if len(pools) > 1 for p in pools]
     if prefer_ready and shared:
