@@ -48,6 +48,7 @@ bench: venv services vcsim
 	$(PY) bench/inventory.py
 	@test ! -f bench/checkout.py || $(PY) bench/checkout.py
 	$(PY) bench/pages.py
+	$(PY) bench/memory.py
 
 # Kill workers, stop vCenter and Redis, load the API; prove the invariants (README "After a
 # crash or an outage"). ARGS passes options, e.g. make chaos ARGS="--only kills --kills 5"

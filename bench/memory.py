@@ -1,0 +1,258 @@
+"""Resident memory of the production shape, idle with 10 small pools filled, beside vmpooler's.
+
+    .venv/bin/python bench/memory.py [--pools 10] [--size 2] [--idle 20] [--preload] [--shared-worker]
+
+Starts, against the vSphere simulator and a database of its own (``vmportal_bench_memory``,
+or ``BENCH_DB``; Redis ``BENCH_REDIS_URL``, default database 13), what README's
+"Running it in production" starts: gunicorn ``vmportal.wsgi --workers 4 --worker-class
+gthread --threads 4``, one ``rqworker --worker-class rq.SimpleWorker`` per queue (``clone``,
+``default``, ``purge``, ``deploy``; ``--shared-worker``: one for ``default purge deploy``,
+as README's step 3 allows) and ``manage.py poolmanager``; the inventory watcher is counted
+on a line of its own. It fills ``--pools`` pools of ``--size`` linked clones, sends each
+web worker a few requests (pages and API), waits ``--idle`` seconds with nothing to do,
+then sums per process group:
+
+- RSS (VmRSS of /proc/PID/status): what ``ps`` shows, counting pages shared between
+  processes (libraries, gunicorn's forked workers) once per process;
+- PSS (Pss of /proc/PID/smaps_rollup): each shared page split between its sharers, so the
+  groups add up to what the machine really gives them.
+
+``--preload`` starts gunicorn with ``--preload`` (the app imported once in the master,
+its pages shared by the forked workers until written). Prints a table and the totals beside
+vmpooler's 223 MB (MB = 2^20 bytes here). Everything it starts it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DB_NAME = os.environ.get("BENCH_DB", "vmportal_bench_memory")
+os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+# Redis database 13 is the benches' own: 0 is a demo's, 11-12 and 14-15 other test runs'.
+os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ.setdefault("SECRET_KEY", "vmportal-bench-only-not-a-secret")  # PostgreSQL needs one
+os.environ["DJANGO_SETTINGS_MODULE"] = "vmportal.settings"
+HOST = "127.0.0.1"
+VMPOOLER_MB = 223
+LOG_DIR = ROOT / "var" / "bench-memory"
+QUEUES = ("clone", "default", "purge", "deploy")
+
+
+def fresh_database() -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
+
+
+def setup(sim, *, pools: int, size: int) -> tuple[list[int], str]:
+    """vCenter, inventory, a prepared template, ``pools`` empty pools in its copy's cluster
+    and an API token; returns the pool ids and the token."""
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+    import django_rq
+
+    from apps.api.tokens import create_token
+    from apps.inventory.models import Folder, VCenter
+    from apps.inventory.services import sync_inventory
+    from apps.pools.models import Pool
+    from apps.pools.templates import register_template
+
+    django_rq.get_connection("default").flushdb()
+    vc = VCenter.objects.create(name="bench", host=sim.address, username=sim.username, password=sim.password,
+                                insecure=True)
+    assert sync_inventory(vc).ok, "the simulator's inventory could not be synced"
+    template = register_template(vcenter=vc, name="ubuntu", inventory_path="DC0/vm/Templates/ubuntu-24.04",
+                                 prepare_now=True)
+    folder = Folder.objects.get(vcenter=vc, path="DC0/vm/vmportal")
+    cluster = template.copies.get().cluster
+    ids = [Pool.objects.create(name=f"small-{i}", template=template, cluster=cluster, folder=folder, size=size).pk
+           for i in range(pools)]
+    token = create_token(user=User.objects.create_user("bench"), name="bench")[1]
+    connection.close()
+    return ids, token
+
+
+GROUPS: dict[str, subprocess.Popen] = {}
+
+
+def start(name: str, argv: list[str]) -> None:
+    """A process in a process group of its own (counted and stopped whole), logging to LOG_DIR."""
+    with open(LOG_DIR / f"{name}.log", "ab") as log:
+        GROUPS[name] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+
+def stop_all() -> None:
+    for proc in GROUPS.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in GROUPS.values():
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str, token: str = "") -> int:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"X-AUTH-TOKEN": token} if token else {})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def wait_for_web(port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if GROUPS["web"].poll() is not None:
+            sys.exit(f"gunicorn exited; see {LOG_DIR}/web.log")
+        try:
+            if get(port, "/healthz") == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit("gunicorn did not answer /healthz within 60 s")
+
+
+def wait_until_full(pool_ids: list[int], size: int, timeout: float = 300) -> float:
+    from django.db import connection
+
+    from apps.jobs.models import Job
+    from apps.pools.models import VM, VMState
+
+    start_at = time.monotonic()
+    want = len(pool_ids) * size
+    while time.monotonic() - start_at < timeout:
+        ready = VM.objects.filter(pool_id__in=pool_ids, state=VMState.READY).count()
+        busy = Job.objects.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).exists()
+        connection.close()
+        if ready >= want and not busy:
+            return time.monotonic() - start_at
+        for name, proc in GROUPS.items():
+            if proc.poll() is not None:
+                sys.exit(f"{name} exited with {proc.returncode}; see {LOG_DIR}/{name}.log")
+        time.sleep(0.5)
+    sys.exit(f"the pools did not fill within {timeout:.0f} s")
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:  # field 5 of stat: the process group
+            pids.append(int(entry.name))
+    return pids
+
+
+def kib(path: Path, key: str) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise KeyError(f"{key} not in {path}")
+
+
+def measure() -> dict[str, tuple[int, float, float]]:
+    """Per group: processes, RSS MB, PSS MB."""
+    out = {}
+    for name, proc in GROUPS.items():
+        pids = group_pids(proc.pid)
+        rss = sum(kib(Path(f"/proc/{pid}/status"), "VmRSS") for pid in pids)
+        pss = sum(kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss") for pid in pids)
+        out[name] = (len(pids), rss / 1024, pss / 1024)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pools", type=int, default=10)
+    parser.add_argument("--size", type=int, default=2, help="VMs per pool")
+    parser.add_argument("--idle", type=float, default=20, help="seconds idle before measuring")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (README: 4)")
+    parser.add_argument("--preload", action="store_true", help="gunicorn --preload")
+    parser.add_argument("--shared-worker", action="store_true",
+                        help="one rqworker for default, purge and deploy (README step 3) instead of one each")
+    args = parser.parse_args()
+
+    from tests import vcsim as launcher
+
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    fresh_database()
+    sim = launcher.start("-guest-ip", "10.40.0.0/16")
+    try:
+        pool_ids, token = setup(sim, pools=args.pools, size=args.size)
+        port = free_port()
+        python = sys.executable
+        start("web", [str(Path(python).parent / "gunicorn"), "vmportal.wsgi", "--bind", f"{HOST}:{port}",
+                      "--workers", str(args.workers), "--worker-class", "gthread", "--threads", "4",
+                      "--keep-alive", "5", "--timeout", "60", "--log-level", "warning",
+                      *(["--preload"] if args.preload else [])])
+        workers = [("clone",), ("default", "purge", "deploy")] if args.shared_worker else [(q,) for q in QUEUES]
+        for queues in workers:
+            start(f"rqworker {' '.join(queues)}",
+                  [python, "manage.py", "rqworker", *queues, "--worker-class", "rq.SimpleWorker"])
+        start("poolmanager", [python, "manage.py", "poolmanager"])
+        start("watcher", [python, "manage.py", "watch_inventory"])
+        wait_for_web(port)
+        filled = wait_until_full(pool_ids, args.size)
+        # Every web worker serves pages and API calls once or more, as a running site's have.
+        paths = ["/healthz", "/accounts/login/", "/api/v3/status", "/api/v3/summary", "/api/v3/vm",
+                 "/api/v3/poolstat", "/metrics"]
+        statuses = [get(port, path, token) for _ in range(4 * args.workers) for path in paths]
+        assert all(s < 500 for s in statuses), f"the web answered {sorted(set(statuses))}"
+        time.sleep(args.idle)
+        groups = measure()
+    finally:
+        stop_all()
+        sim.stop()
+
+    print(f"idle with {args.pools} pools of {args.size} full (after {filled:.1f} s more), {args.idle:.0f} s idle; "
+          f"gunicorn {args.workers}x4 gthread{' --preload' if args.preload else ''}, "
+          f"{'2 rqworkers (clone; default purge deploy)' if args.shared_worker else '4 rqworkers, one per queue'}")
+    print(f"{'process group':32s} {'procs':>5s} {'RSS MB':>8s} {'PSS MB':>8s}")
+    total_rss = total_pss = 0.0
+    for name, (procs, rss, pss) in groups.items():
+        print(f"{name:32s} {procs:5d} {rss:8.1f} {pss:8.1f}")
+        if name != "watcher":
+            total_rss, total_pss = total_rss + rss, total_pss + pss
+    verdict = "met" if total_pss <= VMPOOLER_MB else "not met"
+    print(f"{'web + workers + pool manager':32s} {'':5s} {total_rss:8.1f} {total_pss:8.1f}   "
+          f"vmpooler {VMPOOLER_MB} MB: {verdict} (PSS)")
+    print("the inventory watcher (above) is counted apart: vmpooler has no inventory mirror")
+
+
+if __name__ == "__main__":
+    main()
