@@ -21,8 +21,10 @@ It prints throughput, p50/p99, answers >= 500, other failures, VMs leased twice 
 in the database, must be 0), and the CPU time per checkout of each process group (from
 /proc): gunicorn, pool manager, clone worker, simulator, the bench database's PostgreSQL
 backends and the clients. Rates move with whatever else the machine runs (the load
-average is printed); CPU per checkout hardly does. ``--profile DIR`` records gunicorn's
-workers with py-spy during the 16-client run (``pip install py-spy``; root). Everything
+average is printed); CPU per checkout much less, though with the 2 cores oversubscribed
+(load average 8-13) it too rose by up to half: compare runs of about the same load, or
+alternate before and after. ``--profile DIR`` records gunicorn's
+workers with py-spy during the 16-client run (a dev dependency; needs root). Everything
 it starts it stops.
 """
 
