@@ -9,6 +9,7 @@ it was found on and axe's reasons.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -33,7 +34,7 @@ def site(transactional_db, redis_conn, admin_user, engineer):
     from apps.api.tokens import create_token
     from apps.audit.models import AuditEvent
     from apps.firstboot.access import add_ssh_key
-    from apps.firstboot.models import AddressRange
+    from apps.firstboot.models import AddressRange, KeyDelivery, VMSecret
     from apps.inventory.models import Datastore, HostLoadSample
     from apps.leases import ondemand
     from apps.leases import services as leases
@@ -62,6 +63,9 @@ def site(transactional_db, redis_conn, admin_user, engineer):
                           status=VMTask.Status.DONE, finished_at=now)
     VMTask.objects.create(lease=lease, kind=VMTask.Kind.DISK, disk_gb=8, status=VMTask.Status.FAILED,
                           error="datastore full")
+    VMSecret.objects.create(vm=lease.vm, username="debian", password="correct-horse-battery")
+    KeyDelivery.objects.update_or_create(lease=lease, defaults={"state": KeyDelivery.State.FAILED,
+                                                                "detail": "VMware Tools are not running"})
     [admin_lease] = leases.checkout(user=admin_user, pools=[pool])
     add_ssh_key(user=engineer, name="laptop", public_key=PUBLIC_KEY)
     create_token(user=engineer, name="ci")
@@ -149,6 +153,16 @@ def test_every_page_has_no_serious_or_critical_accessibility_violation(live_serv
         page.locator("dialog#confirm-dialog").wait_for()
         _check(page, axe, "bob-engineer lease page, reset dialog open", found)
         page.screenshot(path=str(ARTIFACTS / "a11y-confirm-dialog.png"))
+        page.locator("dialog#confirm-dialog").get_by_role("button", name="Cancel").click()
+
+        # The first-boot password, revealed in place (htmx) and on its own page (without script).
+        page.get_by_role("button", name="Reveal").click()
+        page.locator("#vm-password-value").wait_for()
+        _check(page, axe, "bob-engineer lease page, password revealed", found)
+        page.reload()
+        page.locator("#vm-password form").evaluate("form => form.submit()")  # no submit event: htmx stays out
+        page.wait_for_url(re.compile(r"/password$"))
+        _check(page, axe, "bob-engineer password page", found)
     # Every violation, moderate and minor too, for people to read; only serious and critical fail.
     (ARTIFACTS / "a11y-violations.txt").write_text("\n".join(found["blocking"] + found["other"]) + "\n")
     assert not found["blocking"], "axe-core found serious or critical violations:\n" + "\n".join(found["blocking"])
