@@ -11,6 +11,9 @@ class TemplateCopyInline(admin.TabularInline):
     extra = 0
     readonly_fields = ["cluster", "moid", "snapshot_moid", "status", "status_reason", "progress"]
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("cluster")  # read-only: one query per copy otherwise
+
 
 @admin.register(models.Template)
 class TemplateAdmin(admin.ModelAdmin):
