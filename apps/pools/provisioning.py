@@ -166,7 +166,7 @@ def clone_batch(pool: Pool, batch: list[VM], endpoint: Endpoint, starters: Execu
             guest_setup.guest().upload_seeds(conn, boot.values())
             # Names are unique by the database constraint on live VMs: no FindChild needed.
             results = ops.clone_many(
-                conn, specs, check_names=False, executor=starters,
+                conn, specs, check_names=False, executor=starters, with_paths=False,
                 on_progress=(lambda i, percent: on_progress(batch[i], percent)) if on_progress else None,
             )
             guest_setup.guest().discard_seeds(conn, [vm for vm, r in zip(batch, results, strict=True)

@@ -208,6 +208,20 @@ def test_clone_many_keeps_all_tasks_in_flight_and_waits_with_one_read(conn, fold
     made = [r for r in results if isinstance(r, CloneResult)]
     assert [r.name for r in made] == [f"burst-{i}" for i in range(8)]
     assert all(r.power_state == "poweredOn" for r in made)
+    assert all(r.path == f"{folder.path}/{r.name}" for r in made)
+
+
+def test_clone_many_without_paths_skips_the_folder_read(conn, folder, base, inv):
+    specs = [clone_spec(base, folder, inv, name=f"nopath-{i}", power_on=True) for i in range(3)]
+    with_paths = conn.calls.copy()
+    ops.clone_many(conn, specs[:1], timeout=60)
+    with_paths = conn.calls - with_paths
+    before = conn.calls.copy()
+    results = ops.clone_many(conn, specs[1:], timeout=60, with_paths=False)
+    used = conn.calls - before
+    assert [(r.name, r.path, r.power_state) for r in results] == [
+        ("nopath-1", "", "poweredOn"), ("nopath-2", "", "poweredOn")]
+    assert used["RetrievePropertiesEx"] == with_paths["RetrievePropertiesEx"] - 1  # no parent walk
 
 
 def test_wait_until_usable_times_out_naming_what_is_missing(conn, folder, base, inv):
