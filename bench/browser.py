@@ -12,10 +12,11 @@ clone; the pool manager refills behind them, as it would.
 
 Debian's Chromium (Playwright, headless) signs in as the engineer, then for each click
 loads the home page (not timed), clicks the debian-12 row's "Check out" and waits for the
-lease page's load event. It prints p50/p95/max of that wall-clock time beside the 150 ms
-target, and of the browser's own navigation timing (form submission, redirect, lease page
-loaded; without Playwright's round trips), split into the POST, the GET and the page's own
-work. Everything it starts it stops.
+lease page's load event. It prints p50/p95/max beside the 150 ms target of the time from
+the click event to the lease page's load event, by the browser's own clock (what a person
+waits), then the same as the bench sees it (plus Playwright's round trips and checks) and
+the navigation's parts: the checkout POST and its redirect, the lease page's first byte, the
+rest of its body, the page's own work. Everything it starts it stops.
 """
 
 from __future__ import annotations
@@ -134,10 +135,13 @@ def wait_until_ready(page, base: str, wanted: int, timeout_s: float = 300) -> No
 
 
 def click_to_lease_page(page, base: str) -> tuple[float, dict[str, float]]:
-    """One checkout from the home page: wall-clock ms and the browser's navigation-timing ms."""
+    """One checkout from the home page: the bench's wall-clock ms and the browser's own timings."""
     page.goto(f"{base}/")
     button = page.locator("#pool-rows tr", has_text=POOL).get_by_role("button", name="Check out")
     button.wait_for()
+    # The click's own time, by the page's clock, for the lease page to read after the redirect.
+    page.evaluate("""document.addEventListener('click', (e) => sessionStorage.setItem('clickAt',
+        String(performance.timeOrigin + e.timeStamp)), {capture: true, once: true})""")
     start = time.perf_counter()
     button.click()
     try:
@@ -146,12 +150,14 @@ def click_to_lease_page(page, base: str) -> tuple[float, dict[str, float]]:
         said = " / ".join(page.locator(".msg, h1, main p").all_inner_texts())
         sys.exit(f"the click did not reach a lease page: at {page.url}, the page says {said!r}")
     wall = (time.perf_counter() - start) * 1000
-    # From the form's submission (the redirect is same-origin, so it counts) to the load event,
-    # and its parts: the POST answered with its redirect, the lease page's GET, the page's own work.
-    nav = page.evaluate("""(() => { const n = performance.getEntriesByType('navigation')[0];
-        return {total: n.loadEventEnd, post: n.redirectEnd - n.redirectStart,
-                get: n.responseEnd - n.fetchStart, page: n.loadEventEnd - n.responseEnd}; })()""")
-    return wall, nav
+    # The navigation's parts (the redirect is same-origin, so the POST is in it): its start, the POST
+    # answered with its redirect, the lease page's first byte, the rest of its body, the page's own work.
+    timings = page.evaluate("""(() => { const n = performance.getEntriesByType('navigation')[0];
+        const clickAt = Number(sessionStorage.getItem('clickAt'));
+        return {click: performance.timeOrigin + n.loadEventEnd - clickAt, leave: performance.timeOrigin - clickAt,
+                post: n.redirectEnd - n.redirectStart, first_byte: n.responseStart - n.fetchStart,
+                body: n.responseEnd - n.responseStart, page: n.loadEventEnd - n.responseEnd}; })()""")
+    return wall, timings
 
 
 def p95(values: list[float]) -> float:
@@ -210,14 +216,16 @@ def main() -> None:
 
     print(f"{args.clicks} clicks after {args.warmup} warm-up; {os.cpu_count()} cores; load average "
           f"{load_at_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
-    print(f"click to lease page loaded (wall clock): {percentiles(walls)}")
-    print(f"submit to load event (navigation timing): {percentiles([n['total'] for n in navs])}")
-    for part, what in (("post", "POST /pools/<pool>/checkout and its redirect"), ("get", "GET of the lease page"),
-                       ("page", "lease page's parsing, CSS and scripts")):
+    clicks = [n["click"] for n in navs]
+    print(f"click to lease page loaded, by the browser's clock: {percentiles(clicks)}")
+    print(f"  as the bench sees it (Playwright's click and wait for the load): {percentiles(walls)}")
+    for part, what in (("leave", "click to the navigation's start"),
+                       ("post", "POST /pools/<pool>/checkout, answered with its redirect"),
+                       ("first_byte", "lease page GET, to its first byte"), ("body", "the rest of its body"),
+                       ("page", "the page's parsing, CSS and scripts, to its load event")):
         print(f"  {what}: {percentiles([n[part] for n in navs])}")
-    met = p95(walls) <= TARGET_P95_MS
+    met = p95(clicks) <= TARGET_P95_MS
     print(f"target p95 <= {TARGET_P95_MS:.0f} ms: {'met' if met else 'NOT met'}")
-
 
 if __name__ == "__main__":
     main()
