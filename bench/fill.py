@@ -1,6 +1,6 @@
 """Fill a pool of 200 linked clones from empty, next to a raw pyVmomi clone loop.
 
-    .venv/bin/python bench/fill.py [--size 200] [--limit 10] [--profile FILE]
+    .venv/bin/python bench/fill.py [--size 200] [--limit 10] [--runs N] [--spy FILE | --profile FILE]
 
 Both run against the same simulator in the same run, at the same concurrency (the task
 limit). The app's time covers everything a real fill does: reconcile, the RQ job in a real
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -125,6 +126,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def another_pool(pool, *, name: str):
+    from apps.pools.models import Pool
+
+    return Pool.objects.create(name=name, template=pool.template, cluster=pool.cluster, folder=pool.folder,
+                               size=pool.size)
+
+
 def app_fill(pool, *, width: int, spy: str | None = None) -> tuple[float, int, float]:
     """The fill by a real worker process: seconds, VMs ready, the worker's CPU seconds.
     ``spy``: py-spy records the worker's GIL-holding stacks during the fill into that file."""
@@ -214,6 +222,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--limit", type=int, default=10, help="clone tasks in flight (both sides)")
     parser.add_argument("--profile", metavar="FILE", help="run the fill here under cProfile; no raw loop")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="raw loop then fill, this many times (a new pool each), and the median ratio")
     parser.add_argument("--spy", metavar="FILE", help="py-spy the worker's GIL-holding stacks (raw format) into FILE")
     args = parser.parse_args()
 
@@ -228,13 +238,20 @@ def main() -> None:
         if args.profile:
             profiled_fill(pool, width=args.limit, out=args.profile)
             return
-        raw = raw_loop(sim, count=args.size, width=args.limit, cluster=pool.cluster.name)
-        app, ready, cpu = app_fill(pool, width=args.limit, spy=args.spy)
+        results = []
+        for run in range(args.runs):
+            if run:  # a new empty pool beside the full one: the same simulator, the same template
+                pool = another_pool(pool, name=f"bench-{run}")
+            raw = raw_loop(sim, count=args.size, width=args.limit, cluster=pool.cluster.name)
+            app, ready, cpu = app_fill(pool, width=args.limit, spy=args.spy)
+            results.append(app / raw)
+            print(f"fill {args.size} linked clones (task limit {args.limit}): app {app:.2f} s ({ready} ready, "
+                  f"worker CPU {cpu:.2f} s), raw pyVmomi loop {raw:.2f} s, ratio {app / raw:.2f}x, "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         sim.stop()
-    print(f"fill {args.size} linked clones (task limit {args.limit}): app {app:.2f} s ({ready} ready, "
-          f"worker CPU {cpu:.2f} s), raw pyVmomi loop {raw:.2f} s, ratio {app / raw:.2f}x")
-
+    if args.runs > 1:
+        print(f"median ratio of {args.runs} runs: {statistics.median(results):.2f}x")
 
 if __name__ == "__main__":
     main()
