@@ -18,6 +18,8 @@ from apps.api.models import ApiToken
 from apps.audit import services as audit
 from apps.core.errors import NotFound, VmPortalError
 from apps.core.permissions import is_admin
+from apps.core.rows import load as load_row
+from apps.core.rows import width
 
 # last_used_at is written at most this often per token, so busy CI does not turn every
 # request into a row update.
@@ -56,20 +58,17 @@ def _user_model() -> type[User]:
 
 
 @cache
-def _lookup() -> tuple[str, list[str], list[str]]:
+def _lookup() -> str:
     """The token and its user in one indexed query (token_hash is unique), as SQL: the ORM's
     select_related form cost more in Python than the query did in PostgreSQL."""
     user_model = _user_model()
-    token_fields = [f.attname for f in ApiToken._meta.concrete_fields]
-    user_fields = [f.attname for f in user_model._meta.concrete_fields]
     t, u = ApiToken._meta.db_table, user_model._meta.db_table
-    columns = ", ".join([*(f"t.{f.column}" for f in ApiToken._meta.concrete_fields),
+    selected = ", ".join([*(f"t.{f.column}" for f in ApiToken._meta.concrete_fields),
                          *(f"u.{f.column}" for f in user_model._meta.concrete_fields)])
     # Only table and column names from the models are formatted in; values are parameters.
-    sql = f"""SELECT {columns} FROM {t} t JOIN {u} u ON u.id = t.user_id
+    return f"""SELECT {selected} FROM {t} t JOIN {u} u ON u.id = t.user_id
         WHERE t.token_hash = %s AND NOT t.revoked AND (t.expires_at IS NULL OR t.expires_at > %s)
           AND u.is_active"""  # noqa: S608
-    return sql, token_fields, user_fields
 
 
 def authenticate(raw: str) -> ApiToken | None:
@@ -85,17 +84,16 @@ def authenticate_along(raw: str, along: tuple[str, list] | None = None) -> tuple
     token is good; the caller answers 401 before it uses them."""
     if not raw or len(raw) > 256:
         return None, []
-    sql, token_fields, user_fields = _lookup()
     now = timezone.now()
-    row, rows = _first_query(sql, [hash_token(raw), now], along)
-    return _token_from(row, token_fields, user_fields, now), rows
+    row, rows = _first_query(_lookup(), [hash_token(raw), now], along)
+    return _token_from(row, now), rows
 
 
-def _token_from(row: tuple | None, token_fields: list[str], user_fields: list[str], now: datetime) -> ApiToken | None:
+def _token_from(row: tuple | None, now: datetime) -> ApiToken | None:
     if row is None:
         return None
-    token = ApiToken.from_db(connection.alias, token_fields, row[: len(token_fields)])
-    token.user = _user_model().from_db(connection.alias, user_fields, row[len(token_fields):])
+    token = load_row(ApiToken, row)
+    token.user = load_row(_user_model(), row[width(ApiToken):])
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now

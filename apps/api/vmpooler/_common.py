@@ -15,6 +15,8 @@ from django.http import HttpRequest
 
 from apps.api.http import ApiError, strict_int
 from apps.core.permissions import is_admin
+from apps.core.rows import load as load_row
+from apps.core.rows import width
 from apps.leases.models import Lease
 from apps.pools.models import VM, Pool, VMState
 from apps.pools.selectors import NoSuchPool
@@ -40,22 +42,19 @@ def _short(hostname: str) -> str:
 
 
 @cache
-def _pool_columns() -> tuple[str, list[str], list[str]]:
+def _pool_columns() -> str:
     template_model = Pool._meta.get_field("template").related_model
-    pool_fields = [f.attname for f in Pool._meta.concrete_fields]
-    template_fields = [f.attname for f in template_model._meta.concrete_fields]
     columns = ", ".join([*(f"p.{f.column}" for f in Pool._meta.concrete_fields),
                          *(f"t.{f.column}" for f in template_model._meta.concrete_fields)])
     # Only table and column names from the models are formatted in; names are parameters.
     tables = f"{Pool._meta.db_table} p JOIN {template_model._meta.db_table} t ON t.id = p.template_id"
-    sql = f"SELECT {columns} FROM {tables}"  # noqa: S608
-    return sql, pool_fields, template_fields
+    return f"SELECT {columns} FROM {tables}"  # noqa: S608
 
 
 def pools_query(names: set[str]) -> tuple[str, list[str]]:
     """The query of _pools_named, for a caller that sends it along with another (checkout
     sends it with the token lookup)."""
-    sql, _, _ = _pool_columns()
+    sql = _pool_columns()
     names_list = sorted(names)
     return f"{sql} WHERE p.name IN ({', '.join(['%s'] * len(names_list))})", names_list
 
@@ -64,7 +63,6 @@ def _pools_named(names: set[str], rows: list[tuple] | None = None) -> list[Pool]
     """The pools of these names with their templates, in one query written as SQL: the ORM's
     select_related form cost more in Python than the query did in PostgreSQL (checkout's hot
     path). ``rows``: that query's rows, when the caller already read them (pools_query)."""
-    _, pool_fields, template_fields = _pool_columns()
     template_model = Pool._meta.get_field("template").related_model
     if rows is None:
         with connection.cursor() as cursor:
@@ -72,8 +70,8 @@ def _pools_named(names: set[str], rows: list[tuple] | None = None) -> list[Pool]
             rows = cursor.fetchall()
     pools = []
     for row in rows:
-        pool = Pool.from_db(connection.alias, pool_fields, row[: len(pool_fields)])
-        pool.template = template_model.from_db(connection.alias, template_fields, row[len(pool_fields):])
+        pool = load_row(Pool, row)
+        pool.template = load_row(template_model, row[width(Pool):])
         pools.append(pool)
     return pools
 
