@@ -75,7 +75,8 @@ def test_yesterdays_burst_in_the_coming_hour_is_met_before_it_starts():
 
 
 @pytest.fixture
-def auto_pool(ready_pool):
+def auto_pool(ready_pool, redis_conn):
+    """redis_conn: an empty Redis, with no pool-empty checkouts of an earlier test's pool of the same id."""
     Pool.objects.filter(pk=ready_pool.pk).update(autosize=True, min_size=1, max_size=6)
     ready_pool.refresh_from_db()
     return ready_pool

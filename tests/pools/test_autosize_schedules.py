@@ -63,7 +63,8 @@ def test_after_its_window_the_pool_shrinks_as_any_quiet_pool_does():
 
 
 @pytest.fixture
-def auto_pool(ready_pool):
+def auto_pool(ready_pool, redis_conn):
+    """redis_conn: an empty Redis, with no pool-empty checkouts of an earlier test's pool of the same id."""
     pool_folder(ready_pool)  # the pool form requires one
     Pool.objects.filter(pk=ready_pool.pk).update(autosize=True, min_size=1, max_size=20)
     ready_pool.refresh_from_db()
