@@ -163,17 +163,19 @@ def _column_page(events: QuerySet[AuditEvent], field: str, desc: bool,
     return rows
 
 
-def iter_events(events: QuerySet[AuditEvent], *, chunk_size: int = 2000) -> Iterator[AuditEvent]:
+def iter_events(events: QuerySet[AuditEvent], *, chunk_size: int = 2000, first: int = 50) -> Iterator[AuditEvent]:
     """Every event of the set, newest first, in keyset chunks: the first row comes at once, and
     no server-side cursor (WITH HOLD outside a transaction: the whole result materialised
-    before the first row) or transaction stays open while a slow client downloads them all."""
-    after = ""
+    before the first row) or transaction stays open while a slow client downloads them all.
+    The chunks start at ``first`` rows and double up to ``chunk_size``: a first chunk of 2,000
+    model instances was most of the export's time to its first byte (issue 14)."""
+    after, size = "", min(first, chunk_size)
     while True:
-        page = audit_page(events, after=after, size=chunk_size)
+        page = audit_page(events, after=after, size=size)
         yield from page.events
         if not page.next_cursor:
             return
-        after = page.next_cursor
+        after, size = page.next_cursor, min(size * 2, chunk_size)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.audit import selectors
@@ -73,3 +74,14 @@ def test_export_chunks_cover_every_row_once_in_order_across_ties():
     rows = [e.pk for e in selectors.iter_events(selectors.filter_audit(), chunk_size=3)]
     assert rows == list(AuditEvent.objects.order_by("-at", "-id").values_list("pk", flat=True))
     assert len(rows) == 13
+
+
+def test_export_chunks_grow_from_a_small_first_one_and_still_cover_every_row_once():
+    now = timezone.now()
+    insert(now - timedelta(minutes=1), 9)
+    insert(now, 12)  # ties in `at` across the growing chunks (2, 4, 8, 8)
+    with CaptureQueriesContext(connection) as ctx:
+        rows = [e.pk for e in selectors.iter_events(selectors.filter_audit(), chunk_size=8, first=2)]
+    assert rows == list(AuditEvent.objects.order_by("-at", "-id").values_list("pk", flat=True))
+    limits = [int(q["sql"].rsplit("LIMIT ", 1)[1]) for q in ctx.captured_queries]
+    assert limits == [3, 5, 9, 9]  # each chunk asks for one row more, to know whether more follow
