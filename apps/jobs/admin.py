@@ -1,6 +1,9 @@
+from typing import Any
+
 from django.conf import settings
 from django.contrib import admin
 from django.db import connection
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.audit.admin_mixins import LargeTableAdmin
@@ -17,7 +20,7 @@ class KindFilter(admin.SimpleListFilter):
     title = "kind"
     parameter_name = "kind"
 
-    def lookups(self, request, model_admin):
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         with connection.cursor() as cursor:
             cursor.execute(
                 "WITH RECURSIVE kinds(kind) AS (SELECT min(kind) FROM jobs_job UNION ALL"
@@ -26,7 +29,7 @@ class KindFilter(admin.SimpleListFilter):
             )
             return [(kind, kind) for (kind,) in cursor.fetchall()]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(kind=self.value()) if self.value() else queryset
 
 
@@ -36,10 +39,10 @@ class QueueFilter(admin.SimpleListFilter):
     title = "queue"
     parameter_name = "queue"
 
-    def lookups(self, request, model_admin):
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [(name, name) for name in settings.RQ_QUEUES]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(queue=self.value()) if self.value() else queryset
 
 
