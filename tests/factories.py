@@ -53,3 +53,23 @@ def vm(pool: Pool, **kw) -> VM:
     n = next(_seq)
     defaults = {"name": f"{pool.name}-{n}", "vcenter_id": pool.template.vcenter_id, "template": pool.template}
     return VM.objects.create(pool=pool, **{**defaults, **kw})
+
+
+def host_with_load(cluster: Cluster) -> Host:
+    """A host with an hour of load samples (every 2 minutes) and a datastore beside it: what
+    the host load pages and charts draw."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.inventory.models import Datastore, HostLoadSample
+
+    esx = host(cluster, name="esx-01.lab.example", cpu_usage_mhz=4_000, memory_usage_mb=20_000)
+    now = timezone.now()
+    HostLoadSample.objects.bulk_create(
+        HostLoadSample(host=esx, at=now - timedelta(minutes=m), cpu_usage_mhz=2_000 + 150 * (m % 40),
+                       memory_usage_mb=20_000 + 300 * (m % 25)) for m in range(0, 60, 2))
+    dc = cluster.datacenter
+    Datastore.objects.create(vcenter=dc.vcenter, datacenter=dc, moid="ds-1", name="ssd-01",
+                             capacity_bytes=1000 * 2**30, free_bytes=180 * 2**30)
+    return esx

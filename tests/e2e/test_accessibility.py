@@ -10,7 +10,6 @@ it was found on and axe's reasons.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 
 import pytest
 
@@ -35,7 +34,6 @@ def site(transactional_db, redis_conn, admin_user, engineer):
     from apps.audit.models import AuditEvent
     from apps.firstboot.access import add_ssh_key
     from apps.firstboot.models import AddressRange, KeyDelivery, VMSecret
-    from apps.inventory.models import Datastore, HostLoadSample
     from apps.leases import ondemand
     from apps.leases import services as leases
     from apps.leases.models import VMTask
@@ -47,14 +45,8 @@ def site(transactional_db, redis_conn, admin_user, engineer):
     factories.vm(pool, state=VMState.BOOTING, name="debian-12-booting")
     empty = factories.pool(name="windows-2022", size=0, template=factories.template(pool.template.vcenter),
                            cluster=pool.cluster)
-    host = factories.host(pool.cluster, name="esx-01.lab.example", cpu_usage_mhz=4_000, memory_usage_mb=20_000)
+    factories.host_with_load(pool.cluster)
     now = timezone.now()
-    HostLoadSample.objects.bulk_create(
-        HostLoadSample(host=host, at=now - timedelta(minutes=m), cpu_usage_mhz=2_000 + 150 * (m % 40),
-                       memory_usage_mb=20_000 + 300 * (m % 25)) for m in range(0, 60, 2))
-    dc = pool.cluster.datacenter
-    Datastore.objects.create(vcenter=dc.vcenter, datacenter=dc, moid="ds-1", name="ssd-01",
-                             capacity_bytes=1000 * 2**30, free_bytes=180 * 2**30)
     ip_range = AddressRange.objects.create(name="lab-a", network="10.40.0.0/24", first="10.40.0.10",
                                            last="10.40.0.200", gateway="10.40.0.1", dns_servers="10.40.0.2")
 

@@ -72,20 +72,10 @@ def test_keyboard_focus_on_check_out_survives_two_polls_that_change_the_counts(l
 @pytest.fixture
 def site_data(pool, admin_user, engineer):
     """One of each thing the main pages show: hosts with load, a lease, an audit event."""
-    from django.utils import timezone
-
     from apps.audit.models import AuditEvent
-    from apps.inventory.models import Datastore, HostLoadSample
     from apps.leases import services as leases
 
-    host = factories.host(pool.cluster, name="esx-01.lab.example", cpu_usage_mhz=4_000, memory_usage_mb=20_000)
-    now = timezone.now()
-    HostLoadSample.objects.bulk_create(
-        HostLoadSample(host=host, at=now - timedelta(minutes=m), cpu_usage_mhz=2_000 + 150 * (m % 40),
-                       memory_usage_mb=20_000 + 300 * (m % 25)) for m in range(0, 60, 2))
-    dc = pool.cluster.datacenter
-    Datastore.objects.create(vcenter=dc.vcenter, datacenter=dc, moid="ds-1", name="ssd-01",
-                             capacity_bytes=1000 * 2**30, free_bytes=180 * 2**30)
+    factories.host_with_load(pool.cluster)
     [lease] = leases.checkout(user=admin_user, pools=[pool], note="a long note " * 8,
                               tags={"team": "qa", "ticket": "OPS-1234"})
     return {"pool": pool, "lease": lease, "event": AuditEvent.objects.order_by("-pk").first()}
