@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 
 from django.db.models import Count, Max, Q
 from django.utils import timezone
+from django.utils.html import format_html_join
+from django.utils.safestring import SafeString
 
 from apps.pools.models import VM, Pool, PoolSample, VMState
 
@@ -73,6 +75,13 @@ class Chart:
     empty: bool
     labels: dict[str, str]
 
+    def hover_rects(self) -> SafeString:
+        """The columns' hover targets as SVG, built here: 144 rects through the template
+        language cost more than the rest of the pool page's chart (issue 14)."""
+        top, height = self.plot[1], self.plot[3] - 8
+        return format_html_join("", '<rect class="hover" x="{}" y="{}" width="{}" height="{}"><title>{}</title></rect>',
+                                ((c.x, top, c.width, height, c.title) for c in self.columns))
+
 
 def _nice_max(value: int) -> int:
     for scale in (1, 10, 100, 1000):
@@ -109,12 +118,15 @@ def pool_history(pool: Pool, range_name: str = "24h", *, now: datetime | None = 
     stacks = [[0] * BUCKETS]
     for name in SERIES:
         stacks.append([stacks[-1][i] + (b[name] if b else 0) for i, b in enumerate(buckets)])
+    # Every x and every stack's y worked out once (not per point of every polygon): the
+    # page's chart was 6 ms of rounding (issue 14).
+    xs = [round(left + col_w * i, 1) for i in range(BUCKETS + 1)]
+    ys = [[y(v) for v in stack] for stack in stacks]
     areas = []
     for n, name in enumerate(SERIES):
-        upper = [f"{round(left + col_w * i, 1)},{y(stacks[n + 1][i])} {round(left + col_w * (i + 1), 1)},"
-                 f"{y(stacks[n + 1][i])}" for i in range(BUCKETS)]
-        lower = [f"{round(left + col_w * (i + 1), 1)},{y(stacks[n][i])} {round(left + col_w * i, 1)},"
-                 f"{y(stacks[n][i])}" for i in reversed(range(BUCKETS))]
+        up, down = ys[n + 1], ys[n]
+        upper = [f"{xs[i]},{up[i]} {xs[i + 1]},{up[i]}" for i in range(BUCKETS)]
+        lower = [f"{xs[i + 1]},{down[i]} {xs[i]},{down[i]}" for i in reversed(range(BUCKETS))]
         areas.append((name, " ".join(upper + lower)))
     local = timezone.localtime
     fmt = "%H:%M" if range_name == "24h" else "%a %d"
@@ -122,7 +134,7 @@ def pool_history(pool: Pool, range_name: str = "24h", *, now: datetime | None = 
     for i, b in enumerate(buckets):
         at = local(start + slice_ * i)
         what = ", ".join(f"{b[k]} {LABELS[k]}" for k in SERIES) if b else "no samples"
-        columns.append(Column(round(left + col_w * i, 1), round(col_w, 2), f"{at:%a %H:%M}: {what}"))
+        columns.append(Column(xs[i], round(col_w, 2), f"{at:%a %H:%M}: {what}"))
     x_ticks = []
     for k in range(5):
         at = start + span * k / 4

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, prefetch_related_objects
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -89,7 +89,11 @@ def pool_create(request: HttpRequest) -> HttpResponse:
 @admin_required
 @require_http_methods(["GET", "POST"])
 def pool_detail(request: HttpRequest, pool_id: int) -> HttpResponse:
-    pool = get_object_or_404(Pool.objects.select_related("template", "cluster"), pk=pool_id)
+    pool = get_object_or_404(Pool.objects.select_related("template", "cluster", "firstboot"), pk=pool_id)
+    if request.method == "GET" and htmx_partial(request):
+        # The page's poll swaps in #pool-live and #pool-vms only: the forms, the chart and the
+        # events around them are not rendered for it (issue 14: most of the page's time).
+        return render(request, "pools/partials/_pool_poll.html", _live_context(request, pool))
     form = PoolForm(request.POST or None, instance=pool, prefix="edit")
     schedules = schedule_formset(request.POST or None, pool)
     # Both checked, so every error shows at once; the schedules after the form, as their
@@ -116,8 +120,10 @@ def pool_detail(request: HttpRequest, pool_id: int) -> HttpResponse:
                   status=400 if failed else 200)
 
 
-def _pool_context(request: HttpRequest, pool: Pool, *, form=None, reconfigure_form=None, schedules=None) -> dict:
-    counts = services.pool_counts(pool)
+def _live_context(request: HttpRequest, pool: Pool, counts: services.PoolCounts | None = None) -> dict:
+    """What the polled parts of the pool page show (_pool_live.html and _pool_vms.html)."""
+    # One query for the schedules, shared by the list and the ones active now.
+    prefetch_related_objects([pool], "schedules")
     active = autosize.active_schedules(pool, timezone.now())
     live_vms, vm_listing = sort_and_search(
         request, pool.vms.filter(state__in=("ready", "leased")).select_related("lease__user", "cluster"),
@@ -126,11 +132,19 @@ def _pool_context(request: HttpRequest, pool: Pool, *, form=None, reconfigure_fo
         default="state", search=("name", "hostname", "ip_address", "cluster__name", "lease__user__username"))
     return {
         "pool": pool,
-        "counts": counts,
+        "counts": counts if counts is not None else services.pool_counts(pool),
         "template_copy": template_copy_state(pool),
         "autosize_change": autosize.last_change(pool) if pool.autosize else None,
         "schedule_entries": [(e, e in active) for e in pool.schedules.all()],
         "host_limits": placement_thresholds(),
+        "live_vms": live_vms[:50], "vm_listing": vm_listing,
+    }
+
+
+def _pool_context(request: HttpRequest, pool: Pool, *, form=None, reconfigure_form=None, schedules=None) -> dict:
+    counts = services.pool_counts(pool)
+    return {
+        **_live_context(request, pool, counts),
         "form": form or PoolForm(instance=pool, prefix="edit"),
         "schedules": schedules or schedule_formset(None, pool),
         "time_zone": settings.TIME_ZONE,
@@ -140,7 +154,6 @@ def _pool_context(request: HttpRequest, pool: Pool, *, form=None, reconfigure_fo
             new=services.PoolShape(size=0, template_id=pool.template_id, cluster_id=pool.cluster_id, enabled=False),
         ),
         "recent_events": AuditEvent.objects.filter(pool_id=pool.pk).order_by("-at", "-id")[:10],
-        "live_vms": live_vms[:50], "vm_listing": vm_listing,
     }
 
 
