@@ -78,7 +78,7 @@ def superuser(admin_user):
     return client
 
 
-@pytest.mark.parametrize("path", ["/manage/", "/manage/health/", "/admin/pools/vm/", "/admin/leases/lease/",
+@pytest.mark.parametrize("path", ["/manage/", "/manage/health/", "/manage/hosts/", "/admin/pools/vm/", "/admin/leases/lease/",
                                   "/admin/inventory/host/", "/admin/inventory/inventoryvm/",
                                   "/admin/inventory/hostloadsample/", "/admin/jobs/job/", "/admin/audit/auditevent/",
                                   "/admin/jobs/job/?kind=clone", "/admin/pools/vm/?q=pool"])
@@ -174,3 +174,12 @@ def test_pool_page_and_its_poll_issue_a_fixed_and_small_number_of_queries(admin_
     polled = superuser.get(path, HTTP_HX_REQUEST="true").content.decode()
     assert 'id="pool-live"' in polled and 'id="pool-vms"' in polled and "<form" not in polled
     assert polled.count("<tr id=\"vm-") == 46 and polled.count("ready") >= 1
+
+
+def test_host_load_page_and_its_poll_read_hosts_and_samples_in_one_query_each(admin_user, superuser):
+    """Hosts with their clusters' vCenters and VM counts in one query, the samples in another
+    (issue 14: a vCenter query per cluster before)."""
+    inventory(4)
+    page = queries(superuser, "/manage/hosts/")
+    poll = queries(superuser, "/manage/hosts/", HTTP_HX_REQUEST="true")
+    assert page <= 5 and poll <= 4, (page, poll)
