@@ -128,7 +128,11 @@ def pool_history(pool: Pool, range_name: str = "24h", *, now: datetime | None = 
         upper = [f"{xs[i]},{up[i]} {xs[i + 1]},{up[i]}" for i in range(BUCKETS)]
         lower = [f"{xs[i + 1]},{down[i]} {xs[i]},{down[i]}" for i in reversed(range(BUCKETS))]
         areas.append((name, " ".join(upper + lower)))
-    local = timezone.localtime
+    zone = timezone.get_current_timezone()  # looked up once, not for each of 144 columns
+
+    def local(at: datetime) -> datetime:
+        return at.astimezone(zone)
+
     fmt = "%H:%M" if range_name == "24h" else "%a %d"
     columns = []
     for i, b in enumerate(buckets):
