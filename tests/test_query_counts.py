@@ -78,8 +78,8 @@ def superuser(admin_user):
     return client
 
 
-@pytest.mark.parametrize("path", ["/manage/", "/manage/health/", "/manage/hosts/", "/admin/pools/vm/", "/admin/leases/lease/",
-                                  "/admin/inventory/host/", "/admin/inventory/inventoryvm/",
+@pytest.mark.parametrize("path", ["/manage/", "/manage/health/", "/manage/hosts/", "/admin/pools/vm/",
+                                  "/admin/leases/lease/", "/admin/inventory/host/", "/admin/inventory/inventoryvm/",
                                   "/admin/inventory/hostloadsample/", "/admin/jobs/job/", "/admin/audit/auditevent/",
                                   "/admin/jobs/job/?kind=clone", "/admin/pools/vm/?q=pool"])
 def test_admin_pages_issue_as_many_queries_for_30_pools_as_for_3(path, admin_user, superuser):
