@@ -97,3 +97,14 @@ def test_postgres_url_is_used(tmp_path):
     result = load_settings(tmp_path, DATABASE_URL="postgres://u@127.0.0.1:5432/x", DEBUG="yes", SECRET_KEY="k" * 50)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["django.db.backends.postgresql", "True"]
+
+
+def test_a_missing_database_says_what_to_fix_without_a_traceback_or_the_password(tmp_path):
+    env = {"PATH": os.environ["PATH"], "VMPORTAL_VAR_DIR": str(tmp_path), "SECRET_KEY": "k" * 50,
+           "DATABASE_URL": "postgres://postgres:pw-in-url@127.0.0.1:5432/vmportal_no_such_db"}
+    result = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert 'database "vmportal_no_such_db" does not exist' in result.stderr
+    assert "createdb -h 127.0.0.1 -U postgres vmportal_no_such_db" in result.stderr
+    assert "Traceback" not in result.stderr and "pw-in-url" not in result.stderr + result.stdout
