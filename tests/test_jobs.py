@@ -185,3 +185,23 @@ def test_lost_vm_tasks_and_key_deliveries_fail_with_a_reason(engineer):
     delivery.refresh_from_db()
     assert task.status == VMTask.Status.FAILED and "stopped before it finished" in task.error
     assert delivery.state == KeyDelivery.State.FAILED and "stopped before it finished" in delivery.detail
+
+
+@pytest.mark.parametrize("died", ["after taking it", "after marking it started"])
+def test_a_job_whose_worker_died_before_claiming_it_is_pushed_again(redis_conn, died):
+    """kill -9 between RQ's dequeue and run()'s claim: RQ keeps the job in the queue's
+    intermediate list (status queued) or as started, for a worker that is gone, and the row
+    stays queued. Seen in make demo: a pool whose fill job this was never refilled."""
+    job = runner.enqueue("test.echo", word="orphaned")
+    queue = django_rq.get_queue(job.queue)
+    doomed = SimpleWorker([queue], connection=queue.connection)
+    taken, _ = doomed.dequeue_job_and_maintain_ttl(timeout=1)  # to the intermediate list
+    if died == "after marking it started":
+        doomed.prepare_job_execution(taken, remove_from_intermediate_queue=True)
+    assert queue.get_job_position(taken.id) is None  # no worker will be handed it
+    assert runner.requeue_lost(older_than=timedelta(0)) == 1
+    assert runner.requeue_lost(older_than=timedelta(0)) == 0  # waiting in its queue again: once is enough
+    work_off()
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert AuditEvent.objects.filter(action="test.echo").count() == 1

@@ -30,6 +30,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
 from redis.exceptions import RedisError
+from rq.job import JobStatus
 
 from apps.audit.context import SYSTEM, Actor, acting_as
 from apps.core.errors import VmPortalError
@@ -252,14 +253,31 @@ def reap_lost(*, now: datetime | None = None) -> int:
     return reaped
 
 
+def _waiting(queue: Any, rq_job: Any) -> bool:
+    """Whether RQ will still hand this job to a worker: in its queue's list, or deferred or
+    scheduled. A job a worker took (RQ 2 moves it to the queue's intermediate list, then marks
+    it started) is not: if that worker died, RQ keeps it there for a worker that is gone."""
+    status = rq_job.get_status(refresh=False)
+    if status == JobStatus.QUEUED:
+        return queue.get_job_position(rq_job.id) is not None
+    return status in (JobStatus.DEFERRED, JobStatus.SCHEDULED)
+
+
 def requeue_lost(older_than: timedelta = timedelta(seconds=30)) -> int:
-    """Push again the queued Jobs that Redis lost (restart, outage at enqueue time)."""
+    """Push again the queued Jobs that no worker will run: Redis lost them (restart, outage
+    at enqueue time), or a worker took one from its queue and died (kill -9, OOM) in the
+    moment before run() claimed the row, and the row would wait for ever (seen in make demo:
+    a pool whose fill job this was never refilled). A live worker claims the row within
+    milliseconds of taking the job, so a row still queued ``older_than`` after it was made
+    whose RQ job is not waiting is lost; a second delivery is harmless, since run() claims
+    a row once."""
     pushed = 0
     cutoff = timezone.now() - older_than
     for job in Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=cutoff).order_by("pk")[:500]:
         queue = django_rq.get_queue(job.queue)
         try:
-            if queue.fetch_job(rq_job_id(job)) is not None:
+            rq_job = queue.fetch_job(rq_job_id(job))
+            if rq_job is not None and _waiting(queue, rq_job):
                 continue
         except RedisError:
             return pushed
