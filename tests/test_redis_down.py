@@ -18,6 +18,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.resolvers import RoutePattern
 
 from apps.api import tokens
+from apps.api.http import is_api_path
 from apps.audit.models import AuditEvent
 from apps.leases import services as leases
 from apps.pools.models import VMState
@@ -117,7 +118,7 @@ def sweep(users, urls: list[str]) -> dict[tuple[str, str], int]:
         for url in urls:
             response = client.get(url)
             answered[(user.username, url)] = response.status_code
-            if response.status_code == 503 and url.startswith("/api/"):
+            if response.status_code == 503 and is_api_path(url.split("?")[0]):
                 assert response["Content-Type"] == "application/json", url
                 assert "unavailable" in response.json()["error"].lower(), url
     return answered

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from apps.api.guard import client_ip
-from apps.api.http import error
+from apps.api.http import error, is_api_path
 
 
 def axes_client_ip(request: HttpRequest) -> str | None:
@@ -58,7 +58,7 @@ def lockout_message() -> str:
 def lockout_response(request: HttpRequest, original_response: HttpResponse | None = None,
                      credentials: dict | None = None) -> HttpResponse:
     retry_after = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
-    if request.path.startswith("/api/"):
+    if is_api_path(request.path):
         return error(lockout_message(), 429, headers={"Retry-After": retry_after})
     username = (credentials or {}).get("username") or ""
     form = AuthenticationForm(request, initial={"username": username})

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from redis.exceptions import RedisError
 
-from apps.api.http import error
+from apps.api.http import error, is_api_path
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = "30"
@@ -23,7 +23,7 @@ MESSAGE = "The job queue (Redis) is unavailable right now, so this could not be 
 
 
 def unavailable_response(request: HttpRequest) -> HttpResponse:
-    if request.path.startswith(("/api/", "/metrics")):
+    if is_api_path(request.path):
         return error(MESSAGE, 503, headers={"Retry-After": RETRY_AFTER})
     try:
         response = render(request, "error.html", {"message": MESSAGE}, status=503)

@@ -19,20 +19,9 @@ from django.views.decorators.cache import cache_control
 from django.views.decorators.csrf import requires_csrf_token
 from django.views.decorators.http import require_safe
 
-from apps.api.http import error
+from apps.api.http import error, is_api_path
 
 log = logging.getLogger(__name__)
-
-# Pages that live under /api/; everything else there is the API.
-_API_PAGES = ("/api/docs/", "/api/tokens/")
-
-
-def _is_api(request: HttpRequest) -> bool:
-    path = request.path
-    if path.startswith("/api/"):
-        return not path.startswith(_API_PAGES)
-    return path == "/metrics" or path.startswith("/dashboard/stats/")
-
 
 def _page(request: HttpRequest, template: str, status: int, context: dict | None = None) -> HttpResponse:
     try:
@@ -52,21 +41,21 @@ def _reason(exception: Exception | None) -> str:
 
 @requires_csrf_token
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_path(request.path):
         return error("Bad request.", 400)
     return _page(request, "400.html", 400)
 
 
 @requires_csrf_token
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_path(request.path):
         return error(_reason(exception) or "Permission denied.", 403)
     return _page(request, "403.html", 403, {"message": _reason(exception)})
 
 
 @requires_csrf_token
 def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_path(request.path):
         return error(_reason(exception) or "No such API endpoint.", 404)
     return _page(request, "404.html", 404, {"message": _reason(exception)})
 
@@ -74,7 +63,7 @@ def page_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 def server_error(request: HttpRequest) -> HttpResponse:
     # Nothing that could have failed (database, session, templates' context): 500.html is
     # self-contained and rendered with an empty context, as Django's own handler does.
-    if _is_api(request):
+    if is_api_path(request.path):
         return error("Internal error; it has been logged.", 500)
     return HttpResponse(loader.get_template("500.html").render(), status=500)
 
@@ -82,7 +71,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF_FAILURE_VIEW: the usual cause is a page left open across a sign-in, a sign-out or
     an expired session, so the page says what to do about it."""
-    if _is_api(request):
+    if is_api_path(request.path):
         return error(f"CSRF check failed: {reason} Send an API token instead of the session cookie.", 403)
     back = request.path if request.method == "GET" else request.headers.get("Referer", "")
     # Only a same-site address is offered as the page to reload.

@@ -1,4 +1,4 @@
-"""Body size and rate limits for every /api/ and /metrics request, before any view runs.
+"""Body size and rate limits for every API request (apps.api.http.is_api_path), before any view runs.
 
 Limits are fixed one-minute windows in Redis, shared by every web process: one counter
 per client IP and one per presented token (keyed by its hash, so a flood of made-up
@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse
 from redis.exceptions import RedisError
 
 from apps.api.auth import presented_token
-from apps.api.http import error
+from apps.api.http import error, is_api_path
 from apps.api.tokens import hash_token
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class ApiGuardMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest):
-        if not request.path.startswith(("/api/", "/metrics")) or request.path.startswith("/api/tokens"):
+        if not is_api_path(request.path):
             return self.get_response(request)
         return refusal(request) or self.get_response(request)
 

@@ -33,6 +33,21 @@ def error(message: str, status: int, headers: dict | None = None, **extra: Any) 
     return response
 
 
+# Pages a person opens in a browser that live under /api/; everything else there is the API.
+_API_PAGES = ("/api/docs/", "/api/tokens/")
+
+
+def is_api_path(path: str) -> bool:
+    """Whether a request to ``path`` is from a program: answered in JSON, never a page.
+
+    The API under /api/ (but not its pages: the docs and the token list), the Prometheus
+    /metrics and vmpooler's /dashboard/stats/ routes. Error pages, the Redis-down answer, the
+    sign-in lockout and the rate limits all decide with this one test."""
+    if path.startswith("/api/"):
+        return not path.startswith(_API_PAGES)
+    return path == "/metrics" or path.startswith("/dashboard/stats/")
+
+
 def unauthorized(message: str = "Authentication required: send an X-AUTH-TOKEN header.",
                  scheme: str = 'Bearer realm="vmportal"') -> JsonResponse:
     return error(message, 401, headers={"WWW-Authenticate": scheme})

@@ -1,11 +1,13 @@
 """/api/: the vmpooler v3 routes (also under /api/v2), the native API, docs, tokens, metrics."""
 
 from django.contrib.auth.decorators import login_not_required
+from django.http import Http404
 from django.urls import URLPattern, URLResolver, include, path
+from django.views.decorators.csrf import csrf_exempt
 
 from apps.api import metrics, views, vmpooler
 from apps.api.decorators import api_view
-from apps.api.http import ApiError
+from apps.api.http import ApiError, is_api_path
 from apps.api.native import api
 
 
@@ -13,7 +15,16 @@ def _not_found(request, rest=""):
     raise ApiError("No such API endpoint.", 404)
 
 
-not_found = api_view(auth_by="handler")({m: _not_found for m in ("GET", "POST", "PUT", "PATCH", "DELETE")})
+_api_not_found = api_view(auth_by="handler")({m: _not_found for m in ("GET", "POST", "PUT", "PATCH", "DELETE")})
+
+
+@login_not_required  # the API answers 401 in JSON itself; a page path gets the plain 404 page
+@csrf_exempt  # as every API view: token-authenticated, no session
+def not_found(request, rest=""):
+    """Unknown URLs under /api/: JSON for the API, the site's own 404 page under its pages."""
+    if not is_api_path(request.path):
+        raise Http404(request.path)
+    return _api_not_found(request, rest)
 
 
 def _public_of_login_middleware(patterns):
