@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import threading
 import time
 from functools import cache
 
-import django_rq
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from redis.exceptions import RedisError
@@ -21,30 +19,11 @@ from redis.exceptions import RedisError
 from apps.api.auth import presented_token
 from apps.api.http import error, is_api_path
 from apps.api.tokens import hash_token
+from apps.core.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 WINDOW = 60
 KEY_PREFIX = "vmportal:ratelimit"
-
-
-def _redis():
-    # One client, and so one connection pool, per process (and Redis URL, which tests
-    # switch): django_rq builds a new client (a new TCP connection, and a package-metadata
-    # read for its client name) per call, which was a third of an API checkout's CPU.
-    url = settings.RQ_QUEUES["default"]["URL"]
-    client = _clients.get(url)
-    if client is None:
-        # Under a lock: a second client made by a racing thread would be garbage-collected,
-        # and a collected client closes the connections its pipelines are still using.
-        with _clients_lock:
-            client = _clients.get(url)
-            if client is None:
-                client = _clients[url] = django_rq.get_connection("default")
-    return client
-
-
-_clients: dict[str, object] = {}
-_clients_lock = threading.Lock()
 
 
 @cache
@@ -96,7 +75,7 @@ return counts
 
 @cache
 def _count_script():  # noqa: ANN202 (redis-py's Script, called with each URL's client)
-    return _redis().register_script(_COUNT)
+    return redis_client().register_script(_COUNT)
 
 
 def _over_limit(keys_and_limits: list[tuple[str, int]]) -> int | None:
@@ -105,7 +84,7 @@ def _over_limit(keys_and_limits: list[tuple[str, int]]) -> int | None:
     window = now - now % WINDOW
     try:
         counts = _count_script()(keys=[f"{KEY_PREFIX}:{key}:{window}" for key, _ in keys_and_limits],
-                                 args=[WINDOW * 2], client=_redis())
+                                 args=[WINDOW * 2], client=redis_client())
     except RedisError as exc:
         log.warning("Rate limiting skipped, Redis unavailable: %s", exc)
         return None

@@ -40,9 +40,7 @@ import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
 
-import django_rq
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.signals import request_started
@@ -50,12 +48,12 @@ from django.db import transaction
 from django.db.models import Avg, DurationField, ExpressionWrapper, F
 from django.forms.models import BaseModelFormSet
 from django.utils import timezone
-from redis import Redis
 from redis.exceptions import RedisError
 
 from apps.audit import services as audit
 from apps.audit.context import current_actor
 from apps.audit.models import AuditEvent
+from apps.core.redis_client import redis_client
 from apps.pools import nudge, reconfigure
 from apps.pools.models import VM, Pool, PoolSchedule
 
@@ -270,11 +268,6 @@ def answered_pool_empty() -> bool:
     return _answered_empty.get()
 
 
-@cache
-def _redis() -> Redis:
-    return django_rq.get_connection("default")
-
-
 def record_empty(pool_id: int, lacking: int) -> None:
     """Note that someone lacked ``lacking`` VMs of the pool (PoolEmpty). One Redis round trip;
     with Redis down the miss is not counted and the checkout answers as before."""
@@ -285,7 +278,7 @@ def record_empty(pool_id: int, lacking: int) -> None:
     who = current_actor().user_id or f"-{uuid.uuid4().hex[:12]}"
     key = f"{EMPTY_KEY}{pool_id}"
     try:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = redis_client().pipeline(transaction=False)
         pipe.zadd(key, {f"{int(at // 60)}:{who}:{max(1, lacking)}": at})
         pipe.zremrangebyscore(key, "-inf", at - settings.VMPORTAL_AUTOSIZE_WINDOW)
         pipe.expire(key, settings.VMPORTAL_AUTOSIZE_WINDOW)
@@ -304,7 +297,7 @@ def empty_demand(pool_id: int, *, since: datetime, now: datetime) -> int:
 
     try:
         misses = [m.decode() if isinstance(m, bytes) else str(m) for m in
-                  _redis().zrangebyscore(f"{EMPTY_KEY}{pool_id}", f"({since.timestamp()}", now.timestamp())]
+                  redis_client().zrangebyscore(f"{EMPTY_KEY}{pool_id}", f"({since.timestamp()}", now.timestamp())]
     except RedisError as exc:
         log.info("Empty-pool checkouts of pool %s unknown (%s); on-demand requests still count.", pool_id, exc)
         misses = []

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from functools import cache
 
-import django_rq
 from django.db import transaction
-from redis import Redis
 from redis.exceptions import RedisError
+
+from apps.core.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 KEY = "vmportal:reconcile"
@@ -39,21 +39,15 @@ return 0
 
 
 @cache
-def _client() -> Redis:
-    # One client (and its connection pool) per process: a new connection per checkout
-    # cost more than the checkout's own queries.
-    return django_rq.get_connection("default")
-
-
-@cache
-def _script():  # noqa: ANN202 (redis-py's Script)
-    return _client().register_script(_NUDGE)
+def _script():  # noqa: ANN202 (redis-py's Script, called with the current client)
+    return redis_client().register_script(_NUDGE)
 
 
 def nudge(pool_id: int) -> None:
     def push() -> None:
         try:
-            _script()(keys=[f"{WINDOW_KEY}{pool_id}", f"{DIRTY_KEY}{pool_id}", KEY], args=[pool_id, COALESCE_MS])
+            _script()(keys=[f"{WINDOW_KEY}{pool_id}", f"{DIRTY_KEY}{pool_id}", KEY], args=[pool_id, COALESCE_MS],
+                      client=redis_client())
         except RedisError as exc:
             log.info("Reconcile nudge for pool %s dropped (%s); the next cycle will do.", pool_id, exc)
 
@@ -63,12 +57,12 @@ def nudge(pool_id: int) -> None:
 def trailing(pool_id: int) -> bool:
     """Whether a nudge for the pool was coalesced into a window now over (and forget it):
     the manager then reconciles the pool once more."""
-    return bool(django_rq.get_connection("default").getdel(f"{DIRTY_KEY}{pool_id}"))
+    return bool(redis_client().getdel(f"{DIRTY_KEY}{pool_id}"))
 
 
 def wait(timeout: float) -> set[int]:
     """Pool ids nudged within ``timeout`` seconds (empty when none)."""
-    conn = django_rq.get_connection("default")
+    conn = redis_client()
     item = conn.blpop([KEY], timeout=max(0.01, timeout))
     if item is None:
         return set()
