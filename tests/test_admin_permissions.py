@@ -42,6 +42,8 @@ def test_engineer_gets_a_friendly_403_page(client, engineer, ready_pool, event, 
     response = client.get(_url(name, arg, ready_pool, event))
     assert response.status_code == 403
     assert b"for vmportal admins" in response.content
+    assert b"<h1>Admins only</h1>" in response.content  # the site's 403 page, with its way back
+    assert b'href="/"' in response.content
 
 
 @pytest.mark.parametrize(("name", "arg"), GET_ROUTES)

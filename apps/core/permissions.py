@@ -27,8 +27,9 @@ def admin_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
         if not is_admin(request.user):
             # A page, not a bare 403: engineers following an old link learn why.
             return render(
-                request, "error.html",
-                {"message": "This page is for vmportal admins. Ask an admin if you need a pool changed."},
+                request, "403.html",
+                {"heading": "Admins only",
+                 "message": "This page is for vmportal admins. Ask an admin if you need a pool changed."},
                 status=403,
             )
         return view(request, *args, **kwargs)
