@@ -13,13 +13,13 @@ messages are Go type names (``*types.InvalidPowerState``) and real vCenters loca
 
 from __future__ import annotations
 
+import functools
 import http.client
 import socket
 import ssl
 
-from pyVmomi import vim, vmodl
-
 from apps.core.errors import Conflict, NotFound, Unavailable, VmPortalError
+from apps.vsphere.vmomi import vim, vmodl
 
 
 class VSphereError(VmPortalError):
@@ -149,45 +149,48 @@ class TaskFailed(VSphereError):
     summary = "the vCenter task failed"
 
 
-# Most specific class first wins, because ``translate`` walks the fault's MRO.
-_FAULT_MAP: dict[type, type[VSphereError]] = {
-    vim.fault.InvalidLogin: AuthenticationFailed,
-    vim.fault.NotAuthenticated: SessionExpired,
-    vim.fault.NoPermission: PermissionDenied,
-    vmodl.fault.SecurityError: PermissionDenied,
-    vmodl.fault.ManagedObjectNotFound: ObjectNotFound,
-    vim.fault.NotFound: ObjectNotFound,
-    vim.fault.FileNotFound: ObjectNotFound,
-    vim.fault.DuplicateName: DuplicateName,
-    vim.fault.AlreadyExists: DuplicateName,
-    vim.fault.FileAlreadyExists: DuplicateName,
-    vim.fault.InvalidPowerState: InvalidPowerState,
-    vim.fault.TaskInProgress: TransientFault,
-    vim.fault.InvalidState: InvalidState,
-    vim.fault.InvalidHostState: InvalidState,
-    vim.fault.ResourceInUse: InvalidState,
-    vim.fault.NoDiskSpace: ResourceExhausted,
-    vim.fault.InsufficientResourcesFault: ResourceExhausted,
-    vim.fault.NoCompatibleHost: ResourceExhausted,
-    vim.fault.OutOfBounds: InvalidSpec,
-    vim.fault.InvalidName: InvalidSpec,
-    vim.fault.VmConfigFault: InvalidSpec,
-    vim.fault.CustomizationFault: InvalidSpec,
-    vim.fault.InvalidDatastore: InvalidSpec,
-    vim.fault.OvfFault: InvalidSpec,
-    vmodl.fault.InvalidArgument: InvalidSpec,
-    vmodl.fault.InvalidRequest: InvalidSpec,
-    vmodl.fault.NotSupported: InvalidSpec,
-    vmodl.fault.NotImplemented: InvalidSpec,
-    vmodl.fault.HostCommunication: TransientFault,
-    vmodl.fault.SystemError: TransientFault,
-    vmodl.fault.RequestCanceled: TransientFault,
-    vim.fault.ConcurrentAccess: TransientFault,
-    # Tools are not (yet) running in the guest: try again later.
-    vim.fault.GuestOperationsUnavailable: TransientFault,
-    vim.fault.Timedout: TransientFault,
-    vim.fault.HostConnectFault: Unreachable,
-}
+# Most specific class first wins, because ``translate`` walks the fault's MRO. Built on the
+# first translation, as it names pyVmomi's types (see apps.vsphere.vmomi).
+@functools.cache
+def _fault_map() -> dict[type, type[VSphereError]]:
+    return {
+        vim.fault.InvalidLogin: AuthenticationFailed,
+        vim.fault.NotAuthenticated: SessionExpired,
+        vim.fault.NoPermission: PermissionDenied,
+        vmodl.fault.SecurityError: PermissionDenied,
+        vmodl.fault.ManagedObjectNotFound: ObjectNotFound,
+        vim.fault.NotFound: ObjectNotFound,
+        vim.fault.FileNotFound: ObjectNotFound,
+        vim.fault.DuplicateName: DuplicateName,
+        vim.fault.AlreadyExists: DuplicateName,
+        vim.fault.FileAlreadyExists: DuplicateName,
+        vim.fault.InvalidPowerState: InvalidPowerState,
+        vim.fault.TaskInProgress: TransientFault,
+        vim.fault.InvalidState: InvalidState,
+        vim.fault.InvalidHostState: InvalidState,
+        vim.fault.ResourceInUse: InvalidState,
+        vim.fault.NoDiskSpace: ResourceExhausted,
+        vim.fault.InsufficientResourcesFault: ResourceExhausted,
+        vim.fault.NoCompatibleHost: ResourceExhausted,
+        vim.fault.OutOfBounds: InvalidSpec,
+        vim.fault.InvalidName: InvalidSpec,
+        vim.fault.VmConfigFault: InvalidSpec,
+        vim.fault.CustomizationFault: InvalidSpec,
+        vim.fault.InvalidDatastore: InvalidSpec,
+        vim.fault.OvfFault: InvalidSpec,
+        vmodl.fault.InvalidArgument: InvalidSpec,
+        vmodl.fault.InvalidRequest: InvalidSpec,
+        vmodl.fault.NotSupported: InvalidSpec,
+        vmodl.fault.NotImplemented: InvalidSpec,
+        vmodl.fault.HostCommunication: TransientFault,
+        vmodl.fault.SystemError: TransientFault,
+        vmodl.fault.RequestCanceled: TransientFault,
+        vim.fault.ConcurrentAccess: TransientFault,
+        # Tools are not (yet) running in the guest: try again later.
+        vim.fault.GuestOperationsUnavailable: TransientFault,
+        vim.fault.Timedout: TransientFault,
+        vim.fault.HostConnectFault: Unreachable,
+    }
 
 
 def fault_text(exc: BaseException) -> str:
@@ -229,7 +232,7 @@ def translate(exc: BaseException, *, operation: str, obj: str = "", task: bool =
 
     if isinstance(exc, vmodl.MethodFault):
         for cls in type(exc).__mro__:
-            mapped = _FAULT_MAP.get(cls)
+            mapped = _fault_map().get(cls)
             if mapped is not None:
                 return mapped(**kw)
         return (TaskFailed if task else VSphereError)(**kw)

@@ -14,11 +14,10 @@ import posixpath
 import urllib.parse
 from collections.abc import Sequence
 
-from pyVmomi import vim
-
 from apps.vsphere.errors import DuplicateName, ObjectNotFound, TransientFault, VSphereError, translate
 from apps.vsphere.session import Connection
 from apps.vsphere.tls import https_connection
+from apps.vsphere.vmomi import vim
 
 MAX_GUEST_FILE = 1024 * 1024
 

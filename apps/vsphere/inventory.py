@@ -18,15 +18,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pyVmomi import vim, vmodl
-
 from apps.vsphere.errors import ObjectNotFound
 from apps.vsphere.types import OWNER_KEY
+from apps.vsphere.vmomi import PropertyCollector as PC
+from apps.vsphere.vmomi import vim, vmodl
 
 if TYPE_CHECKING:
     from apps.vsphere.session import Connection
 
-PC = vmodl.query.PropertyCollector
 
 # vCenter may cap a page lower; we follow the token either way.
 PAGE_SIZE = 2000

@@ -28,9 +28,6 @@ from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 from xml.etree import ElementTree
 
-from pyVmomi import SoapStubAdapter, vim
-from pyVmomi.VmomiSupport import GetServiceVersions, versionIdMap
-
 from apps.vsphere.endpoint import Endpoint
 from apps.vsphere.errors import (
     OperationTimeout,
@@ -41,6 +38,7 @@ from apps.vsphere.errors import (
     translate,
 )
 from apps.vsphere.tls import PinnedHTTPSConnection, https_connection, ssl_context
+from apps.vsphere.vmomi import vim
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +94,8 @@ def _discover_version(endpoint: Endpoint) -> str:
             continue
         offered.add(ns.findtext("version") or "")
         offered.update(v.text or "" for v in ns.findall("priorVersions/version"))
+    from pyVmomi.VmomiSupport import GetServiceVersions, versionIdMap
+
     for version in GetServiceVersions("vim25"):
         if versionIdMap.get(version) in offered:
             return version
@@ -117,16 +117,23 @@ def present(manager: T | None, what: str, *, obj: str = "") -> T:
     return manager
 
 
-class _CountingStub(SoapStubAdapter):
-    """Counts SOAP calls by method name: the bench and tests prove round-trip budgets with it."""
+@functools.cache
+def _counting_stub() -> type[Any]:
+    """The stub class, made on the first login: it subclasses pyVmomi's (see apps.vsphere.vmomi)."""
+    from pyVmomi import SoapStubAdapter
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls: Counter[str] = Counter()
+    class _CountingStub(SoapStubAdapter):
+        """Counts SOAP calls by method name: the bench and tests prove round-trip budgets with it."""
 
-    def InvokeMethod(self, mo: Any, info: Any, args: Any, outerStub: Any = None) -> Any:  # noqa: N802, N803
-        self.calls[info.wsdlName] += 1
-        return super().InvokeMethod(mo, info, args, outerStub)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.calls: Counter[str] = Counter()
+
+        def InvokeMethod(self, mo: Any, info: Any, args: Any, outerStub: Any = None) -> Any:  # noqa: N802, N803
+            self.calls[info.wsdlName] += 1
+            return super().InvokeMethod(mo, info, args, outerStub)
+
+    return _CountingStub
 
 
 class _Session:
@@ -135,7 +142,7 @@ class _Session:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         version = _discover_version(endpoint)
-        self.stub = _CountingStub(
+        self.stub = _counting_stub()(
             host=endpoint.hostname,
             port=endpoint.port,
             version=version,
@@ -148,7 +155,7 @@ class _Session:
         )
         if endpoint.pin and not endpoint.insecure:
             # pyVmomi annotates scheme as a connection class, but only ever calls it.
-            self.stub.scheme = functools.partial(PinnedHTTPSConnection, pin=endpoint.pin)  # type: ignore[assignment]
+            self.stub.scheme = functools.partial(PinnedHTTPSConnection, pin=endpoint.pin)
         self.si = vim.ServiceInstance("ServiceInstance", self.stub)
         self.content = self.si.RetrieveContent()
         self.sessions = present(self.content.sessionManager, "session manager", obj=endpoint.host)

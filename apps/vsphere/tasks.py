@@ -18,15 +18,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from pyVmomi import vim, vmodl
-
 from apps.vsphere.errors import ObjectNotFound, OperationTimeout, VSphereError, translate
 from apps.vsphere.session import Connection
 from apps.vsphere.types import TaskHandle, TaskOutcome
+from apps.vsphere.vmomi import PropertyCollector as PC
+from apps.vsphere.vmomi import vim
 
 log = logging.getLogger(__name__)
 
-PC = vmodl.query.PropertyCollector
 # Longest single WaitForUpdatesEx. Between waits that returned nothing the properties
 # are read again, because some servers (the simulator among them) do not notify every
 # change, e.g. config.template; a missed notification then costs at most this long.

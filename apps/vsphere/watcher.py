@@ -29,15 +29,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pyVmomi import vim, vmodl
-
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.inventory import CallCounter, fetch_vm_markers, object_properties, read_objects
 from apps.vsphere.session import Connection, Endpoint, connect
+from apps.vsphere.vmomi import PropertyCollector as PC
+from apps.vsphere.vmomi import vim
 
 log = logging.getLogger(__name__)
 
-PC = vmodl.query.PropertyCollector
 Kind = Literal["enter", "modify", "leave"]
 
 # How long one WaitForUpdatesEx may block: also how quickly a stop request is noticed.

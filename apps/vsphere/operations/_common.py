@@ -7,14 +7,13 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from pyVmomi import vim, vmodl
-
 from apps.vsphere import tasks
 from apps.vsphere.errors import InvalidSpec, ObjectNotFound
 from apps.vsphere.session import Connection
 from apps.vsphere.types import BASE_SNAPSHOT, OWNER_KEY, TemplateInfo, VMInfo
+from apps.vsphere.vmomi import PropertyCollector as PC
+from apps.vsphere.vmomi import vim
 
-PC = vmodl.query.PropertyCollector
 ProgressCallback = Callable[[int], None]
 
 # Bounds for waits on vCenter tasks; real clones of big disks take minutes.

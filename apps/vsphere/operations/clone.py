@@ -10,15 +10,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from pyVmomi import vim
-from pyVmomi.VmomiSupport import IsChildVersion
-
 from apps.vsphere import tasks
 from apps.vsphere.errors import DuplicateName, InvalidSpec, VSphereError
 from apps.vsphere.operations._common import TASK_TIMEOUT, _find_child, _find_snapshot, _moid, _run_now, _vm, entity_path
 from apps.vsphere.operations.destroy import destroy_vm
 from apps.vsphere.session import Connection
 from apps.vsphere.types import BASE_SNAPSHOT, CloneResult, CloneSpec, Customization, TaskHandle
+from apps.vsphere.vmomi import vim
 
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # fullmatch, as "$" passes a final newline
 
@@ -29,6 +27,8 @@ def customization_script_supported(conn: Connection) -> bool:
     ``scriptText`` is a vSphere 7.0 property; pyVmomi silently leaves it out of requests
     to older APIs (the simulator speaks 6.5), so the caller can say what did not happen.
     """
+    from pyVmomi.VmomiSupport import IsChildVersion
+
     return IsChildVersion(conn.si._stub.version, "vim.version.v7_0")
 
 

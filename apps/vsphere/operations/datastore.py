@@ -8,13 +8,12 @@ import urllib.parse
 import urllib.request
 from typing import NamedTuple
 
-from pyVmomi import vim
-
 from apps.vsphere import tasks
 from apps.vsphere.errors import DuplicateName, ObjectNotFound, TransientFault, translate
 from apps.vsphere.operations._common import PC, TASK_TIMEOUT
 from apps.vsphere.session import Connection
 from apps.vsphere.tls import https_connection
+from apps.vsphere.vmomi import vim
 
 
 class _Location(NamedTuple):

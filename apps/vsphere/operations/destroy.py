@@ -8,13 +8,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from pyVmomi import vim
-
 from apps.vsphere import tasks
 from apps.vsphere.errors import InvalidPowerState, InvalidSpec, ObjectNotFound, VSphereError
 from apps.vsphere.operations._common import TASK_TIMEOUT, _extra, _moid, _run_now, _vm
 from apps.vsphere.session import Connection
 from apps.vsphere.types import OWNER_KEY, OwnedDestroy, TaskHandle
+from apps.vsphere.vmomi import vim
 
 
 def destroy_vm(

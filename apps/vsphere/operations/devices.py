@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pyVmomi import vim
-
 from apps.vsphere import tasks
 from apps.vsphere.errors import InvalidSpec, ObjectNotFound, VSphereError
 from apps.vsphere.operations._common import TASK_TIMEOUT, _extra, _vm
 from apps.vsphere.session import Connection
 from apps.vsphere.types import DiskInfo
+from apps.vsphere.vmomi import vim
 
 
 def eject_cdrom(conn: Connection, moid: str, iso: str, *, timeout: float = TASK_TIMEOUT) -> bool:

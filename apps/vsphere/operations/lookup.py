@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pyVmomi import vim
-
 from apps.vsphere import tasks
 from apps.vsphere.errors import DuplicateName, InvalidSpec, ObjectNotFound
 from apps.vsphere.operations._common import (
@@ -19,6 +17,7 @@ from apps.vsphere.operations._common import (
 )
 from apps.vsphere.session import Connection
 from apps.vsphere.types import FolderInfo, VMInfo
+from apps.vsphere.vmomi import vim
 
 
 def name_taken(conn: Connection, folder_moid: str, name: str) -> bool:

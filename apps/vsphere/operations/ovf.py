@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 from xml.etree import ElementTree
 
-from pyVmomi import vim, vmodl
-
 from apps.vsphere import tasks
 from apps.vsphere.errors import (
     DuplicateName,
@@ -36,6 +34,7 @@ from apps.vsphere.operations.templates import prepare_template
 from apps.vsphere.session import Connection
 from apps.vsphere.tls import https_connection
 from apps.vsphere.types import BASE_SNAPSHOT, TemplateInfo
+from apps.vsphere.vmomi import vim, vmodl
 
 log = logging.getLogger(__name__)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from pyVmomi import vim
-
 from apps.vsphere import tasks
 from apps.vsphere.errors import InvalidPowerState, InvalidSpec, VSphereError
 from apps.vsphere.operations._common import TASK_TIMEOUT, _vm
 from apps.vsphere.operations.lookup import get_vm
 from apps.vsphere.session import Connection
 from apps.vsphere.types import VMInfo
+from apps.vsphere.vmomi import vim
 
 log = logging.getLogger(__name__)
 

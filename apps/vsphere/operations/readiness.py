@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pyVmomi import vim
-
 from apps.vsphere import tasks
 from apps.vsphere.operations._common import _usable_ip, _vm
 from apps.vsphere.session import Connection
 from apps.vsphere.types import GuestExpectation, GuestInfo
+from apps.vsphere.vmomi import vim
 
 _GUEST_PATHS = ["name", "runtime.powerState", "guest.ipAddress", "guest.hostName", "guest.toolsRunningStatus"]
 

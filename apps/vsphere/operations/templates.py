@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from pyVmomi import vim
-
 from apps.vsphere import tasks
 from apps.vsphere.errors import (
     DuplicateName,
@@ -31,6 +29,7 @@ from apps.vsphere.operations._common import (
 from apps.vsphere.operations.destroy import destroy_vm
 from apps.vsphere.session import Connection
 from apps.vsphere.types import BASE_SNAPSHOT, OWNER_KEY, TemplateCopy, TemplateInfo
+from apps.vsphere.vmomi import vim
 
 
 def register_template(conn: Connection, inventory_path: str) -> TemplateInfo:
