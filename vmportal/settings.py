@@ -1,5 +1,6 @@
 """vmportal settings: every value comes from the environment (see README, "Configuration")."""
 
+from importlib.util import find_spec
 from pathlib import Path
 
 import environ
@@ -31,7 +32,10 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 FIELD_ENCRYPTION_KEY = env_secret("VMPORTAL_ENCRYPTION_KEY") or SECRET_KEY
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Not "django.contrib.admin": its autodiscovery would import every admin module (and with
+    # them forms, django-rq's statistics, prometheus_client) into workers and the pool manager,
+    # which never serve a page. vmportal/urls.py discovers them for the web (bench/memory.py).
+    "django.contrib.admin.apps.SimpleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -39,7 +43,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "django_rq",
-    "ninja",  # its static files: Swagger UI for /api/docs/, served here rather than from a CDN
     "apps.core",
     "apps.audit",
     "apps.jobs",
@@ -185,7 +188,9 @@ TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# django-ninja's static files: Swagger UI for /api/docs/, served here rather than from a CDN.
+# Found without importing ninja (and pydantic), which an installed app would be in every process.
+STATICFILES_DIRS = [BASE_DIR / "static", Path(find_spec("ninja").origin).parent / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns about a missing one
 # Serve files from the finders too, so the demo needs no collectstatic step.

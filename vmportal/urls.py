@@ -2,10 +2,15 @@ from django.contrib import admin
 from django.urls import include, path
 
 from apps.audit import urls as audit_urls
+from apps.firstboot import api as firstboot_api  # noqa: F401 - adds its route to the native API's urls
 from apps.inventory import urls as inventory_urls
 from apps.jobs import dashboard
 from apps.pools import urls as pool_urls
 from vmportal import views
+
+# Only the web serves the admin: its modules are found here, not at start of every process
+# (settings: SimpleAdminConfig).
+admin.autodiscover()
 
 # The admin pages live in the apps that own their data; together they keep the manage/ prefix
 # and the one "adminui" URL namespace they have always been reversed by.

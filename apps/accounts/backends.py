@@ -13,19 +13,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest
-from django_auth_ldap.backend import LDAPBackend
+from django_auth_ldap.backend import LDAPBackend, ldap_error
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from apps.accounts import oidc
 from apps.accounts.groups import mirror_groups
 
 log = logging.getLogger(__name__)
-
-UNREACHABLE = (
-    "The company directory cannot be reached right now, so directory accounts cannot sign in. "
-    "Try again in a few minutes; local accounts still work."
-)
-DISABLED = "This account is disabled in vmportal. Ask a vmportal admin to enable it."
 
 
 def note_directory_error(sender, context, user, request, exception, **kwargs) -> None:
@@ -34,6 +28,12 @@ def note_directory_error(sender, context, user, request, exception, **kwargs) ->
 
     if request is not None and isinstance(exception, (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.CONNECT_ERROR)):
         request.directory_unreachable = True
+
+
+# Connected here rather than in AppConfig.ready: only the LDAP backend below sends it, and
+# importing django-auth-ldap (with python-ldap and pyasn1) at start would cost every process,
+# workers too, ~8 MB for a sign-in only web workers do (bench/memory.py).
+ldap_error.connect(note_directory_error, dispatch_uid="vmportal-directory-error")
 
 
 def _note_disabled(request: HttpRequest | None) -> None:

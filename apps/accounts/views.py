@@ -18,7 +18,7 @@ from django.utils.decorators import method_decorator
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
 from apps.accounts import oidc
-from apps.accounts.backends import DISABLED, UNREACHABLE
+from apps.accounts.messages import DISABLED, UNREACHABLE
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from django.contrib.auth import authenticate as django_authenticate
 from django.contrib.auth.models import User
 from django.http import HttpRequest, JsonResponse
 
-from apps.accounts.backends import UNREACHABLE
+from apps.accounts.messages import UNREACHABLE
 from apps.api import tokens
 from apps.api.http import error, unauthorized
 from apps.api.models import ApiToken

@@ -10,11 +10,8 @@ class FirstBootConfig(AppConfig):
     def ready(self) -> None:
         # The wiring of first boot into the layers below it, made once the models are loaded
         # (the only reason these imports sit here): this module belongs to the top layer.
-        from apps.firstboot import (
-            access,
-            api,  # noqa: F401 - registers the native API's credentials route
-            provisioning,
-        )
+        # Its API route (apps.firstboot.api) is added by the URL conf, which only the web loads.
+        from apps.firstboot import access, provisioning
         from apps.leases.models import Lease
         from apps.leases.signals import leases_inserted
         from apps.pools import guest_setup

@@ -16,8 +16,6 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-import pycdlib
-import yaml
 from django.template import Context, Engine, TemplateSyntaxError
 
 from apps.pools.guest_setup import GuestSetupError
@@ -93,6 +91,8 @@ def render(template: str, identity: Identity, *, what: str) -> str:
 def user_data(template: str, identity: Identity) -> str:
     text = render(template, identity, what="user-data")
     if text.lstrip().startswith("#cloud-config"):
+        import yaml  # here, not at the top: see seed_iso
+
         try:
             parsed = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -125,6 +125,8 @@ def meta_data(template: str, identity: Identity, *, with_network: bool) -> dict[
     extra: Any = {}
     if template.strip():
         text = render(template, identity, what="meta-data")
+        import yaml
+
         try:
             extra = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -168,6 +170,10 @@ def seed_iso(user_data_text: str, meta: dict[str, Any], network: dict[str, Any])
         ("meta-data", "METADATA", json.dumps(meta, sort_keys=True).encode()),
         ("network-config", "NETWORKC", json.dumps(network, sort_keys=True).encode()),
     ]
+    # Imported here: only clone workers build seeds, and every web worker imports this
+    # module (2 MB of pycdlib objects each; bench/memory.py).
+    import pycdlib
+
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=1, vol_ident="cidata", joliet=3, rock_ridge="1.09")
     try:

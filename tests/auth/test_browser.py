@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from django.contrib.auth.models import User
 
-from apps.accounts.backends import DISABLED, UNREACHABLE
+from apps.accounts.messages import DISABLED, UNREACHABLE
 from apps.core.permissions import is_admin
 from tests.auth import servers
 from tests.auth.conftest import search_then_bind

@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
-from apps.accounts.backends import DISABLED, UNREACHABLE
+from apps.accounts.messages import DISABLED, UNREACHABLE
 from apps.api.models import ApiToken
 from apps.core.permissions import is_admin
 from apps.leases.models import GroupLeaseLimit
