@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, push_url
 
 from apps.core.errors import VmPortalError
 from apps.core.fields import AsciiIntegerField
@@ -59,6 +59,13 @@ def checkout(request: HttpRequest, pool_name: str) -> HttpResponse:
         messages.error(request, str(exc))
         return redirect("home")
     messages.success(request, f"{lease.vm.name} is yours until {lease.expires_at:%H:%M} UTC.")
+    if request.htmx.boosted:  # type: ignore[attr-defined]  # django-htmx's middleware
+        # The home page's boosted form: the lease page itself, and the address bar set to it,
+        # saves the redirect's second request (a reload then GETs the lease page). A form
+        # without JavaScript still gets the redirect, so a reload never posts again. Read
+        # back as the page reads it: the checkout may have asked for a move to another host.
+        page = _lease_page(request, services.get_lease_for(request.user, lease.pk))
+        return push_url(page, reverse("lease-detail", args=[lease.pk]))
     return redirect("lease-detail", lease_id=lease.pk)
 
 
@@ -188,6 +195,10 @@ def lease_detail(request: HttpRequest, lease_id: int) -> HttpResponse:
         lease = services.get_lease_for(request.user, lease_id)
     except VmPortalError as exc:
         return render(request, "error.html", {"message": str(exc)}, status=exc.http_status)
+    return _lease_page(request, lease)
+
+
+def _lease_page(request: HttpRequest, lease: Lease) -> HttpResponse:
     # Extending stops at the pool's longest lease, counted from check-out; the page says so up front.
     max_lifetime = lease.pool.lease_max_lifetime if lease.pool else None
     return render(request, "leases/lease_detail.html", {

@@ -77,3 +77,20 @@ document.addEventListener("click", (event) => {
     done("Copy failed");
   }
 });
+
+// A boosted form (home's Check out) swaps the next page into this one. It behaves as a page
+// load would: an error page (403, 409, 503) is shown rather than dropped as htmx does by
+// default, and the keyboard focus moves to the new page's heading, which a screen reader reads.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.boosted && event.detail.xhr.status >= 400) {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
+document.addEventListener("htmx:afterSettle", (event) => {
+  if (!event.detail.boosted) return;
+  const heading = document.querySelector("main h1");
+  if (!heading) return;
+  heading.tabIndex = -1;
+  heading.focus({ preventScroll: true });
+});
