@@ -42,7 +42,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
-    "django_rq",
     "apps.core",
     "apps.audit",
     "apps.jobs",
@@ -52,6 +51,8 @@ INSTALLED_APPS = [
     "apps.api",
     "apps.firstboot",
     "apps.demo",
+    # After apps.jobs, whose rqworker command (start-up checks without the URL conf) wraps this one's.
+    "django_rq",
 ]
 
 MIDDLEWARE = [

@@ -22,6 +22,7 @@ from django.db import close_old_connections, connection
 from apps.inventory.models import VCenter
 from apps.inventory.services import apply_changes, sync_inventory
 from apps.inventory.status import mark_reachable, mark_unreachable
+from apps.jobs.apps import STARTUP_CHECKS
 from apps.vsphere.errors import VSphereError
 from apps.vsphere.session import Endpoint
 from apps.vsphere.watcher import MAX_WAIT_SECONDS, ChangeBatch, Watcher
@@ -92,6 +93,7 @@ class VCenterWatch:
 
 class Command(BaseCommand):
     help = "Watch every enabled vCenter and apply inventory changes to the database as they happen."
+    requires_system_checks = STARTUP_CHECKS
 
     def add_arguments(self, parser):
         parser.add_argument("--vcenter", metavar="NAME", help="watch only this vCenter")

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 from redis.exceptions import RedisError
 
+from apps.jobs.apps import STARTUP_CHECKS
 from apps.pools import nudge
 from apps.pools.manager import reconcile_all, reconcile_pool
 
@@ -19,6 +20,7 @@ log = logging.getLogger("vmportal.poolmanager")
 
 class Command(BaseCommand):
     help = "Keep every pool at its size (runs until stopped)."
+    requires_system_checks = STARTUP_CHECKS
 
     def add_arguments(self, parser):
         parser.add_argument("--interval", type=float, default=5.0, help="seconds between full cycles")
