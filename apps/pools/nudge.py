@@ -9,11 +9,23 @@ sets a marker that expires with it and is pushed; later ones in the window only 
 more when the window is over if the flag was set (``trailing``), so every nudge is
 followed by a reconcile that sees its commit, within COALESCE_MS plus a reconcile, and
 a burst costs two reconciles instead of one per checkout (1.7-8 ms of CPU each).
+
+Each process also holds back its own repeats: a pool's first nudge is sent at once, and
+those after it within SEND_MS are sent together, once, by a background thread when that
+time is over. Still after their commits, so the reconcile they cause sees them; a web
+process checking out 100 VMs a second makes ~20 Redis calls for it instead of 100 (the
+call was a tenth of an API checkout's CPU). A nudge held back when the process dies is
+lost, as one is when Redis is down.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
 from functools import cache
 
 from django.db import transaction
@@ -26,6 +38,7 @@ KEY = "vmportal:reconcile"
 WINDOW_KEY = "vmportal:reconcile:window:"
 DIRTY_KEY = "vmportal:reconcile:dirty:"
 COALESCE_MS = 250
+SEND_MS = 50
 
 # KEYS: window marker, dirty flag, list; ARGV: pool id, window in ms.
 _NUDGE = """
@@ -44,14 +57,75 @@ def _script():  # noqa: ANN202 (redis-py's Script, called with the current clien
 
 
 def nudge(pool_id: int) -> None:
-    def push() -> None:
+    """Ask for a reconcile of the pool once the current transaction commits."""
+    transaction.on_commit(lambda: _sender.nudge(pool_id))
+
+
+def _push(pool_ids: Iterable[int]) -> None:
+    for pool_id in pool_ids:
         try:
             _script()(keys=[f"{WINDOW_KEY}{pool_id}", f"{DIRTY_KEY}{pool_id}", KEY], args=[pool_id, COALESCE_MS],
                       client=redis_client())
         except RedisError as exc:
             log.info("Reconcile nudge for pool %s dropped (%s); the next cycle will do.", pool_id, exc)
 
-    transaction.on_commit(push)
+
+class _Sender:
+    """This process's nudges: sent at once, or held back SEND_MS when the pool's last one
+    was sent less than that ago (see the module)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        # Also in a forked child: the parent's thread is not there, and its lock may have
+        # been held at the fork. The child starts a thread of its own at its first nudge.
+        self.lock = threading.Condition()
+        self.sent_at: dict[int, float] = {}
+        self.held: set[int] = set()
+        self.pid = 0
+
+    def nudge(self, pool_id: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if self.pid != os.getpid():
+                self.pid = os.getpid()
+                threading.Thread(target=self._run, name="nudge-sender", daemon=True).start()
+            if pool_id in self.held:
+                return  # the held nudge is sent after this commit anyway
+            if now - self.sent_at.get(pool_id, float("-inf")) >= SEND_MS / 1000:
+                self.sent_at[pool_id] = now
+            else:
+                self.held.add(pool_id)
+                self.lock.notify()
+                return
+        _push([pool_id])
+
+    def flush(self) -> None:
+        """Send the held nudges now (the thread would within SEND_MS)."""
+        with self.lock:
+            held, self.held = self.held, set()
+            for pool_id in held:
+                self.sent_at[pool_id] = time.monotonic()
+        _push(sorted(held))
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        while self.pid == pid:
+            with self.lock:
+                while not self.held:
+                    self.lock.wait()
+            time.sleep(SEND_MS / 1000)  # the repeats of the next SEND_MS join these
+            self.flush()
+
+
+_sender = _Sender()
+os.register_at_fork(after_in_child=_sender.reset)
+atexit.register(_sender.flush)  # a command that exits right after its last nudges
+
+
+def flush() -> None:
+    _sender.flush()
 
 
 def trailing(pool_id: int) -> bool:
