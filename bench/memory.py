@@ -1,16 +1,17 @@
 """Resident memory of the production shape, idle with 10 small pools filled, beside vmpooler's.
 
-    .venv/bin/python bench/memory.py [--pools 10] [--size 2] [--idle 20] [--preload] [--shared-worker]
+    .venv/bin/python bench/memory.py [--pools 10] [--size 2] [--idle 20] [--workers 2] [--preload]
+                                     [--worker-per-queue]
 
 Starts, against the vSphere simulator and a database of its own (``vmportal_bench_memory``,
 or ``BENCH_DB``; Redis ``BENCH_REDIS_URL``, default database 13), what README's
-"Running it in production" starts: gunicorn ``vmportal.wsgi --workers 4 --worker-class
-gthread --threads 4``, one ``rqworker --worker-class rq.SimpleWorker`` per queue (``clone``,
-``default``, ``purge``, ``deploy``; ``--shared-worker``: one for ``default purge deploy``,
-as README's step 3 allows) and ``manage.py poolmanager``; the inventory watcher is counted
-on a line of its own. It fills ``--pools`` pools of ``--size`` linked clones, sends each
-web worker a few requests (pages and API), waits ``--idle`` seconds with nothing to do,
-then sums per process group:
+"Running against a real vCenter" starts on a 2-core host: gunicorn ``vmportal.wsgi --workers 2
+--worker-class gthread --threads 4`` (a worker per core), an ``rqworker --worker-class
+rq.SimpleWorker`` for ``clone`` and one for ``default purge deploy`` (step 3;
+``--worker-per-queue``: one for each of the four queues, as deploy/'s units can run them)
+and ``manage.py poolmanager``; the inventory watcher is counted on a line of its own. It
+fills ``--pools`` pools of ``--size`` linked clones, sends each web worker a few requests
+(pages and API), waits ``--idle`` seconds with nothing to do, then sums per process group:
 
 - RSS (VmRSS of /proc/PID/status): what ``ps`` shows, counting pages shared between
   processes (libraries, gunicorn's forked workers) once per process;
@@ -18,7 +19,8 @@ then sums per process group:
   groups add up to what the machine really gives them.
 
 ``--preload`` starts gunicorn with ``--preload`` (the app imported once in the master,
-its pages shared by the forked workers until written). Prints a table and the totals beside
+its pages shared by the forked workers until written; a SIGHUP then no longer loads new
+code, so README's rolling restart would not work). Prints a table and the totals beside
 vmpooler's 223 MB (MB = 2^20 bytes here). Everything it starts it stops.
 """
 
@@ -201,10 +203,10 @@ def main() -> None:
     parser.add_argument("--pools", type=int, default=10)
     parser.add_argument("--size", type=int, default=2, help="VMs per pool")
     parser.add_argument("--idle", type=float, default=20, help="seconds idle before measuring")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (README: 4)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (README: one per core)")
     parser.add_argument("--preload", action="store_true", help="gunicorn --preload")
-    parser.add_argument("--shared-worker", action="store_true",
-                        help="one rqworker for default, purge and deploy (README step 3) instead of one each")
+    parser.add_argument("--worker-per-queue", action="store_true",
+                        help="an rqworker for each queue instead of README step 3's two (clone; default purge deploy)")
     args = parser.parse_args()
 
     from tests import vcsim as launcher
@@ -220,7 +222,7 @@ def main() -> None:
                       "--workers", str(args.workers), "--worker-class", "gthread", "--threads", "4",
                       "--keep-alive", "5", "--timeout", "60", "--log-level", "warning",
                       *(["--preload"] if args.preload else [])])
-        workers = [("clone",), ("default", "purge", "deploy")] if args.shared_worker else [(q,) for q in QUEUES]
+        workers = [(q,) for q in QUEUES] if args.worker_per_queue else [("clone",), ("default", "purge", "deploy")]
         for queues in workers:
             start(f"rqworker {' '.join(queues)}",
                   [python, "manage.py", "rqworker", *queues, "--worker-class", "rq.SimpleWorker"])
@@ -241,7 +243,7 @@ def main() -> None:
 
     print(f"idle with {args.pools} pools of {args.size} full (after {filled:.1f} s more), {args.idle:.0f} s idle; "
           f"gunicorn {args.workers}x4 gthread{' --preload' if args.preload else ''}, "
-          f"{'2 rqworkers (clone; default purge deploy)' if args.shared_worker else '4 rqworkers, one per queue'}")
+          f"{'4 rqworkers, one per queue' if args.worker_per_queue else '2 rqworkers (clone; default purge deploy)'}")
     print(f"{'process group':32s} {'procs':>5s} {'RSS MB':>8s} {'PSS MB':>8s}")
     total_rss = total_pss = 0.0
     for name, (procs, rss, pss) in groups.items():
