@@ -31,6 +31,27 @@ def test_checkout_button_leases_and_shows_the_address(client, engineer):
     assert Lease.objects.get().user == engineer
 
 
+def test_boosted_checkout_answers_with_the_lease_page_and_its_address(client, engineer, django_assert_max_num_queries):
+    """Home's boosted Check out: the page itself, no redirect to follow; the form without
+    JavaScript (no HX-Boosted) still gets the redirect."""
+    pool = factories.pool(name="deb")
+    factories.vm(pool, state=VMState.READY, ip_address="10.20.0.9", hostname="deb-1.lab")
+    factories.vm(pool, state=VMState.READY, ip_address="10.20.0.10", hostname="deb-2.lab")
+    client.force_login(engineer)
+    with django_assert_max_num_queries(13):  # the checkout's, then the page's: each thing read once
+        response = client.post(reverse("checkout", args=["deb"]), headers={"HX-Request": "true", "HX-Boosted": "true"})
+    lease = Lease.objects.get()
+    assert response.status_code == 200
+    assert response["HX-Push-Url"] == reverse("lease-detail", args=[lease.pk])
+    assert f"ssh root@{lease.vm.ip_address}".encode() in response.content
+    assert f"{lease.vm.name} is yours until".encode() in response.content
+    assert client.get(reverse("lease-detail", args=[lease.pk])).content.count(b"is yours until") == 0  # shown once
+
+    plain = client.post(reverse("checkout", args=["deb"]))
+    second = Lease.objects.latest("pk")
+    assert plain.status_code == 302 and plain["Location"] == reverse("lease-detail", args=[second.pk])
+
+
 def test_checkout_of_an_empty_pool_queues_an_on_demand_request(client, engineer):
     factories.pool(name="deb")
     client.force_login(engineer)
