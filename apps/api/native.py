@@ -71,8 +71,9 @@ class StrictJsonParser(Parser):
 
 
 class _CachedSchemaAPI(NinjaAPI):
-    """The OpenAPI schema built once per process (every route is registered at import): it
-    took ~200 ms to build for every /api/v1/openapi.json and /api/docs/ request."""
+    """The OpenAPI schema built once per process (every route is registered by the time the URL
+    conf is loaded: apps.firstboot.api's by vmportal/urls.py): it took ~200 ms to build for every
+    /api/v1/openapi.json and /api/docs/ request."""
 
     def get_openapi_schema(self, *, path_prefix: str | None = None, path_params: dict | None = None):  # noqa: ANN201
         key = (path_prefix, tuple(sorted((path_params or {}).items())))

@@ -16,6 +16,7 @@ from apps.api.native import api as native_api
 from apps.pools.models import VMState
 from tests import factories
 from tests.api.conftest import auth_client
+from vmportal import urls  # noqa: F401 - its import adds first boot's route (apps.firstboot.api)
 
 pytestmark = pytest.mark.django_db
 

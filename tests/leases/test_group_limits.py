@@ -8,6 +8,7 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Group, User
 from django.db import connection
+from django.urls import reverse
 
 from apps.leases import services
 from apps.leases.models import GroupLeaseLimit, Lease
@@ -92,6 +93,8 @@ def test_the_strictest_of_several_groups_applies(engineer):
 
 
 def test_group_lease_limits_are_editable_in_the_admin():
+    # The URL conf discovers the admin modules (settings: SimpleAdminConfig); reversing loads it.
+    assert reverse("admin:leases_groupleaselimit_change", args=[1]).startswith("/admin/leases/")
     assert admin.site.is_registered(GroupLeaseLimit)
 
 
