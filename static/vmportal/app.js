@@ -26,7 +26,8 @@
 (function () {
   let dialog;
   function ask(question, label, onYes) {
-    if (!dialog) {
+    // A boosted swap replaces the body, and a dialog made on the page before goes with it.
+    if (!dialog || !dialog.isConnected) {
       dialog = document.createElement("dialog");
       dialog.id = "confirm-dialog";
       dialog.setAttribute("aria-labelledby", "confirm-question");

@@ -113,6 +113,10 @@ def test_check_out_swaps_the_lease_page_in_and_reload_back_forward_and_no_javasc
         expect(page.locator("h1")).to_be_focused()
         expect(page.locator("#lease-expiry")).to_have_text(re.compile(r"left$"))
         assert page.evaluate("window.sameDocument") is True  # swapped in, not loaded
+        page.get_by_role("button", name="Return").click()  # the swapped-in page's forms still ask first
+        dialog = page.locator("dialog#confirm-dialog")
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()
 
         page.reload()
         expect(page.locator("h1")).to_have_text(vm_name)
