@@ -62,10 +62,10 @@ def checkout(request: HttpRequest, pool_name: str) -> HttpResponse:
     if request.htmx.boosted:  # type: ignore[attr-defined]  # django-htmx's middleware
         # The home page's boosted form: the lease page itself, and the address bar set to it,
         # saves the redirect's second request (a reload then GETs the lease page). A form
-        # without JavaScript still gets the redirect, so a reload never posts again. Read
-        # back as the page reads it: the checkout may have asked for a move to another host.
-        page = _lease_page(request, services.get_lease_for(request.user, lease.pk))
-        return push_url(page, reverse("lease-detail", args=[lease.pk]))
+        # without JavaScript still gets the redirect, so a reload never posts again. The
+        # lease as checkout made it, VM row and pool included: no read back (a move to
+        # another host is decided by a job after the commit, and the page polls for it).
+        return push_url(_lease_page(request, lease), reverse("lease-detail", args=[lease.pk]))
     return redirect("lease-detail", lease_id=lease.pk)
 
 
