@@ -31,13 +31,17 @@ def presented_token(request: HttpRequest) -> str:
 
 
 def token_user(request: HttpRequest) -> ApiToken | None:
-    return token_user_along(request, None)[0]
+    token = tokens.authenticate(presented_token(request))
+    if token is not None:
+        bind(request, token.user)
+    return token
 
 
-def token_user_along(request: HttpRequest, along: tuple[str, list] | None) -> tuple[ApiToken | None, list[tuple]]:
-    """token_user(), and the rows of the read-only query ``along``, in one round trip
-    (tokens.authenticate_along)."""
-    token, rows = tokens.authenticate_along(presented_token(request), along)
+def token_user_joined(request: HttpRequest, columns: str, join: str,
+                      params: list) -> tuple[ApiToken | None, list[tuple]]:
+    """token_user(), and the rows a LEFT JOIN adds to the token's, in one statement
+    (tokens.authenticate_joined)."""
+    token, rows = tokens.authenticate_joined(presented_token(request), columns, join, params)
     if token is not None:
         bind(request, token.user)
     return token, rows

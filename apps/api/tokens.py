@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from contextlib import nullcontext
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -58,15 +57,18 @@ def _user_model() -> type[User]:
 
 
 @cache
-def _lookup() -> str:
+def _lookup(joined_columns: str = "", join: str = "") -> str:
     """The token and its user in one indexed query (token_hash is unique), as SQL: the ORM's
-    select_related form cost more in Python than the query did in PostgreSQL."""
+    select_related form cost more in Python than the query did in PostgreSQL. ``join``: a
+    LEFT JOIN clause whose ``joined_columns`` follow the user's (authenticate_joined)."""
     user_model = _user_model()
     t, u = ApiToken._meta.db_table, user_model._meta.db_table
     selected = ", ".join([*(f"t.{f.column}" for f in ApiToken._meta.concrete_fields),
                          *(f"u.{f.column}" for f in user_model._meta.concrete_fields)])
+    if join:
+        selected, join = f"{selected}, {joined_columns}", f" LEFT JOIN {join}"
     # Only table and column names from the models are formatted in; values are parameters.
-    return f"""SELECT {selected} FROM {t} t JOIN {u} u ON u.id = t.user_id
+    return f"""SELECT {selected} FROM {t} t JOIN {u} u ON u.id = t.user_id{join}
         WHERE t.token_hash = %s AND NOT t.revoked AND (t.expires_at IS NULL OR t.expires_at > %s)
           AND u.is_active"""  # noqa: S608
 
@@ -74,24 +76,31 @@ def _lookup() -> str:
 def authenticate(raw: str) -> ApiToken | None:
     """The usable token with this clear text, or None (unknown, revoked, expired, or its
     user deactivated). Read from the database on every request: revoking takes effect at once."""
-    return authenticate_along(raw)[0]
+    if not raw or len(raw) > 256:
+        return None
+    now = timezone.now()
+    rows = _first_query(_lookup(), [hash_token(raw), now])
+    return _token_from(rows[0], now) if rows else None
 
 
-def authenticate_along(raw: str, along: tuple[str, list] | None = None) -> tuple[ApiToken | None, list[tuple]]:
-    """authenticate(), and the rows of ``along`` (a read-only query and its parameters),
-    sent with the token lookup in one round trip on PostgreSQL: what a call needs next
-    (checkout's pools) costs no wait of its own. Its rows are read whether or not the
-    token is good; the caller answers 401 before it uses them."""
+def authenticate_joined(raw: str, columns: str, join: str, params: list) -> tuple[ApiToken | None, list[tuple]]:
+    """authenticate(), and the rows ``join`` (a LEFT JOIN clause, ``params`` for its
+    placeholders) adds to the token's row, as ``columns``, read in the same statement: what
+    a call needs next (checkout's pools) costs neither a round trip nor a statement of its
+    own. The first of ``columns`` must be a primary key, NULL only where the join matched
+    nothing (then no rows). They are read whether or not the token is good; the caller
+    answers 401 before it uses them."""
     if not raw or len(raw) > 256:
         return None, []
     now = timezone.now()
-    row, rows = _first_query(_lookup(), [hash_token(raw), now], along)
-    return _token_from(row, now), rows
+    rows = _first_query(_lookup(columns, join), [*params, hash_token(raw), now])
+    if not rows:
+        return None, []
+    skip = width(ApiToken) + width(_user_model())
+    return _token_from(rows[0], now), [row[skip:] for row in rows if row[skip] is not None]
 
 
-def _token_from(row: tuple | None, now: datetime) -> ApiToken | None:
-    if row is None:
-        return None
+def _token_from(row: tuple, now: datetime) -> ApiToken:
     token = load_row(ApiToken, row)
     token.user = load_row(_user_model(), row[width(ApiToken):])
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
@@ -100,8 +109,8 @@ def _token_from(row: tuple | None, now: datetime) -> ApiToken | None:
     return token
 
 
-def _first_query(sql: str, params: list, along: tuple[str, list] | None) -> tuple[tuple | None, list[tuple]]:
-    """Run the token lookup (and ``along``), which doubles as Django's connection health check.
+def _first_query(sql: str, params: list) -> list[tuple]:
+    """Run the token lookup, which doubles as Django's connection health check.
 
     With CONN_HEALTH_CHECKS, the first query of a request on a kept connection is preceded
     by a SELECT 1 of its own: a round trip on every API call. A token call's first query is
@@ -116,28 +125,18 @@ def _first_query(sql: str, params: list, along: tuple[str, list] | None) -> tupl
     if checking:
         db.health_check_done = True
     try:
-        return _reads(sql, params, along)
+        return _read(sql, params)
     except (OperationalError, InterfaceError):
         if not checking or connection.is_usable():
             raise  # not a dead connection: the statement itself failed
         connection.close()
-    return _reads(sql, params, along)
+    return _read(sql, params)
 
 
-def _reads(sql: str, params: list, along: tuple[str, list] | None) -> tuple[tuple | None, list[tuple]]:
-    if along is None:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone(), []
-    pipelined = connection.vendor == "postgresql"
-    if pipelined:
-        connection.ensure_connection()
-    # A pipeline's errors surface raw from psycopg: wrapped as Django's, as a cursor would.
-    with (connection.wrap_database_errors, connection.connection.pipeline() if pipelined else nullcontext(),
-          connection.cursor() as first, connection.cursor() as second):
-        first.execute(sql, params)
-        second.execute(*along)
-        return first.fetchone(), second.fetchall()
+def _read(sql: str, params: list) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def find_token(raw: str) -> ApiToken:
