@@ -12,6 +12,9 @@ worker process spent (the fill's own cost: the simulator shares the machine).
 (its CPU, without cProfile's overhead). ``--profile FILE`` runs the fill job in this
 process instead of a worker, under cProfile (stats written to FILE, the top printed), and
 counts its SQL statements.
+``--warm`` has the worker fill a pool of 2 first, untimed: the timed fill is then that of a
+worker that has run a job before (pyVmomi imported, its types loaded, a session logged in),
+as every fill but a worker's first is; without it each run's worker is fresh.
 ``BENCH_REDIS_URL`` and ``BENCH_DB`` move the bench off Redis database 13 and its default
 database name, when another bench uses them at the same time.
 """
@@ -126,16 +129,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def another_pool(pool, *, name: str):
+def another_pool(pool, *, name: str, size: int | None = None):
     from apps.pools.models import Pool
 
     return Pool.objects.create(name=name, template=pool.template, cluster=pool.cluster, folder=pool.folder,
-                               size=pool.size)
+                               size=size or pool.size)
 
 
-def app_fill(pool, *, width: int, spy: str | None = None) -> tuple[float, int, float]:
+def app_fill(pool, *, width: int, spy: str | None = None, warm=None) -> tuple[float, int, float]:
     """The fill by a real worker process: seconds, VMs ready, the worker's CPU seconds.
-    ``spy``: py-spy records the worker's GIL-holding stacks during the fill into that file."""
+    ``spy``: py-spy records the worker's GIL-holding stacks during the fill into that file.
+    ``warm``: a pool the worker fills first, untimed."""
     from apps.pools.manager import reconcile_pool
     from apps.pools.models import VMState
 
@@ -153,7 +157,12 @@ def app_fill(pool, *, width: int, spy: str | None = None) -> tuple[float, int, f
     while not any(w.get_state() == "idle" for w in Worker.all(connection=redis)):
         assert worker.poll() is None, "the worker did not start"
         time.sleep(0.05)
-    time.sleep(0.5)  # its start-up logging done: the CPU counted below is the fill's
+    if warm is not None:
+        reconcile_pool(warm.pk)
+        while warm.vms.filter(state=VMState.READY).count() < warm.size:
+            assert worker.poll() is None, "the worker died during the warm-up fill"
+            time.sleep(0.05)
+    time.sleep(0.5)  # its start-up logging (or the warm-up's end) done: the CPU counted below is the fill's
     cpu_before = cpu_seconds(worker.pid)
     spying = None
     if spy:
@@ -224,6 +233,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="run the fill here under cProfile; no raw loop")
     parser.add_argument("--runs", type=int, default=1,
                         help="raw loop then fill, this many times (a new pool each), and the median ratio")
+    parser.add_argument("--warm", action="store_true",
+                        help="the worker fills a pool of 2 first (untimed): a worker that has run a job before")
     parser.add_argument("--spy", metavar="FILE", help="py-spy the worker's GIL-holding stacks (raw format) into FILE")
     args = parser.parse_args()
 
@@ -243,7 +254,8 @@ def main() -> None:
             if run:  # a new empty pool beside the full one: the same simulator, the same template
                 pool = another_pool(pool, name=f"bench-{run}")
             raw = raw_loop(sim, count=args.size, width=args.limit, cluster=pool.cluster.name)
-            app, ready, cpu = app_fill(pool, width=args.limit, spy=args.spy)
+            warm = another_pool(pool, name=f"warm-{run}", size=2) if args.warm else None
+            app, ready, cpu = app_fill(pool, width=args.limit, spy=args.spy, warm=warm)
             results.append(app / raw)
             print(f"fill {args.size} linked clones (task limit {args.limit}): app {app:.2f} s ({ready} ready, "
                   f"worker CPU {cpu:.2f} s), raw pyVmomi loop {raw:.2f} s, ratio {app / raw:.2f}x, "
