@@ -275,7 +275,7 @@ def test_a_checkout_with_no_person_behind_it_counts_each_time(auto_pool, enginee
 @pytest.mark.django_db
 def test_with_redis_down_checkout_still_answers_pool_empty(auto_pool, engineer, monkeypatch, caplog):
     dead = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
-    monkeypatch.setattr(autosize, "_redis", lambda: dead)
+    monkeypatch.setattr(autosize, "redis_client", lambda: dead)
     with caplog.at_level(logging.INFO, logger="apps.pools.autosize"), pytest.raises(leases.PoolEmpty):
         leases.checkout(user=engineer, pools=[auto_pool])
     assert "not counted for automatic sizing" in caplog.text
