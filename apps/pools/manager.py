@@ -457,6 +457,17 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
         if vcenter is None:
             raise Pool.DoesNotExist(f"pool {pool_id} was deleted")
         _lock_global()
+        # The pool's live VMs and the clones in flight here and everywhere, in one scan, and
+        # only then the pool: a clone failure moves its VM to failed and sets the pool's
+        # backoff in one commit, so counted first, a failure that commits in between is
+        # either still counted as a live VM (no slot for it) or its backoff is seen. Read
+        # the other way round, it was neither, and the pool cloned again at once.
+        own = Q(pool=pool_id, on_demand=False, state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING))
+        cloning = Q(state=VMState.CLONING)
+        counts = VM.objects.filter(own | cloning).aggregate(
+            own=Count("pk", filter=own), here=Count("pk", filter=cloning & Q(vcenter=vcenter)),
+            everywhere=Count("pk", filter=cloning),
+        )
         pool = Pool.objects.select_related("template", "cluster", "folder", "datastore").get(pk=pool_id)
         now = timezone.now()
         if (
@@ -469,13 +480,6 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
             or templates.ensure_copy(pool) is None
         ):
             return []
-        # The pool's live VMs and the clones in flight here and everywhere, in one scan.
-        own = Q(pool=pool, on_demand=False, state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING))
-        cloning = Q(state=VMState.CLONING)
-        counts = VM.objects.filter(own | cloning).aggregate(
-            own=Count("pk", filter=own), here=Count("pk", filter=cloning & Q(vcenter=vcenter)),
-            everywhere=Count("pk", filter=cloning),
-        )
         n = min(
             most,
             most if on_demand else pool.size - counts["own"],
