@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import django_rq
 from django.conf import settings
 from django.db import DatabaseError, connection, models, transaction
 from django.db.models import F, Value
@@ -34,6 +33,7 @@ from rq.job import JobStatus
 
 from apps.audit.context import SYSTEM, Actor, acting_as
 from apps.core.errors import VmPortalError
+from apps.core.redis_client import rq_queue
 from apps.core.states import StaleState
 from apps.jobs.models import Job
 
@@ -161,7 +161,7 @@ def rq_job_id(job: Job) -> str:
 def push(job: Job) -> bool:
     """Hand a queued Job to RQ. False (and logged) when Redis cannot be reached."""
     try:
-        django_rq.get_queue(job.queue).enqueue(
+        rq_queue(job.queue).enqueue(
             run, job.pk, job_id=rq_job_id(job), description=f"{job.kind} #{job.pk}"
         )
     except RedisError as exc:
@@ -274,7 +274,7 @@ def requeue_lost(older_than: timedelta = timedelta(seconds=30)) -> int:
     pushed = 0
     cutoff = timezone.now() - older_than
     for job in Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=cutoff).order_by("pk")[:500]:
-        queue = django_rq.get_queue(job.queue)
+        queue = rq_queue(job.queue)
         try:
             rq_job = queue.fetch_job(rq_job_id(job))
             if rq_job is not None and _waiting(queue, rq_job):
