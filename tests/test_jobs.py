@@ -47,6 +47,7 @@ def test_job_is_pushed_only_after_commit_and_records_its_outcome(redis_conn):
     work_off()
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
+    assert job.rq_id == runner.rq_job_id(job)  # written by the worker's claim
     assert "said hello" in job.log
     assert job.started_at <= job.finished_at
     assert AuditEvent.objects.get(action="test.echo").actor_name == "system"
