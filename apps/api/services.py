@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from apps.api.models import PoolOverride
-from apps.core.errors import NotFound, VmPortalError
+from apps.core.errors import Conflict, NotFound, VmPortalError
 from apps.inventory.models import Cluster
 from apps.pools import reconfigure as pool_services
 from apps.pools.manager import discard_vm
@@ -38,6 +38,12 @@ def set_pool_size(*, pool_id: int, size: int) -> bool:
     """Set a pool's size; True when it changed. Callers check that the user is an admin."""
     if size < 0 or size > settings.VMPORTAL_MAX_POOL_SIZE:
         raise VmPortalError(f"A pool size must be between 0 and {settings.VMPORTAL_MAX_POOL_SIZE}.")
+    auto = Pool.objects.filter(pk=pool_id, autosize=True).values_list("name", "min_size", "max_size").first()
+    if auto:
+        # Automatic sizing would write over it at the pool manager's next look.
+        name, low, high = auto
+        raise Conflict(f"{name} sizes itself (automatic size, {low}..{high}): change its minimum and maximum "
+                       "on its pool page, or turn automatic sizing off there first.")
     before = _reconfigure(pool_id, "pool.resize", size=size)
     if before is not None:
         PoolOverride.objects.get_or_create(pool=before, field=PoolOverride.Field.SIZE,

@@ -273,6 +273,18 @@ def test_config_poolsize_needs_an_admin(api, admin_token, debian):
     assert bad.status_code == 404
 
 
+def test_config_poolsize_refuses_a_pool_that_sizes_itself_and_changes_none(admin_token, debian, centos):
+    Pool.objects.filter(pk=centos.pk).update(autosize=True, min_size=1, max_size=6)
+    admin = auth_client(admin_token)
+    response = admin.post("/api/v3/config/poolsize", {"debian-12": "7", "centos-9": "3"},
+                          content_type="application/json")
+    assert response.status_code == 409
+    assert "centos-9 sizes itself (automatic size, 1..6)" in response.json()["error"]
+    assert Pool.objects.get(pk=debian.pk).size == debian.size  # all or none: debian-12 kept its size
+    assert Pool.objects.get(pk=centos.pk).size == centos.size
+    assert admin.post("/api/v3/config/poolsize", {"debian-12": "7"}, content_type="application/json").status_code == 201
+
+
 def test_config_poolsize_is_audited(admin_token, debian):
     from apps.audit.models import AuditEvent
 

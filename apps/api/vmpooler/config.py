@@ -3,6 +3,7 @@ target overrides (and their undo), and /poolreset."""
 
 from __future__ import annotations
 
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 
 from apps.api import services as api_services
@@ -31,7 +32,8 @@ def _config_poolsize(request: HttpRequest) -> HttpResponse:
         raise ApiError('Send an object of pool: size, e.g. {"debian-12": "5"}.')
     sizes = {str(k): _count(v, str(k)[:64]) for k, v in body.items()}
     pools = {name: p.pk for name, p in pools_named(sizes).items()}
-    changed = [api_services.set_pool_size(pool_id=pools[n], size=s) for n, s in sizes.items()]
+    with transaction.atomic():  # all the sizes or, if one is refused, none
+        changed = [api_services.set_pool_size(pool_id=pools[n], size=s) for n, s in sizes.items()]
     return ok(status=201 if any(changed) else 200)
 
 
