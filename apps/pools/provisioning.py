@@ -257,7 +257,8 @@ def destroy_vm(vm_id: int, job: runner.JobContext) -> None:
     """Destroy a VM's clone and record it; safe to run twice (a VM already gone is destroyed).
 
     Its worker also takes over up to DESTROY_BATCH other destroying VMs of the same vCenter
-    whose destroy jobs are still queued, and destroys them all at once: a return wave makes
+    (fewer when its task limit is lower) whose destroy jobs are still queued, and destroys
+    them all at once: a return wave makes
     hundreds of destroys, and one at a time they drain far slower than vCenter could."""
     vm = VM.objects.select_related("vcenter", "pool__folder").get(pk=vm_id)
     if vm.state != VMState.DESTROYING:
@@ -282,6 +283,12 @@ def destroy_vm(vm_id: int, job: runner.JobContext) -> None:
         raise errors[vm.pk]
 
 
+def _takeover_limit(vm: VM) -> int:
+    """How many more VMs one destroy job takes: with its own, never more tasks at once than
+    its vCenter's task limit (an admin's promise to that vCenter), nor DESTROY_BATCH + 1."""
+    return max(0, min(DESTROY_BATCH, vm.vcenter.task_limit - 1))
+
+
 def _take_over_destroys(vm: VM, job: runner.JobContext) -> dict[VM, int]:
     """Claim the queued destroy jobs of other destroying VMs of ``vm``'s vCenter: their rows
     become running here, so when RQ delivers them ``runner.run`` finds them taken."""
@@ -293,7 +300,7 @@ def _take_over_destroys(vm: VM, job: runner.JobContext) -> dict[VM, int]:
         claimable = list(Job.objects.select_for_update(skip_locked=True)
                          .filter(kind="pools.destroy", status=Job.Status.QUEUED,
                                  object_type=VM._meta.label_lower, object_id__in=Subquery(siblings))
-                         .order_by("pk").values_list("pk", "args")[:DESTROY_BATCH])
+                         .order_by("pk").values_list("pk", "args")[:_takeover_limit(vm)])
         Job.objects.filter(pk__in=[pk for pk, _ in claimable], status=Job.Status.QUEUED).update(
             status=Job.Status.RUNNING, started_at=now, heartbeat_at=now)
     job_of = {args["vm_id"]: pk for pk, args in claimable}
