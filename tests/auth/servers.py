@@ -71,7 +71,9 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, what: str, log: Path, timeout: float = 20) -> None:
+# Node loading the provider's modules took over 20 s once when the machine was busy (a
+# fresh-clone CI beside other test runs); a server that is up answers at once anyway.
+def _wait_for_port(port: int, process: subprocess.Popen, what: str, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
