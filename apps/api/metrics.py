@@ -14,7 +14,6 @@ import contextlib
 import ipaddress
 from datetime import timedelta
 
-import django_rq
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db.models import Avg, Count, F
@@ -30,6 +29,7 @@ from apps.api import auth
 from apps.api.guard import client_ip
 from apps.api.http import error, unauthorized
 from apps.core.permissions import is_admin
+from apps.core.redis_client import rq_queue
 from apps.leases.models import Lease
 from apps.pools.models import VM, VMState
 from apps.pools.selectors import pools_with_counts
@@ -76,7 +76,7 @@ class DatabaseCollector:
         queues = GaugeMetricFamily("vmportal_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
         for name in settings.RQ_QUEUES:
             with contextlib.suppress(RedisError):  # a scrape without queue depths beats a failed one
-                queues.add_metric([name], django_rq.get_queue(name).count)
+                queues.add_metric([name], rq_queue(name).count)
         yield queues
 
 

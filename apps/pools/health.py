@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import django_rq
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq import Worker
 
+from apps.core.redis_client import redis_client, rq_queue
 from apps.inventory.models import InventoryVM, VCenter
 from apps.pools.models import LIVE_STATES, VM, Pool, TemplateBuild
 
@@ -23,10 +23,10 @@ def queue_stats() -> dict[str, Any]:
     queues = []
     try:
         for index, name in enumerate(settings.RQ_QUEUES):
-            queue = django_rq.get_queue(name)
+            queue = rq_queue(name)
             queues.append({"name": name, "index": index, "depth": queue.count,
                            "failed": queue.failed_job_registry.count})
-        workers = Worker.all(connection=django_rq.get_connection("default"))
+        workers = Worker.all(connection=redis_client())
         return {"ok": True, "message": "", "queues": queues,
                 "workers": len(workers), "scheduler_workers": sum(1 for w in workers if _has_scheduler(w))}
     except (RedisError, OSError) as exc:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import django_rq
 import pytest
 from django.urls import reverse
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from apps.core.errors import VmPortalError
 from apps.inventory.models import Folder, InventoryVM
+from apps.pools import health
 from apps.pools.models import Pool, TemplateCopy, TemplateStatus, VMState
 from tests import factories
 
@@ -86,7 +86,7 @@ def test_health_survives_redis_being_down(client, admin_user, monkeypatch):
     def down(name):
         raise RedisConnectionError("Connection refused")
 
-    monkeypatch.setattr(django_rq, "get_queue", down)
+    monkeypatch.setattr(health, "rq_queue", down)
     client.force_login(admin_user)
     response = client.get(reverse("adminui:health"))
     assert response.status_code == 200
@@ -102,7 +102,7 @@ def test_health_links_failed_jobs(client, admin_user, monkeypatch):
         class failed_job_registry:  # noqa: N801 - mimics rq's attribute
             count = 2
 
-    monkeypatch.setattr(django_rq, "get_queue", lambda name: FakeQueue)
+    monkeypatch.setattr(health, "rq_queue", lambda name: FakeQueue)
     client.force_login(admin_user)
     body = client.get(reverse("adminui:health")).content.decode()
     assert reverse("django_rq:failed_jobs", args=[0]) in body
