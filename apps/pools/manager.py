@@ -174,6 +174,8 @@ def discard_vm(vm: VM, reason: str) -> None:
     _destroy(vm, reason)
 
 
+# What a pool's size counts (its own VMs, not on-demand ones): reconcile and claim_slots.
+# Unlike models.LIVE_STATES, not leased VMs.
 LIVE = (VMState.READY, VMState.BOOTING, VMState.CLONING)
 DRAINABLE = (VMState.READY, VMState.BOOTING)
 
@@ -462,7 +464,7 @@ def claim_slots(pool_id: int, most: int = 1, *, on_demand: bool = False) -> list
         # backoff in one commit, so counted first, a failure that commits in between is
         # either still counted as a live VM (no slot for it) or its backoff is seen. Read
         # the other way round, it was neither, and the pool cloned again at once.
-        own = Q(pool=pool_id, on_demand=False, state__in=(VMState.READY, VMState.BOOTING, VMState.CLONING))
+        own = Q(pool=pool_id, on_demand=False, state__in=LIVE)
         cloning = Q(state=VMState.CLONING)
         counts = VM.objects.filter(own | cloning).aggregate(
             own=Count("pk", filter=own), here=Count("pk", filter=cloning & Q(vcenter=vcenter)),

@@ -258,8 +258,8 @@ def destroy_vm(vm_id: int, job: runner.JobContext) -> None:
 
     Its worker also takes over up to DESTROY_BATCH other destroying VMs of the same vCenter
     (fewer when its task limit is lower) whose destroy jobs are still queued, and destroys
-    them all at once: a return wave makes
-    hundreds of destroys, and one at a time they drain far slower than vCenter could."""
+    them all at once: a return wave makes hundreds of destroys, and one at a time they drain
+    far slower than vCenter could."""
     vm = VM.objects.select_related("vcenter", "pool__folder").get(pk=vm_id)
     if vm.state != VMState.DESTROYING:
         job.log(f"{vm.name} is {vm.state}; nothing to do")
