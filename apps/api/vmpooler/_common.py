@@ -53,36 +53,30 @@ def _pool_tables(pool: str = "p", template: str = "t") -> tuple[str, str]:
     return columns, tables
 
 
-@cache
-def _pool_columns() -> str:
-    columns, tables = _pool_tables()
-    return f"SELECT {columns} FROM {tables}"  # noqa: S608
+def _name_in(column: str, names: set[str]) -> tuple[str, list[str]]:
+    names_list = sorted(names)
+    return f"{column} IN ({', '.join(['%s'] * len(names_list))})", names_list
 
 
 def pools_join(names: set[str]) -> tuple[str, str, list[str]]:
-    """pools_query as the columns, LEFT JOIN clause and parameters that the token lookup
-    reads in its own statement (auth.token_user_joined): checkout's hot path."""
+    """_pools_named's query as the columns, LEFT JOIN clause and parameters that the token
+    lookup reads in its own statement (auth.token_user_joined): checkout's hot path."""
     columns, tables = _pool_tables("vp", "vt")
-    names_list = sorted(names)
-    return columns, f"({tables}) ON vp.name IN ({', '.join(['%s'] * len(names_list))})", names_list
-
-
-def pools_query(names: set[str]) -> tuple[str, list[str]]:
-    """The query of _pools_named, for a caller that sends it along with another (checkout
-    sends it with the token lookup)."""
-    sql = _pool_columns()
-    names_list = sorted(names)
-    return f"{sql} WHERE p.name IN ({', '.join(['%s'] * len(names_list))})", names_list
+    condition, params = _name_in("vp.name", names)
+    return columns, f"({tables}) ON {condition}", params
 
 
 def _pools_named(names: set[str], rows: list[tuple] | None = None) -> list[Pool]:
     """The pools of these names with their templates, in one query written as SQL: the ORM's
     select_related form cost more in Python than the query did in PostgreSQL (checkout's hot
-    path). ``rows``: that query's rows, when the caller already read them (pools_query)."""
+    path). ``rows``: that query's rows, when the caller already read them (pools_join)."""
     template_model = Pool._meta.get_field("template").related_model
     if rows is None:
+        columns, tables = _pool_tables()
+        condition, params = _name_in("p.name", names)
         with connection.cursor() as cursor:
-            cursor.execute(*pools_query(names))
+            # Only table and column names from the models are formatted in; names are parameters.
+            cursor.execute(f"SELECT {columns} FROM {tables} WHERE {condition}", params)  # noqa: S608
             rows = cursor.fetchall()
     pools = []
     for row in rows:
@@ -108,8 +102,8 @@ def _serving(names: set[str], rows: list[tuple] | None = None) -> dict[str, list
 
 def _pick(wanted: Counter, *, prefer_ready: bool, rows: list[tuple] | None = None) -> list[tuple[str, Pool]]:
     """One (requested name, pool) per VM wanted. An alias's pool is drawn by weight among
-    those with a ready VM left (for checkouts), or among all of them. ``rows``: pools_query's
-    rows for these names, when already read."""
+    those with a ready VM left (for checkouts), or among all of them. ``rows``: _pools_named's
+    rows for these names, when already read (pools_join)."""
     serving = _serving(set(wanted), rows)
     ready: Counter = Counter()
     shared = [p.pk for pools in serving.values() if len(pools) > 1 for p in pools]
