@@ -16,6 +16,8 @@ def main() -> None:
         from django.conf import settings
 
         db = settings.DATABASES["default"]
+        if db["ENGINE"] != "django.db.backends.postgresql":
+            raise  # the demo's SQLite file: its own message says it all (locked, unwritable)
         where = f"{db.get('NAME')} on {db.get('HOST') or 'the local socket'}:{db.get('PORT') or 5432}"
         reason = str(exc).strip().splitlines()[0]
         sys.exit(f"manage.py: cannot use the database {where} (DATABASE_URL): {reason}\n"
