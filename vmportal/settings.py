@@ -201,6 +201,13 @@ WHITENOISE_USE_FINDERS = True
 # A running job whose heartbeat is older than this many seconds lost its worker: the pool
 # manager fails it and retries or compensates its work (workers beat three times as often).
 VMPORTAL_JOB_STALE_AFTER = env_int("VMPORTAL_JOB_STALE_AFTER", 45, minimum=3)
+# rqworker processes lower their CPU priority by this much (nice(2), 0-19) when they start:
+# on a host they share with the web processes, checkouts get the cores first and clones,
+# purges and deploys the rest (bench/checkout.py: 16 clients ~20% more checkouts per second
+# while the pool refills). 0 leaves it alone.
+VMPORTAL_WORKER_NICE = env_int("VMPORTAL_WORKER_NICE", 10, minimum=0)
+if VMPORTAL_WORKER_NICE > 19:
+    raise ImproperlyConfigured(f"VMPORTAL_WORKER_NICE={VMPORTAL_WORKER_NICE} must be between 0 and 19.")
 # Most clone tasks in flight across all vCenters (each vCenter also has its own limit).
 VMPORTAL_CLONE_LIMIT = env_int("VMPORTAL_CLONE_LIMIT", 20, minimum=1)
 # One rule for where VMs run (apps.vsphere.placement), at clone time and at checkout: a host

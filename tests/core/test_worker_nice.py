@@ -1,0 +1,40 @@
+"""rqworker runs its jobs at a lower CPU priority (VMPORTAL_WORKER_NICE), so that on a shared
+host the web processes get the cores first: checked with a real worker process and Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import django_rq
+import pytest
+
+from tests.live import ROOT, manage_process
+
+
+def _niceness_seen_by_a_job(monkeypatch, nice: str) -> int:
+    monkeypatch.setenv("VMPORTAL_WORKER_NICE", nice)
+    queue = django_rq.get_queue("default")
+    queue.empty()
+    job = queue.enqueue(os.nice, 0)  # os.nice(0) answers the calling thread's niceness
+    worker = manage_process("rqworker", "default", "--worker-class", "rq.SimpleWorker", "--burst")
+    assert worker.wait(timeout=60) == 0
+    job.refresh()
+    assert job.is_finished, job.get_status()
+    return job.return_value()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_jobs_run_at_the_configured_niceness_above_the_starting_process(monkeypatch):
+    base = os.nice(0)
+    assert _niceness_seen_by_a_job(monkeypatch, "7") == min(19, base + 7)
+    assert _niceness_seen_by_a_job(monkeypatch, "0") == base
+
+
+def test_an_out_of_range_niceness_is_refused_naming_the_setting():
+    env = {"PATH": os.environ["PATH"], "VMPORTAL_WORKER_NICE": "25", "DJANGO_SETTINGS_MODULE": "vmportal.settings"}
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "VMPORTAL_WORKER_NICE=25 must be between 0 and 19" in result.stderr
