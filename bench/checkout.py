@@ -9,8 +9,8 @@ server of DATABASE_URL), starts the vSphere simulator, seeds a pool of a registe
 template whose size is the number of ready VMs seeded, and starts gunicorn (gthread),
 ``manage.py poolmanager`` and one clone ``rqworker``: every checkout nudges the pool
 manager, which starts a fill job that clones into the simulator while the run goes on
-(that is how checkout is used). The worker lowers its CPU priority as it does in
-production (VMPORTAL_WORKER_NICE, default 10; set 0 to see the difference). Then, for each client count in ``--clients``:
+(that is how checkout is used). The worker lowers its CPU priority as in production
+(VMPORTAL_WORKER_NICE, default 10; set 0 to see the difference). Then, for each client count in ``--clients``:
 
 - HTTP: that many threads POST /api/v3/vm/<pool> with an X-AUTH-TOKEN (one token per
   user, 16 users), ``--checkouts`` in all after a warm-up (``--browser``: the page's
@@ -573,8 +573,10 @@ def main() -> None:
     doubled, leases, stray = double_leases(url)
     kind = "browser POST /pools/<pool>/checkout" if args.browser else "API POST /api/v3/vm/<pool>"
     print()
+    nice = os.environ.get("VMPORTAL_WORKER_NICE", "10")
     print(f"{kind}; gunicorn gthread {args.workers}x{args.threads}, poolmanager and a clone worker "
-          f"(at nice {os.environ.get('VMPORTAL_WORKER_NICE', '10')}, VMPORTAL_WORKER_NICE) running; {os.cpu_count()} cores; load average {load_at_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+          f"(at nice {nice}, VMPORTAL_WORKER_NICE) running; {os.cpu_count()} cores; "
+          f"load average {load_at_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end "
           "(others' work skews the rates, not the CPU per checkout)")
     print(f"pool refill: {activity}")
     print("| clients | app | raw psycopg | 5xx | web CPU ms | PG CPU ms | all CPU ms |")

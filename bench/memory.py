@@ -1,7 +1,7 @@
 """Resident memory of the production shape, idle with 10 small pools filled, beside vmpooler's.
 
     .venv/bin/python bench/memory.py [--pools 10] [--size 2] [--idle 20] [--workers 2] [--preload]
-                                     [--worker-per-queue]
+                                     [--worker-per-queue] [--separate-poolmanager]
 
 Starts, against the vSphere simulator and a database of its own (``vmportal_bench_memory``,
 or ``BENCH_DB``; Redis ``BENCH_REDIS_URL``, default database 13), what README's
@@ -9,7 +9,9 @@ or ``BENCH_DB``; Redis ``BENCH_REDIS_URL``, default database 13), what README's
 --worker-class gthread --threads 4`` (a worker per core), an ``rqworker --worker-class
 rq.SimpleWorker`` for ``clone`` and one for ``default purge deploy`` (step 3;
 ``--worker-per-queue``: one for each of the four queues, as deploy/'s units can run them)
-and ``manage.py poolmanager``; the inventory watcher is counted on a line of its own. It
+and the pool manager, as a thread of the latter (``rqworker --poolmanager``;
+``--separate-poolmanager``: ``manage.py poolmanager``, a process of its own); the inventory
+watcher is counted on a line of its own. It
 fills ``--pools`` pools of ``--size`` linked clones, sends each web worker a few requests
 (pages and API), waits ``--idle`` seconds with nothing to do, then sums per process group:
 
@@ -216,6 +218,9 @@ def main() -> None:
     parser.add_argument("--preload", action="store_true", help="gunicorn --preload")
     parser.add_argument("--worker-per-queue", action="store_true",
                         help="an rqworker for each queue instead of README step 3's two (clone; default purge deploy)")
+    parser.add_argument("--separate-poolmanager", action="store_true",
+                        help="manage.py poolmanager as a process of its own, instead of a thread of the "
+                             "default-queue worker (rqworker --poolmanager, README step 3)")
     args = parser.parse_args()
 
     from tests import vcsim as launcher
@@ -233,9 +238,12 @@ def main() -> None:
                       *(["--preload"] if args.preload else [])])
         workers = [(q,) for q in QUEUES] if args.worker_per_queue else [("clone",), ("default", "purge", "deploy")]
         for queues in workers:
-            start(f"rqworker {' '.join(queues)}",
-                  [python, "manage.py", "rqworker", *queues, "--worker-class", "rq.SimpleWorker"])
-        start("poolmanager", [python, "manage.py", "poolmanager"])
+            hosts = "default" in queues and not args.separate_poolmanager
+            start(f"rqworker {' '.join(queues)}{' +poolmanager' if hosts else ''}",
+                  [python, "manage.py", "rqworker", *queues, "--worker-class", "rq.SimpleWorker",
+                   *(["--poolmanager"] if hosts else [])])
+        if args.separate_poolmanager:
+            start("poolmanager", [python, "manage.py", "poolmanager"])
         start("watcher", [python, "manage.py", "watch_inventory"])
         wait_for_web(port)
         filled = wait_until_full(pool_ids, args.size)
@@ -252,15 +260,16 @@ def main() -> None:
 
     print(f"idle with {args.pools} pools of {args.size} full (after {filled:.1f} s more), {args.idle:.0f} s idle; "
           f"gunicorn {args.workers}x4 gthread{' --preload' if args.preload else ''}, "
-          f"{'4 rqworkers, one per queue' if args.worker_per_queue else '2 rqworkers (clone; default purge deploy)'}")
-    print(f"{'process group':32s} {'procs':>5s} {'RSS MB':>8s} {'PSS MB':>8s}")
+          f"{'4 rqworkers, one per queue' if args.worker_per_queue else '2 rqworkers (clone; default purge deploy)'}, "
+          f"{'a pool manager process' if args.separate_poolmanager else 'the pool manager in the default worker'}")
+    print(f"{'process group':44s} {'procs':>5s} {'RSS MB':>8s} {'PSS MB':>8s}")
     total_rss = total_pss = 0.0
     for name, (procs, rss, pss) in groups.items():
-        print(f"{name:32s} {procs:5d} {rss:8.1f} {pss:8.1f}")
+        print(f"{name:44s} {procs:5d} {rss:8.1f} {pss:8.1f}")
         if name != "watcher":
             total_rss, total_pss = total_rss + rss, total_pss + pss
     verdict = "met" if total_pss <= VMPOOLER_MB else "not met"
-    print(f"{'web + workers + pool manager':32s} {'':5s} {total_rss:8.1f} {total_pss:8.1f}   "
+    print(f"{'web + workers + pool manager':44s} {'':5s} {total_rss:8.1f} {total_pss:8.1f}   "
           f"vmpooler {VMPOOLER_MB} MB: {verdict} (PSS)")
     print("the inventory watcher (above) is counted apart: vmpooler has no inventory mirror")
 

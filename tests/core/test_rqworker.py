@@ -1,0 +1,79 @@
+"""rqworker runs its jobs at a lower CPU priority (VMPORTAL_WORKER_NICE), so that on a shared
+host the web processes get the cores first, and can host the pool manager's loop in a thread
+(--poolmanager): checked with real worker processes, Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import django_rq
+import pytest
+
+from tests.live import ROOT, manage_process
+
+
+def _niceness_seen_by_a_job(monkeypatch, nice: str) -> int:
+    monkeypatch.setenv("VMPORTAL_WORKER_NICE", nice)
+    queue = django_rq.get_queue("default")
+    queue.empty()
+    job = queue.enqueue(os.nice, 0)  # os.nice(0) answers the calling thread's niceness
+    worker = manage_process("rqworker", "default", "--worker-class", "rq.SimpleWorker", "--burst")
+    assert worker.wait(timeout=60) == 0
+    job.refresh()
+    assert job.is_finished, job.get_status()
+    return job.return_value()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_jobs_run_at_the_configured_niceness_above_the_starting_process(monkeypatch):
+    base = os.nice(0)
+    assert _niceness_seen_by_a_job(monkeypatch, "7") == min(19, base + 7)
+    assert _niceness_seen_by_a_job(monkeypatch, "0") == base
+
+
+def test_an_out_of_range_niceness_is_refused_naming_the_setting():
+    env = {"PATH": os.environ["PATH"], "VMPORTAL_WORKER_NICE": "25", "DJANGO_SETTINGS_MODULE": "vmportal.settings"}
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "VMPORTAL_WORKER_NICE=25 must be between 0 and 19" in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_with_poolmanager_reconciles_pools_in_its_thread_and_stops_on_sigterm(engineer):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.leases import services as leases
+    from apps.leases.models import Lease
+    from apps.pools.models import VMState
+    from tests import factories
+
+    pool = factories.pool(size=1, enabled=False)  # no fill: the lease expiry is what is watched
+    factories.vm(pool, state=VMState.READY)
+    pool.enabled = True
+    pool.save(update_fields=["enabled"])
+    [lease] = leases.checkout(user=engineer, pools=[pool])
+    pool.enabled = False
+    pool.save(update_fields=["enabled"])
+    Lease.objects.filter(pk=lease.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    worker = manage_process("rqworker", "purge", "--worker-class", "rq.SimpleWorker",
+                            "--poolmanager", "--poolmanager-interval", "0.5")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and worker.poll() is None:
+            lease.refresh_from_db()
+            if lease.end_reason:
+                break
+            time.sleep(0.2)
+        assert lease.end_reason == Lease.EndReason.EXPIRED, "the worker's pool manager did not reconcile"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
