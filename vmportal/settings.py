@@ -202,9 +202,8 @@ WHITENOISE_USE_FINDERS = True
 # manager fails it and retries or compensates its work (workers beat three times as often).
 VMPORTAL_JOB_STALE_AFTER = env_int("VMPORTAL_JOB_STALE_AFTER", 45, minimum=3)
 # rqworker processes lower their CPU priority by this much (nice(2), 0-19) when they start:
-# on a host they share with the web processes, checkouts get the cores first and clones,
-# purges and deploys the rest (bench/checkout.py: 16 clients ~20% more checkouts per second
-# while the pool refills). 0 leaves it alone.
+# on a host they share with the web processes, web requests get the cores first and jobs
+# (pyVmomi's SOAP, OVF parsing) the rest. 0 leaves it alone.
 VMPORTAL_WORKER_NICE = env_int("VMPORTAL_WORKER_NICE", 10, minimum=0)
 if VMPORTAL_WORKER_NICE > 19:
     raise ImproperlyConfigured(f"VMPORTAL_WORKER_NICE={VMPORTAL_WORKER_NICE} must be between 0 and 19.")
