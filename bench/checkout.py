@@ -1,6 +1,6 @@
 """Checkout benchmark: vmpooler API checkouts while the pool refills, against raw psycopg.
 
-    .venv/bin/python bench/checkout.py [--clients 1,16,32] [--checkouts 1500] [--workers 2] [--threads 4]
+    .venv/bin/python bench/checkout.py [--clients 1,16,32] [--checkouts 1500] [--workers 1] [--threads 8]
                                        [--browser] [--profile DIR]
 
 Non-interactive and self-contained, in the README's production shape: it (re)creates its
@@ -513,8 +513,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="1,16,32", help="client counts, comma-separated")
     parser.add_argument("--checkouts", type=int, default=1500, help="checkouts per client count (1 client: a third)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     parser.add_argument("--browser", action="store_true", help="the page's checkout (session + CSRF), not the API")
     parser.add_argument("--profile", type=Path, help="record gunicorn with py-spy during the 16-client run here")
     args = parser.parse_args()

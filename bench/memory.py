@@ -1,12 +1,13 @@
 """Resident memory of the production shape, idle with 10 small pools filled, beside vmpooler's.
 
-    .venv/bin/python bench/memory.py [--pools 10] [--size 2] [--idle 20] [--workers 2] [--preload]
+    .venv/bin/python bench/memory.py [--pools 10] [--size 2] [--idle 20] [--workers 1] [--threads 8] [--preload]
                                      [--worker-per-queue] [--separate-poolmanager]
 
 Starts, against the vSphere simulator and a database of its own (``vmportal_bench_memory``,
 or ``BENCH_DB``; Redis ``BENCH_REDIS_URL``, default database 13), what README's
-"Running against a real vCenter" starts on a 2-core host: gunicorn ``vmportal.wsgi --workers 2
---worker-class gthread --threads 4`` (a worker per core), an ``rqworker --worker-class
+"Running against a real vCenter" starts on a 2-core host: gunicorn ``vmportal.wsgi --workers 1
+--worker-class gthread --threads 8`` (on a small host that also runs the workers and
+PostgreSQL; ``--workers 2 --threads 4`` for a worker per core), an ``rqworker --worker-class
 rq.SimpleWorker`` for ``clone`` and one for ``default purge deploy`` (step 3;
 ``--worker-per-queue``: one for each of the four queues, as deploy/'s units can run them)
 and the pool manager, as a thread of the latter (``rqworker --poolmanager``;
@@ -214,7 +215,8 @@ def main() -> None:
     parser.add_argument("--pools", type=int, default=10)
     parser.add_argument("--size", type=int, default=2, help="VMs per pool")
     parser.add_argument("--idle", type=float, default=20, help="seconds idle before measuring")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (README: one per core)")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (README step 3: 1 on a small host)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     parser.add_argument("--preload", action="store_true", help="gunicorn --preload")
     parser.add_argument("--worker-per-queue", action="store_true",
                         help="an rqworker for each queue instead of README step 3's two (clone; default purge deploy)")
@@ -233,7 +235,7 @@ def main() -> None:
         port = free_port()
         python = sys.executable
         start("web", [str(Path(python).parent / "gunicorn"), "vmportal.wsgi", "--bind", f"{HOST}:{port}",
-                      "--workers", str(args.workers), "--worker-class", "gthread", "--threads", "4",
+                      "--workers", str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
                       "--keep-alive", "5", "--timeout", "60", "--log-level", "warning",
                       *(["--preload"] if args.preload else [])])
         workers = [(q,) for q in QUEUES] if args.worker_per_queue else [("clone",), ("default", "purge", "deploy")]
@@ -259,7 +261,7 @@ def main() -> None:
         sim.stop()
 
     print(f"idle with {args.pools} pools of {args.size} full (after {filled:.1f} s more), {args.idle:.0f} s idle; "
-          f"gunicorn {args.workers}x4 gthread{' --preload' if args.preload else ''}, "
+          f"gunicorn {args.workers}x{args.threads} gthread{' --preload' if args.preload else ''}, "
           f"{'4 rqworkers, one per queue' if args.worker_per_queue else '2 rqworkers (clone; default purge deploy)'}, "
           f"{'a pool manager process' if args.separate_poolmanager else 'the pool manager in the default worker'}")
     print(f"{'process group':44s} {'procs':>5s} {'RSS MB':>8s} {'PSS MB':>8s}")

@@ -53,7 +53,7 @@ class Command(BaseCommand):
             manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
             self.spawn("web", [
                 sys.executable, "-m", "gunicorn", "vmportal.wsgi", "--bind", f"127.0.0.1:{port}",
-                "--workers", "2", "--threads", "4", "--log-level", "warning",
+                "--workers", "1", "--threads", "8", "--log-level", "warning",
             ])
             # SimpleWorker runs jobs in the worker process itself, so vSphere sessions are
             # kept across jobs; a fill job holds its worker while its pool fills, hence two.
