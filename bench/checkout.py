@@ -1,16 +1,18 @@
 """Checkout benchmark: vmpooler API checkouts while the pool refills, against raw psycopg.
 
     .venv/bin/python bench/checkout.py [--clients 1,16,32] [--checkouts 1500] [--workers 1] [--threads 8]
-                                       [--browser] [--profile DIR]
+                                       [--browser] [--profile DIR] [--separate-poolmanager]
 
 Non-interactive and self-contained, in the README's production shape: it (re)creates its
 own database (``vmportal_bench_checkout`` on the local PostgreSQL of the tests, or the
 server of DATABASE_URL), starts the vSphere simulator, seeds a pool of a registered
-template whose size is the number of ready VMs seeded, and starts gunicorn (gthread),
-``manage.py poolmanager`` and one clone ``rqworker``: every checkout nudges the pool
-manager, which starts a fill job that clones into the simulator while the run goes on
-(that is how checkout is used). The worker lowers its CPU priority as in production
-(VMPORTAL_WORKER_NICE, default 10; set 0 to see the difference). Then, for each client count in ``--clients``:
+template whose size is the number of ready VMs seeded, and starts gunicorn (gthread, 1x8
+as README step 3 runs it on a small host), one clone ``rqworker`` and one for the other
+queues hosting the pool manager (``rqworker ... --poolmanager``; ``--separate-poolmanager``:
+``manage.py poolmanager`` instead): every checkout nudges the pool manager, which starts a
+fill job that clones into the simulator while the run goes on (that is how checkout is
+used). Workers lower their CPU priority as in production (VMPORTAL_WORKER_NICE, default 10;
+set 0 to see the difference). Then, for each client count in ``--clients``:
 
 - HTTP: that many threads POST /api/v3/vm/<pool> with an X-AUTH-TOKEN (one token per
   user, 16 users), ``--checkouts`` in all after a warm-up (``--browser``: the page's
@@ -517,6 +519,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     parser.add_argument("--browser", action="store_true", help="the page's checkout (session + CSRF), not the API")
     parser.add_argument("--profile", type=Path, help="record gunicorn with py-spy during the 16-client run here")
+    parser.add_argument("--separate-poolmanager", action="store_true",
+                        help="manage.py poolmanager as a process of its own, not in the default worker")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     levels = [int(c) for c in args.clients.split(",")]
@@ -543,7 +547,14 @@ def main() -> None:
         port = free_port()
         # The per-user limit stays on (so its query runs) but high enough for every checkout.
         procs.append(start_gunicorn(port, args.workers, args.threads, max_leases=needed))
-        procs.append(start_group("poolmanager", [sys.executable, "manage.py", "poolmanager", "--interval", "3"]))
+        # README step 3: the pool manager in a thread of the worker for the other queues
+        # (--separate-poolmanager: `manage.py poolmanager`, a process of its own).
+        if args.separate_poolmanager:
+            procs.append(start_group("poolmanager", [sys.executable, "manage.py", "poolmanager", "--interval", "3"]))
+        else:
+            procs.append(start_group("poolmanager", [
+                sys.executable, "manage.py", "rqworker", "default", "purge", "deploy", "--worker-class",
+                "rq.SimpleWorker", "--poolmanager", "--poolmanager-interval", "3"]))
         procs.append(start_group("clone-worker", [sys.executable, "manage.py", "rqworker", "clone", "--worker-class",
                                                   "rq.SimpleWorker"]))
         http_run(port, seeded, 4, WARMUP, args.browser)
