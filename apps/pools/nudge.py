@@ -135,8 +135,16 @@ def trailing(pool_id: int) -> bool:
 
 
 def wait(timeout: float) -> set[int]:
-    """Pool ids nudged within ``timeout`` seconds (empty when none)."""
+    """Pool ids nudged within ``timeout`` seconds, or less (empty when none).
+
+    The wait is cut to a second under the client's socket timeout (RQ_QUEUES' 5 s): a
+    BLPOP as long as it ended, now and then, in "Timeout reading from socket" before
+    Redis answered, which the pool manager took for Redis being down and, for 5 s, left
+    nudges waiting. Callers loop, so a shorter wait costs one more round trip."""
     conn = redis_client()
+    socket_timeout = conn.connection_pool.connection_kwargs.get("socket_timeout")
+    if socket_timeout:
+        timeout = min(timeout, socket_timeout - 1)
     item = conn.blpop([KEY], timeout=max(0.01, timeout))
     if item is None:
         return set()

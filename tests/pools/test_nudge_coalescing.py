@@ -49,3 +49,16 @@ def test_a_process_sends_its_repeats_within_send_ms_once_after_it(db, redis_conn
         assert time.monotonic() < deadline, "the held nudges were never sent"
         time.sleep(0.01)
     assert redis_conn.lrange(nudge.KEY, 0, -1) == [b"9"]
+
+
+def test_waiting_as_long_as_the_socket_timeout_returns_instead_of_timing_out(db, redis_conn, monkeypatch):
+    # The pool manager asks for waits up to its interval (5 s), the socket timeout of
+    # RQ_QUEUES' client: with a client of 1.5 s, a wait of 3 s must come back empty, early.
+    from redis import Redis
+
+    client = Redis(connection_pool=redis_conn.connection_pool.__class__(
+        **{**redis_conn.connection_pool.connection_kwargs, "socket_timeout": 1.5}))
+    monkeypatch.setattr(nudge, "redis_client", lambda: client)
+    started = time.monotonic()
+    assert nudge.wait(3) == set()
+    assert time.monotonic() - started < 1.5

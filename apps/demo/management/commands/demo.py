@@ -60,7 +60,9 @@ class Command(BaseCommand):
             worker = [*manage, "rqworker", "--worker-class", "rq.SimpleWorker"]
             self.spawn("clone-worker-1", [*worker, "clone"])
             self.spawn("clone-worker-2", [*worker, "clone"])
-            self.spawn("worker", [*worker, "deploy", "purge", "default"])
+            # The scheduler (the pool manager) runs in this worker's thread, as README step 3
+            # runs it on a small host.
+            self.spawn("worker", [*worker, "default", "purge", "deploy", "--poolmanager"])
             for name, command in self.optional_daemons():
                 self.spawn(name, [*manage, command])
             self.stdout.write(self.style.SUCCESS(
@@ -78,7 +80,7 @@ class Command(BaseCommand):
     def optional_daemons(self) -> Iterator[tuple[str, str]]:
         """Long-running commands of other apps, present once those apps provide them."""
         commands = get_commands()
-        for name, command in (("scheduler", "poolmanager"), ("watcher", "watch_inventory")):
+        for name, command in (("watcher", "watch_inventory"),):
             if command in commands:
                 yield name, command
 
