@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from functools import cache
 
 from django.db import transaction
+from redis import Redis
 from redis.exceptions import RedisError
 
 from apps.core.redis_client import redis_client
@@ -134,15 +135,27 @@ def trailing(pool_id: int) -> bool:
     return bool(redis_client().getdel(f"{DIRTY_KEY}{pool_id}"))
 
 
+def _socket_timeout(conn: Redis) -> float | None:
+    """The read timeout of ``conn``'s connections, as they have it: redis-py 8 sets a
+    default that is not among the pool's connection arguments."""
+    pool = conn.connection_pool
+    connection = pool.get_connection()
+    try:
+        return connection.socket_timeout
+    finally:
+        pool.release(connection)
+
+
 def wait(timeout: float) -> set[int]:
     """Pool ids nudged within ``timeout`` seconds, or less (empty when none).
 
-    The wait is cut to a second under the client's socket timeout (RQ_QUEUES' 5 s): a
-    BLPOP as long as it ended, now and then, in "Timeout reading from socket" before
-    Redis answered, which the pool manager took for Redis being down and, for 5 s, left
-    nudges waiting. Callers loop, so a shorter wait costs one more round trip."""
+    The wait is cut to a second under the client's socket timeout (redis-py 8's default
+    is 5 s, the pool manager's interval): a BLPOP as long as it ended now and then in
+    "Timeout reading from socket" before Redis answered, which the pool manager took for
+    Redis being down, leaving nudges waiting for 5 s. Callers loop, so a shorter wait
+    costs one more round trip."""
     conn = redis_client()
-    socket_timeout = conn.connection_pool.connection_kwargs.get("socket_timeout")
+    socket_timeout = _socket_timeout(conn)
     if socket_timeout:
         timeout = min(timeout, socket_timeout - 1)
     item = conn.blpop([KEY], timeout=max(0.01, timeout))
