@@ -8,7 +8,9 @@ the invariants of DESIGN.md "Invariants in operation" hold and time the recovery
 Everything real: PostgreSQL at 127.0.0.1:5432 (a database of its own, dropped and created
 again, ``chaos_vmportal`` or --database), a redis-server of its own on a free port, the
 simulator (tests/vcsim.py) with -method-delay so calls are slow enough to interrupt,
-gunicorn, `manage.py poolmanager` and one `manage.py rqworker` per queue. Scenarios:
+gunicorn and one `manage.py rqworker` per queue, the `default` one hosting the pool manager
+(`--poolmanager`, README step 3), so a kill of that worker takes the pool manager with it.
+Scenarios:
 
 - kills:    N `kill -9`s of the worker running a fill, a destroy, an on-demand request,
             a template copy or a VM task (snapshot/disk), each at a random moment of it;
@@ -156,10 +158,10 @@ class Harness:
         self.seed()
         sup, logs = self.supervisor, self.log_dir
         sup.add(gunicorn(self.web_port, log_dir=logs))
-        sup.add(manage("poolmanager", "poolmanager", "--interval", "3", log_dir=logs))
         worker = ("rqworker", "--worker-class", "rq.SimpleWorker")
+        with_manager = ["default", "--poolmanager", "--poolmanager-interval", "3"]
         for name, queues in (("clone-1", ["clone"]), ("clone-2", ["clone"]), ("purge-1", ["purge"]),
-                             ("purge-2", ["purge"]), ("default", ["default"]), ("deploy", ["deploy"])):
+                             ("purge-2", ["purge"]), ("default", with_manager), ("deploy", ["deploy"])):
             sup.add(manage(name, *worker, *queues, log_dir=logs))
         sup.run()
         wait_for_port(self.web_port, 30)
