@@ -135,9 +135,11 @@ def trailing(pool_id: int) -> bool:
     return bool(redis_client().getdel(f"{DIRTY_KEY}{pool_id}"))
 
 
+@cache
 def _socket_timeout(conn: Redis) -> float | None:
     """The read timeout of ``conn``'s connections, as they have it: redis-py 8 sets a
-    default that is not among the pool's connection arguments."""
+    default that is not among the pool's connection arguments. Read once per client (the
+    process keeps one per URL), not on each wait of the pool manager's loop."""
     pool = conn.connection_pool
     connection = pool.get_connection()
     try:
