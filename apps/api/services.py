@@ -6,6 +6,7 @@ else (locking, validation, audit, nudging the pool manager) is apps.pools.reconf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -20,10 +21,14 @@ from apps.pools.manager import discard_vm
 from apps.pools.models import VM, Pool, Template, VMState
 
 
-def _reconfigure(pool_id: int, action: str, **changes: Any) -> Pool | None:
+def _reconfigure(pool_id: int, action: str, refuse: Callable[[Pool], None] | None = None,
+                 **changes: Any) -> Pool | None:
     """Through the one pool-reconfigure service (lock, validation, audit, nudge); the pool
-    as it was before, or None when nothing changed."""
+    as it was before, or None when nothing changed. ``refuse`` sees the locked row first and
+    may raise."""
     pool = Pool.objects.select_for_update(of=("self",), no_key=True).select_related("template").get(pk=pool_id)
+    if refuse is not None:
+        refuse(pool)
     if all(getattr(pool, name) == value for name, value in changes.items()):
         return None
     try:
@@ -38,17 +43,18 @@ def set_pool_size(*, pool_id: int, size: int) -> bool:
     """Set a pool's size; True when it changed. Callers check that the user is an admin."""
     if size < 0 or size > settings.VMPORTAL_MAX_POOL_SIZE:
         raise VmPortalError(f"A pool size must be between 0 and {settings.VMPORTAL_MAX_POOL_SIZE}.")
-    auto = Pool.objects.filter(pk=pool_id, autosize=True).values_list("name", "min_size", "max_size").first()
-    if auto:
-        # Automatic sizing would write over it at the pool manager's next look.
-        name, low, high = auto
-        raise Conflict(f"{name} sizes itself (automatic size, {low}..{high}): change its minimum and maximum "
-                       "on its pool page, or turn automatic sizing off there first.")
-    before = _reconfigure(pool_id, "pool.resize", size=size)
+    before = _reconfigure(pool_id, "pool.resize", refuse=_sizes_itself, size=size)
     if before is not None:
         PoolOverride.objects.get_or_create(pool=before, field=PoolOverride.Field.SIZE,
                                            defaults={"original": before.size})
     return before is not None
+
+
+def _sizes_itself(pool: Pool) -> None:
+    if pool.autosize:
+        # Automatic sizing would write over the size at the pool manager's next look.
+        raise Conflict(f"{pool.name} sizes itself (automatic size, {pool.min_size}..{pool.max_size}): change its "
+                       "minimum and maximum on its pool page, or turn automatic sizing off there first.")
 
 
 @transaction.atomic
