@@ -1,0 +1,179 @@
+"""Several rqworkers as one service, forked from one process that has loaded what they share.
+
+    python manage.py rqworkers clone "default purge deploy" --poolmanager
+
+Each argument is one worker and the queues it serves, in its order of preference; the
+worker serving ``default`` hosts the pool manager's loop with ``--poolmanager``. Every
+worker is `manage.py rqworker` (its niceness, its SimpleWorker, its signals), started by
+``fork`` after this process has imported Django, every app's ``jobs`` module, RQ and pyVmomi
+and frozen them out of the garbage collector's reach (``gc.freeze``): the workers share
+those pages until they write them, which saves a small host ~13 MB on its two workers and
+more on each further clone worker (bench/memory.py).
+
+The parent only supervises: SIGTERM or SIGINT is passed on to every worker (RQ's warm
+shutdown: each finishes its job first; a second one is its cold shutdown) and it exits
+when they all have; a worker that exits otherwise, or is killed, is forked again, after a
+pause that grows while workers keep dying young. A worker dies with the parent (Linux's
+parent-death signal), so a ``kill -9`` of the parent leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import signal
+import sys
+import time
+from argparse import ArgumentParser
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command, load_command_class
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
+from django.utils.module_loading import autodiscover_modules
+
+from apps.jobs.apps import STARTUP_CHECKS
+
+log = logging.getLogger("vmportal.rqworkers")
+PR_SET_PDEATHSIG = 1
+# A worker that ran this long was not dying young: its replacement starts at once.
+HEALTHY_AFTER = 30.0
+MAX_PAUSE = 30.0
+SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _load_shared() -> None:
+    """Import what every worker runs, so that it is loaded once, before the fork."""
+    import _strptime  # noqa: F401  # what rq's first datetime parse imports
+    import encodings.idna  # noqa: F401  # what the first connection by host name imports
+
+    import django_rq.workers  # noqa: F401
+    import rq.worker  # noqa: F401
+    from pyVmomi import vim
+
+    load_command_class("apps.jobs", "rqworker")  # with the pool manager's loop and django-rq's command
+    autodiscover_modules("jobs")
+    # pyVmomi makes its types on first use; these are the ones clone, destroy and the
+    # property collector's watch touch in every job.
+    for name in ("VirtualMachine", "Task", "Folder", "HostSystem", "ClusterComputeResource", "Datastore",
+                 "ResourcePool", "PropertyCollector", "ServiceInstance", "TaskInfo"):
+        getattr(vim, name)
+    for spec in (vim.vm.CloneSpec, vim.vm.RelocateSpec, vim.vm.ConfigSpec, vim.PropertyCollector.FilterSpec):
+        spec()
+
+
+class Command(BaseCommand):
+    help = __doc__.splitlines()[0]
+    requires_system_checks = STARTUP_CHECKS
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("workers", nargs="+", metavar="QUEUES",
+                            help='one worker per argument, serving its queues (space- or comma-separated), '
+                                 'e.g. clone "default purge deploy"')
+        parser.add_argument("--poolmanager", action="store_true",
+                            help="run the pool manager's loop in the worker that serves the default queue")
+        parser.add_argument("--poolmanager-interval", type=float, default=None,
+                            help="its seconds between full cycles")
+        parser.add_argument("--worker-class", default="rq.SimpleWorker",
+                            help="RQ worker class of every worker (default rq.SimpleWorker)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        groups = [arg.replace(",", " ").split() for arg in options["workers"]]
+        unknown = sorted({q for group in groups for q in group} - set(settings.RQ_QUEUES))
+        if unknown or not all(groups):
+            raise CommandError(f"Unknown or empty queue list: {', '.join(unknown) or repr('')}. "
+                               f"Queues: {', '.join(settings.RQ_QUEUES)}.")
+        host = next((i for i, group in enumerate(groups) if "default" in group), None)
+        if options["poolmanager"] and host is None:
+            raise CommandError("--poolmanager runs in the worker that serves the default queue; none does.")
+        argvs = []
+        for i, group in enumerate(groups):
+            argv = [*group, "--worker-class", options["worker_class"], "--verbosity", str(options["verbosity"])]
+            if options["poolmanager"] and i == host:
+                argv.append("--poolmanager")
+                if options["poolmanager_interval"] is not None:
+                    argv += ["--poolmanager-interval", str(options["poolmanager_interval"])]
+            argvs.append(argv)
+        _load_shared()
+        connections.close_all()  # each worker opens its own
+        gc.collect()
+        gc.freeze()
+        sys.exit(Supervisor(argvs).run())
+
+
+class Supervisor:
+    def __init__(self, argvs: list[list[str]]):
+        self.argvs = argvs
+        self.children: dict[int, tuple[int, float]] = {}  # pid: (worker index, started at)
+        self.stopping = False
+        self.pause = 0.0
+
+    def forward(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        for pid in self.children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def spawn(self, index: int) -> None:
+        # Blocked across the fork: a signal then reaches the child only once it has its own
+        # handlers, and the parent only once it knows the child's pid.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(self.child(self.argvs[index]))
+        self.children[pid] = (index, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        log.info("worker %d (%s) started as pid %d", index + 1, " ".join(self.argvs[index]), pid)
+
+    def child(self, argv: list[str]) -> int:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above
+            return 1
+        try:
+            call_command("rqworker", *argv)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except BaseException:
+            log.exception("worker %s stopped on an error", " ".join(argv))
+            return 1
+        finally:
+            logging.shutdown()
+        return 0
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.forward)
+        signal.signal(signal.SIGINT, self.forward)
+        for index in range(len(self.argvs)):
+            self.spawn(index)
+        while self.children:
+            pid, status = os.wait()
+            if pid not in self.children:
+                continue
+            index, started = self.children.pop(pid)
+            if self.stopping:
+                continue
+            ran = time.monotonic() - started
+            self.pause = 0.0 if ran >= HEALTHY_AFTER else min(MAX_PAUSE, max(1.0, self.pause * 2))
+            log.warning("worker %d (%s, pid %d) %s after %.0f s; starting it again in %.0f s", index + 1,
+                        " ".join(self.argvs[index]), pid, _how(status), ran, self.pause)
+            deadline = time.monotonic() + self.pause
+            while not self.stopping and time.monotonic() < deadline:
+                time.sleep(min(0.5, deadline - time.monotonic()))
+            if not self.stopping:
+                self.spawn(index)
+        return 0
+
+
+def _how(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with {os.WEXITSTATUS(status)}"
