@@ -9,7 +9,9 @@ server of DATABASE_URL), starts the vSphere simulator, seeds a pool of a registe
 template whose size is the number of ready VMs seeded, and starts gunicorn (gthread, 1x8
 as README step 3 runs it on a small host), one clone ``rqworker`` and one for the other
 queues hosting the pool manager (``rqworker ... --poolmanager``; ``--separate-poolmanager``:
-``manage.py poolmanager`` instead): every checkout nudges the pool manager, which starts a
+``manage.py poolmanager`` instead; README step 3's ``rqworkers`` forks the same two
+workers from one process, which saves memory, not CPU: here they are processes of their
+own so that the CPU of each shows apart): every checkout nudges the pool manager, which starts a
 fill job that clones into the simulator while the run goes on (that is how checkout is
 used). Workers lower their CPU priority as in production (VMPORTAL_WORKER_NICE, default 10;
 set 0 to see the difference). Then, for each client count in ``--clients``:

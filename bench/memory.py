@@ -1,18 +1,20 @@
 """Resident memory of the production shape, idle with 10 small pools filled, beside vmpooler's.
 
     .venv/bin/python bench/memory.py [--pools 10] [--size 2] [--idle 20] [--workers 1] [--threads 8] [--preload]
-                                     [--worker-per-queue] [--separate-poolmanager]
+                                     [--clone-workers 1] [--separate-workers] [--worker-per-queue]
+                                     [--separate-poolmanager]
 
 Starts, against the vSphere simulator and a database of its own (``vmportal_bench_memory``,
 or ``BENCH_DB``; Redis ``BENCH_REDIS_URL``, default database 13), what README's
 "Running against a real vCenter" starts on a 2-core host: gunicorn ``vmportal.wsgi --workers 1
 --worker-class gthread --threads 8`` (on a small host that also runs the workers and
-PostgreSQL; ``--workers 2 --threads 4`` for a worker per core), an ``rqworker --worker-class
-rq.SimpleWorker`` for ``clone`` and one for ``default purge deploy`` (step 3;
-``--worker-per-queue``: one for each of the four queues, as deploy/'s units can run them)
-and the pool manager, as a thread of the latter (``rqworker --poolmanager``;
-``--separate-poolmanager``: ``manage.py poolmanager``, a process of its own); the inventory
-watcher is counted on a line of its own. It
+PostgreSQL; ``--workers 2 --threads 4`` for a worker per core), ``rqworkers clone "default
+purge deploy" --poolmanager``: a SimpleWorker for ``clone`` and one for the other queues
+hosting the pool manager's loop in a thread, forked from one process that loaded what they
+share (``--separate-workers``: the same two as ``rqworker`` processes of their own;
+``--worker-per-queue``: an ``rqworker`` for each of the four queues, as deploy/'s units can
+run them; ``--separate-poolmanager`` with either: ``manage.py poolmanager``, a process of
+its own); the inventory watcher is counted on a line of its own. It
 fills ``--pools`` pools of ``--size`` linked clones, sends each web worker a few requests
 (pages and API), waits ``--idle`` seconds with nothing to do, then sums per process group:
 
@@ -218,6 +220,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (README step 3: 1 on a small host)")
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     parser.add_argument("--preload", action="store_true", help="gunicorn --preload")
+    parser.add_argument("--clone-workers", type=int, default=1,
+                        help="clone workers rqworkers forks (README: one per pool that fills at the same time)")
+    parser.add_argument("--separate-workers", action="store_true",
+                        help="README step 3's two workers as rqworker processes of their own, not forked by rqworkers")
     parser.add_argument("--worker-per-queue", action="store_true",
                         help="an rqworker for each queue instead of README step 3's two (clone; default purge deploy)")
     parser.add_argument("--separate-poolmanager", action="store_true",
@@ -239,6 +245,12 @@ def main() -> None:
                       "--keep-alive", "5", "--timeout", "60", "--log-level", "warning",
                       *(["--preload"] if args.preload else [])])
         workers = [(q,) for q in QUEUES] if args.worker_per_queue else [("clone",), ("default", "purge", "deploy")]
+        forked = not (args.worker_per_queue or args.separate_workers or args.separate_poolmanager)
+        if forked:
+            start(f"rqworkers {'clone; ' * args.clone_workers}default purge deploy +pm",
+                  [python, "manage.py", "rqworkers", *["clone"] * args.clone_workers, "default purge deploy",
+                   "--poolmanager"])
+            workers = []
         for queues in workers:
             hosts = "default" in queues and not args.separate_poolmanager
             start(f"rqworker {' '.join(queues)}{' +poolmanager' if hosts else ''}",
@@ -260,18 +272,23 @@ def main() -> None:
         stop_all()
         sim.stop()
 
+    shape = ("4 rqworkers, one per queue" if args.worker_per_queue
+             else "2 rqworkers (clone; default purge deploy)" if not forked
+             else f"rqworkers forking {args.clone_workers + 1} "
+                  f"({'clone; ' * args.clone_workers}default purge deploy)")
     print(f"idle with {args.pools} pools of {args.size} full (after {filled:.1f} s more), {args.idle:.0f} s idle; "
           f"gunicorn {args.workers}x{args.threads} gthread{' --preload' if args.preload else ''}, "
-          f"{'4 rqworkers, one per queue' if args.worker_per_queue else '2 rqworkers (clone; default purge deploy)'}, "
+          f"{shape}, "
           f"{'a pool manager process' if args.separate_poolmanager else 'the pool manager in the default worker'}")
-    print(f"{'process group':44s} {'procs':>5s} {'RSS MB':>8s} {'PSS MB':>8s}")
+    w = max(44, *map(len, groups))
+    print(f"{'process group':{w}s} {'procs':>5s} {'RSS MB':>8s} {'PSS MB':>8s}")
     total_rss = total_pss = 0.0
     for name, (procs, rss, pss) in groups.items():
-        print(f"{name:44s} {procs:5d} {rss:8.1f} {pss:8.1f}")
+        print(f"{name:{w}s} {procs:5d} {rss:8.1f} {pss:8.1f}")
         if name != "watcher":
             total_rss, total_pss = total_rss + rss, total_pss + pss
     verdict = "met" if total_pss <= VMPOOLER_MB else "not met"
-    print(f"{'web + workers + pool manager':44s} {'':5s} {total_rss:8.1f} {total_pss:8.1f}   "
+    print(f"{'web + workers + pool manager':{w}s} {'':5s} {total_rss:8.1f} {total_pss:8.1f}   "
           f"vmpooler {VMPOOLER_MB} MB: {verdict} (PSS)")
     print("the inventory watcher (above) is counted apart: vmpooler has no inventory mirror")
 

@@ -55,14 +55,11 @@ class Command(BaseCommand):
                 sys.executable, "-m", "gunicorn", "vmportal.wsgi", "--bind", f"127.0.0.1:{port}",
                 "--workers", "1", "--threads", "8", "--log-level", "warning",
             ])
-            # SimpleWorker runs jobs in the worker process itself, so vSphere sessions are
-            # kept across jobs; a fill job holds its worker while its pool fills, hence two.
-            worker = [*manage, "rqworker", "--worker-class", "rq.SimpleWorker"]
-            self.spawn("clone-worker-1", [*worker, "clone"])
-            self.spawn("clone-worker-2", [*worker, "clone"])
-            # The scheduler (the pool manager) runs in this worker's thread, as README step 3
-            # runs it on a small host.
-            self.spawn("worker", [*worker, "default", "purge", "deploy", "--poolmanager"])
+            # README step 3 on a small host: the workers forked from one process (rqworkers),
+            # SimpleWorkers that keep vSphere sessions across jobs. A fill job holds its
+            # worker while its pool fills, hence two for clone; the scheduler (the pool
+            # manager) runs in a thread of the third.
+            self.spawn("workers", [*manage, "rqworkers", "clone", "clone", "default purge deploy", "--poolmanager"])
             for name, command in self.optional_daemons():
                 self.spawn(name, [*manage, command])
             self.stdout.write(self.style.SUCCESS(

@@ -19,6 +19,7 @@ parent-death signal), so a ``kill -9`` of the parent leaves no worker behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -47,21 +48,21 @@ SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 def _load_shared() -> None:
     """Import what every worker runs, so that it is loaded once, before the fork."""
-    import _strptime  # noqa: F401  # what rq's first datetime parse imports
+    import _strptime  # type: ignore[import-not-found]  # noqa: F401  # what rq's first datetime parse imports
     import encodings.idna  # noqa: F401  # what the first connection by host name imports
 
     import django_rq.workers  # noqa: F401
     import rq.worker  # noqa: F401
-    from pyVmomi import vim
+    from pyVmomi import vim, vmodl
 
     load_command_class("apps.jobs", "rqworker")  # with the pool manager's loop and django-rq's command
     autodiscover_modules("jobs")
     # pyVmomi makes its types on first use; these are the ones clone, destroy and the
     # property collector's watch touch in every job.
     for name in ("VirtualMachine", "Task", "Folder", "HostSystem", "ClusterComputeResource", "Datastore",
-                 "ResourcePool", "PropertyCollector", "ServiceInstance", "TaskInfo"):
+                 "ResourcePool", "ServiceInstance", "TaskInfo"):
         getattr(vim, name)
-    for spec in (vim.vm.CloneSpec, vim.vm.RelocateSpec, vim.vm.ConfigSpec, vim.PropertyCollector.FilterSpec):
+    for spec in (vim.vm.CloneSpec, vim.vm.RelocateSpec, vim.vm.ConfigSpec, vmodl.query.PropertyCollector.FilterSpec):
         spec()
 
 
@@ -114,10 +115,8 @@ class Supervisor:
     def forward(self, signum: int, frame: object) -> None:
         self.stopping = True
         for pid in self.children:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # gone, not yet waited for
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     def spawn(self, index: int) -> None:
         # Blocked across the fork: a signal then reaches the child only once it has its own
