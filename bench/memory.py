@@ -16,7 +16,8 @@ share (``--separate-workers``: the same two as ``rqworker`` processes of their o
 run them; ``--separate-poolmanager`` with either: ``manage.py poolmanager``, a process of
 its own); the inventory watcher is counted on a line of its own. It
 fills ``--pools`` pools of ``--size`` linked clones, sends each web worker a few requests
-(pages and API), waits ``--idle`` seconds with nothing to do, then sums per process group:
+(pages and API), waits ``--idle`` seconds with nothing to do, then sums per group of
+processes (a session each):
 
 - RSS (VmRSS of /proc/PID/status): what ``ps`` shows, counting pages shared between
   processes (libraries, gunicorn's forked workers) once per process;
@@ -111,7 +112,7 @@ GROUPS: dict[str, subprocess.Popen] = {}
 
 
 def start(name: str, argv: list[str]) -> None:
-    """A process in a process group of its own (counted and stopped whole), logging to LOG_DIR."""
+    """A process in a session of its own (counted and stopped whole), logging to LOG_DIR."""
     with open(LOG_DIR / f"{name}.log", "ab") as log:
         GROUPS[name] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -180,7 +181,9 @@ def wait_until_full(pool_ids: list[int], size: int, timeout: float = 300) -> flo
     sys.exit(f"the pools did not fill within {timeout:.0f} s")
 
 
-def group_pids(pgid: int) -> list[int]:
+def session_pids(sid: int) -> list[int]:
+    """The processes of a session: the one started, the workers it forked and their own
+    process groups (rqworkers gives each worker one)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -189,7 +192,7 @@ def group_pids(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue  # gone meanwhile
-        if int(fields[2]) == pgid:  # field 5 of stat: the process group
+        if int(fields[3]) == sid:  # field 6 of stat: the session
             pids.append(int(entry.name))
     return pids
 
@@ -205,7 +208,7 @@ def measure() -> dict[str, tuple[int, float, float]]:
     """Per group: processes, RSS MB, PSS MB."""
     out = {}
     for name, proc in GROUPS.items():
-        pids = group_pids(proc.pid)
+        pids = session_pids(proc.pid)
         rss = sum(kib(Path(f"/proc/{pid}/status"), "VmRSS") for pid in pids)
         pss = sum(kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss") for pid in pids)
         out[name] = (len(pids), rss / 1024, pss / 1024)
