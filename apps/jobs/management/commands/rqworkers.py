@@ -106,12 +106,15 @@ class Command(BaseCommand):
         connections.close_all()  # each worker opens its own
         gc.collect()
         gc.freeze()
-        sys.exit(Supervisor(argvs).run())
+        labels = [" ".join(group) + (" +poolmanager" if "--poolmanager" in argv else "")
+                  for group, argv in zip(groups, argvs, strict=True)]
+        sys.exit(Supervisor(argvs, labels).run())
 
 
 class Supervisor:
-    def __init__(self, argvs: list[list[str]]):
+    def __init__(self, argvs: list[list[str]], labels: list[str]):
         self.argvs = argvs
+        self.labels = labels  # for the log: each worker's queues
         self.children: dict[int, tuple[int, float]] = {}  # pid: (worker index, started at)
         self.stopping = False
 
@@ -127,12 +130,12 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         pid = os.fork()
         if pid == 0:
-            os._exit(self.child(self.argvs[index]))
+            os._exit(self.child(self.argvs[index], self.labels[index]))
         self.children[pid] = (index, time.monotonic())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-        log.info("worker %d (%s) started as pid %d", index + 1, " ".join(self.argvs[index]), pid)
+        log.info("worker %d (%s) started as pid %d", index + 1, self.labels[index], pid)
 
-    def child(self, argv: list[str]) -> int:
+    def child(self, argv: list[str], label: str) -> int:
         # A process group of its own: a terminal's Ctrl-C, or a kill of the parent's group,
         # reaches the worker once, through the parent. RQ takes a second signal for a cold
         # shutdown, which ends the running job at once.
@@ -149,7 +152,7 @@ class Supervisor:
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         except BaseException:
-            log.exception("worker %s stopped on an error", " ".join(argv))
+            log.exception("worker (%s) stopped on an error", label)
             return 1
         finally:
             logging.shutdown()
@@ -176,7 +179,7 @@ class Supervisor:
             pauses[index] = 0.0 if ran >= HEALTHY_AFTER else min(MAX_PAUSE, max(1.0, pauses[index] * 2))
             due[index] = time.monotonic() + pauses[index]
             log.warning("worker %d (%s, pid %d) %s after %.0f s; starting it again in %.0f s", index + 1,
-                        " ".join(self.argvs[index]), pid, _how(status), ran, pauses[index])
+                        self.labels[index], pid, _how(status), ran, pauses[index])
         return 0
 
 
