@@ -23,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST = ("-guest-ip", "10.30.0.0/16")
 
 
-def manage_process(*args: str) -> subprocess.Popen:
-    """A `manage.py <args>` process on the test database and Redis."""
+def manage_process(*args: str, **env_vars: str) -> subprocess.Popen:
+    """A `manage.py <args>` process on the test database and Redis (or ``env_vars``' REDIS_URL...)."""
     db = connection.settings_dict
     url = f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     env = {
@@ -33,6 +33,7 @@ def manage_process(*args: str) -> subprocess.Popen:
         "DATABASE_URL": url,
         "REDIS_URL": settings.REDIS_URL,
         "LOG_LEVEL": "WARNING",
+        **env_vars,
     }
     return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

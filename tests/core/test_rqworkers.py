@@ -98,6 +98,32 @@ def test_a_killed_worker_is_forked_again_with_its_queues():
         group.wait(timeout=30)
 
 
+def test_workers_that_find_no_redis_are_forked_again_until_it_is_back(tmp_path):
+    from redis import Redis
+
+    from tools.chaos.procs import RedisServer
+
+    redis = RedisServer(tmp_path)  # a free port, nothing listening on it yet
+    group = manage_process("rqworkers", "clone", "purge", REDIS_URL=redis.url)
+    try:
+        time.sleep(4)  # the workers exit at once, and are forked again after 1 s, 2 s, ...
+        assert group.poll() is None
+        redis.start()
+        connection = Redis.from_url(redis.url)
+        deadline = time.monotonic() + 30
+        names: list[tuple[str, ...]] = []
+        while time.monotonic() < deadline and len(names) < 2:
+            names = [tuple(w.queue_names()) for w in Worker.all(connection=connection)]
+            time.sleep(0.2)
+        assert sorted(names) == [("clone",), ("purge",)]
+        group.send_signal(signal.SIGTERM)
+        assert group.wait(timeout=30) == 0
+    finally:
+        if group.poll() is None:
+            group.kill()
+        redis.stop()
+
+
 def test_the_workers_go_with_a_killed_parent():
     group = manage_process("rqworkers", "clone", "purge")
     try:
