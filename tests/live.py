@@ -24,7 +24,7 @@ GUEST = ("-guest-ip", "10.30.0.0/16")
 
 
 def manage_process(*args: str, **env_vars: str) -> subprocess.Popen:
-    """A `manage.py <args>` process on the test database and Redis (or ``env_vars``' REDIS_URL...)."""
+    """A `manage.py <args>` process on the test database and Redis; ``env_vars`` override its environment."""
     db = connection.settings_dict
     url = f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     env = {
