@@ -173,7 +173,8 @@ def seed() -> None:
         f"""INSERT INTO audit_auditevent (at, actor_id, actor_name, action, target_type, target_id, target_repr,
                pool_id, before, after, message, request_id)
            SELECT now() - interval '90 days' + i * (interval '90 days' / {AUDIT_ROWS}),
-                  NULL, CASE WHEN i % 3 = 0 THEN 'system' ELSE 'user' || lpad((i % 300)::text, 3, '0') END,
+                  NULL, CASE WHEN i % 83333 = 0 THEN 'auditor' WHEN i % 3 = 0 THEN 'system'
+                             ELSE 'user' || lpad((i % 300)::text, 3, '0') END,
                   (ARRAY['lease.checkout', 'lease.return', 'lease.extend', 'vm.clone', 'vm.destroy', 'pool.reconfigure',
                          'lease.expire', 'vm.ready'])[1 + i % 8],
                   'pools.vm', (i % 10000)::text, 'pool-' || lpad((i % 100)::text, 3, '0') || '-' || (i % 100),
@@ -251,6 +252,8 @@ def every_path(values: dict[str, object]) -> list[str]:
 
 def variants(values: dict[str, object]) -> list[tuple[str, dict[str, str]]]:
     """The list pages as people and dashboards use them: filters, later pages, HTMX polls."""
+    from django.utils import timezone
+
     from apps.audit import selectors as audit
     from apps.audit.models import AuditEvent
 
@@ -268,6 +271,13 @@ def variants(values: dict[str, object]) -> list[tuple[str, dict[str, str]]]:
         (f"/manage/audit/?actor=user007&after={audit.encode_cursor(tenth)}", hx),
         ("/manage/audit/", hx),
         ("/manage/audit/export.csv?actor=user007", {}),
+        # A filter with a column sort: a rare actor (12 events), a common one, a pool, an
+        # action prefix, today.
+        ("/manage/audit/?actor=auditor&sort=action", {}),
+        ("/manage/audit/?actor=user007&sort=-target", {}),
+        (f"/manage/audit/?pool={pool_id}&sort=action", {}),
+        ("/manage/audit/?action=pool.&sort=actor", {}),
+        (f"/manage/audit/?since={timezone.localdate().isoformat()}&sort=target", {}),
         ("/manage/", hx),
         ("/manage/health/", hx),
         ("/manage/hosts/", hx),
