@@ -141,7 +141,7 @@ def audit_page(events: QuerySet[AuditEvent], *, after: str = "", size: int = 50,
             events = _older(events, *position) if desc else _newer(events, *position)
         rows = list(events[: size + 1])
     else:
-        rows = _column_page(_ordered_for_filter(events, field, desc), field, desc,
+        rows = _column_page(_ordered_for_filter(events, ordering), field, desc,
                             decode_column_cursor(after) if after else None, size + 1)
     more = len(rows) > size
     rows = rows[:size]
@@ -167,13 +167,16 @@ class Unindexed(Func):
     output_field = TextField()
 
 
-def _ordered_for_filter(events: QuerySet[AuditEvent], field: str, desc: bool) -> QuerySet[AuditEvent]:
+def _ordered_for_filter(events: QuerySet[AuditEvent], ordering: tuple[str, ...]) -> QuerySet[AuditEvent]:
+    """``events`` in ``ordering`` (a column sort's, from _ordering), its column as Unindexed
+    when a filter keeps at most FEW of them."""
     if not events.query.has_filters():
         return events
     if events.order_by().values(one=Value(1))[: FEW + 1].count() > FEW:
         return events
-    column = Unindexed(field)
-    return events.order_by(column.desc(), "at", "id") if desc else events.order_by(column.asc(), "-at", "-id")
+    first, *rest = ordering
+    column = Unindexed(first.removeprefix("-"))
+    return events.order_by(column.desc() if first.startswith("-") else column.asc(), *rest)
 
 
 def _column_page(events: QuerySet[AuditEvent], field: str, desc: bool,

@@ -85,10 +85,10 @@ def test_a_filter_that_keeps_few_events_is_sorted_from_its_own_index_not_read_in
     action index (0.57 s); one with 3,334, all on the last target, sorted by -target 0.74 s."""
     events = selectors.filter_audit(actor="bob").order_by(*ORDERS["action"])
     action_index = re.compile(r"using audit_\w*action\w*")  # audit_action_at, or the plain one
-    few = plan(selectors._ordered_for_filter(events, "action", desc=False)[:3])
+    few = plan(selectors._ordered_for_filter(events, ORDERS["action"])[:3])
     assert not action_index.search(few) and "actor_n" in few, few
     monkeypatch.setattr(selectors, "FEW", 6)  # bob has 7: common enough for the column's index
-    many = plan(selectors._ordered_for_filter(events, "action", desc=False)[:3])
+    many = plan(selectors._ordered_for_filter(events, ORDERS["action"])[:3])
     assert action_index.search(many), many
 
 
