@@ -55,11 +55,10 @@ def _load_shared() -> None:
     import _strptime  # type: ignore[import-not-found]  # noqa: F401  # what rq's first datetime parse imports
     import encodings.idna  # noqa: F401  # what the first connection by host name imports
 
-    import django_rq.workers  # noqa: F401
-    import rq.worker  # noqa: F401
     from pyVmomi import vim, vmodl
 
-    load_command_class("apps.jobs", "rqworker")  # with the pool manager's loop and django-rq's command
+    # With the pool manager's loop, django-rq's command and its workers, and RQ.
+    load_command_class("apps.jobs", "rqworker")
     autodiscover_modules("jobs")
     # pyVmomi makes its types on first use; these are the ones clone, destroy and the
     # property collector's watch touch in every job.
@@ -94,20 +93,21 @@ class Command(BaseCommand):
         host = next((i for i, group in enumerate(groups) if "default" in group), None)
         if options["poolmanager"] and host is None:
             raise CommandError("--poolmanager runs in the worker that serves the default queue; none does.")
-        argvs = []
+        argvs, labels = [], []  # each worker's rqworker arguments, and its queues for the log
         for i, group in enumerate(groups):
             argv = [*group, "--worker-class", options["worker_class"], "--verbosity", str(options["verbosity"])]
+            label = " ".join(group)
             if options["poolmanager"] and i == host:
                 argv.append("--poolmanager")
                 if options["poolmanager_interval"] is not None:
                     argv += ["--poolmanager-interval", str(options["poolmanager_interval"])]
+                label += " +poolmanager"
             argvs.append(argv)
+            labels.append(label)
         _load_shared()
         connections.close_all()  # each worker opens its own
         gc.collect()
         gc.freeze()
-        labels = [" ".join(group) + (" +poolmanager" if "--poolmanager" in argv else "")
-                  for group, argv in zip(groups, argvs, strict=True)]
         sys.exit(Supervisor(argvs, labels).run())
 
 
