@@ -247,13 +247,13 @@ def main() -> None:
                       "--workers", str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
                       "--keep-alive", "5", "--timeout", "60", "--log-level", "warning",
                       *(["--preload"] if args.preload else [])])
-        workers = [(q,) for q in QUEUES] if args.worker_per_queue else [("clone",), ("default", "purge", "deploy")]
         forked = not (args.worker_per_queue or args.separate_workers or args.separate_poolmanager)
         if forked:
             start(f"rqworkers {'clone; ' * args.clone_workers}default purge deploy +pm",
                   [python, "manage.py", "rqworkers", *["clone"] * args.clone_workers, "default purge deploy",
                    "--poolmanager"])
-            workers = []
+        workers = ([] if forked else [(q,) for q in QUEUES] if args.worker_per_queue
+                   else [("clone",), ("default", "purge", "deploy")])
         for queues in workers:
             hosts = "default" in queues and not args.separate_poolmanager
             start(f"rqworker {' '.join(queues)}{' +poolmanager' if hosts else ''}",
