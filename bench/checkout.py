@@ -19,8 +19,9 @@ set 0 to see the difference). Then, for each client count in ``--clients``:
 - HTTP: that many threads POST /api/v3/vm/<pool> with an X-AUTH-TOKEN (one token per
   user, 16 users), ``--checkouts`` in all after a warm-up (``--browser``: the page's
   POST /pools/<pool>/checkout with a session cookie and CSRF token instead);
-- raw psycopg: as many threads doing the checkout's own SQL (token lookup, user lock and
-  lease count, the lock-move-history statement, lease and audit inserts) in a transaction.
+- raw psycopg: as many threads doing the checkout's own SQL (the token lookup, then BEGIN,
+  the user's lock, the statement that counts, moves, writes history, lease and audit
+  event, and COMMIT, sent together as the service sends them).
 
 It prints throughput, p50/p99, answers >= 500, other failures, VMs leased twice (counted
 in the database, must be 0), and the CPU time per checkout of each process group (from
@@ -49,7 +50,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -392,51 +393,31 @@ def http_run(port: int, seeded: Seeded, clients: int, total: int, browser: bool)
     return run_threads(clients, total, make)
 
 
-def raw_statements(pool_id: int) -> tuple[str, list, str, str]:
-    """The app's own checkout statement and its parameters (as the service builds them), and
-    the lease and audit inserts the ORM makes, for raw psycopg to run."""
-    from apps.core.states import history_params
-    from apps.leases.services import _checkout_sql
-    from apps.pools.models import VMState
-
-    take = _checkout_sql()["take"]
-    params = [pool_id, VMState.READY, 1, VMState.LEASED, None, VMState.READY]
-    params += history_params(model_label="pools.vm", field="state", old=VMState.READY, new=VMState.LEASED)
-    lease = """INSERT INTO leases_lease (vm_id, pool_id, user_id, started_at, expires_at, ended_at, end_reason,
-                   note, tags)
-               VALUES (%s, %s, %s, now(), now() + interval '2 hours', NULL, '', 'vmpooler API', '{}')
-               RETURNING id"""
-    audit = """INSERT INTO audit_auditevent (at, actor_id, actor_name, action, target_type, target_id, target_repr,
-                   pool_id, before, after, message, request_id)
-               VALUES (now(), %s, %s, 'lease.checkout', 'leases.lease', %s, %s, %s, NULL, %s, '', %s)"""
-    return take, params, lease, audit
-
-
 LOOKUP_SQL = """SELECT t.id, t.user_id, t.last_used_at, u.is_active, u.is_superuser, u.username
                FROM api_apitoken t JOIN auth_user u ON u.id = t.user_id
                WHERE t.token_hash = %s AND NOT t.revoked AND (t.expires_at IS NULL OR t.expires_at > now())"""
 
 
-def raw_run(url: str, seeded: Seeded, clients: int, total: int) -> Run:
-    """The checkout's SQL, statement for statement, from plain psycopg threads."""
+def raw_run(url: str, seeded: Seeded, clients: int, total: int, max_leases: int) -> Run:
+    """The checkout's SQL, statement for statement, from plain psycopg threads: the token
+    lookup, then BEGIN, the user's lock, the service's one-go statement and COMMIT sent
+    together, with the parameters the service passes."""
     import hashlib
 
     import psycopg
 
+    from apps.core.states import history_params
     from apps.leases.services import PENDING, _checkout_sql
+    from apps.pools.models import VMState
 
-    take, take_params, lease_sql, audit_sql = raw_statements(seeded.raw_pool_id)
-    limits = _checkout_sql()
-    from apps.pools.models import VM
-
-    vm_name_at = [f.column for f in VM._meta.concrete_fields].index("name")
+    sql = _checkout_sql()
+    history = history_params(model_label="pools.vm", field="state", old=VMState.READY, new=VMState.LEASED)
+    pool = seeded.raw_pool_id
     conns = []
 
     def make(index: int):
-        # autocommit: conn.transaction() is then the transaction itself. Without it the token
-        # lookup opened an outer transaction that never committed (the block was a savepoint):
-        # no commit was measured, and at 32 clients two threads of one user waited for ever
-        # on each other's user-row lock.
+        # autocommit, as Django's connection is between transactions: the BEGIN and COMMIT
+        # are the checkout's own, in its one round trip.
         conn = psycopg.connect(url, prepare_threshold=5, autocommit=True)
         conns.append(conn)  # kept open until measured: a closed backend's CPU time is gone from /proc
         token_hash = hashlib.sha256(seeded.tokens[index % USERS].encode()).hexdigest()
@@ -445,23 +426,26 @@ def raw_run(url: str, seeded: Seeded, clients: int, total: int) -> Run:
             try:
                 return attempt()
             except psycopg.Error as exc:  # a failure to count, not a thread that dies holding locks
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
                 return f"raw {type(exc).__name__}: {exc}"[:200]
 
         def attempt() -> str | None:
-            [[_, user_id, _, _, _, username]] = conn.execute(LOOKUP_SQL, [token_hash]).fetchall()
-            with conn.transaction():
-                conn.execute(limits["groups"], [user_id]).fetchall()
-                conn.execute(limits["active"], [user_id, user_id, *PENDING]).fetchall()
-                params = list(take_params)
-                params[4] = datetime.now(UTC)  # state_changed_at, as the service passes it
-                rows = conn.execute(take, params).fetchall()
-                if not rows:
-                    return "pool empty"
-                vm_id, vm_name = rows[0][0], rows[0][vm_name_at]
-                [[lease_id]] = conn.execute(lease_sql, [vm_id, seeded.raw_pool_id, user_id]).fetchall()
-                conn.execute(audit_sql, [user_id, username, str(lease_id), f"{vm_name} → {username}",
-                                         seeded.raw_pool_id, json.dumps({"vm": vm_name}), "bench"])
-            return None
+            [[_, user, _, _, _, username]] = conn.execute(LOOKUP_SQL, [token_hash]).fetchall()
+            now = datetime.now(UTC)
+            expires = now + timedelta(hours=2)
+            params = [pool, VMState.READY, max_leases, user, 1, max_leases, user, *PENDING, user, pool, 1,
+                      VMState.LEASED, now, VMState.READY, 1, *history,
+                      user, now, expires, "vmpooler API", "{}",
+                      now, user, username, "lease.checkout", "leases.lease", f" → {username}", expires.isoformat(),
+                      "bench"]
+            with conn.cursor() as lock, conn.cursor() as take:
+                with conn.pipeline():
+                    lock.execute("BEGIN")
+                    lock.execute(sql["groups"], [user])
+                    take.execute(sql["take_in_one_go"], params)
+                    lock.execute("COMMIT")
+                return None if take.fetchall() else "pool empty"
 
         return checkout
 
@@ -538,7 +522,7 @@ def main() -> None:
     from tests import vcsim as launcher
 
     os.environ["VCSIM_STDERR"] = ""
-    sim = launcher.start()
+    sim = launcher.start("-guest-ip", "10.40.0.0/16", "-guest-ip-delay", "1s")
     procs: list[subprocess.Popen] = []
     results: list[tuple[int, Run, Run]] = []
     try:
@@ -566,7 +550,7 @@ def main() -> None:
             for spy in spies:
                 spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
                 spy.wait(30)
-            raw = raw_run(url, seeded, clients, count(clients))
+            raw = raw_run(url, seeded, clients, count(clients), needed)
             results.append((clients, web, raw))
             print(f"{clients:2d} clients  http {web.line()}   load {os.getloadavg()[0]:.2f}")
             print(f"            {web.cpu_line()}")

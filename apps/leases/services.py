@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
+from psycopg.pq import TransactionStatus
 
 from apps.audit import services as audit
 from apps.audit.context import current_actor
@@ -70,13 +72,14 @@ def _checkout_sql() -> dict[str, str]:
     # NO KEY: a VM row is a parent (leases, addresses, jobs refer to it) and only its state changes.
     lock_vms = " FOR NO KEY UPDATE SKIP LOCKED" if features.has_select_for_no_key_update else ""
     vm_columns = ", ".join(f.column for f in VM._meta.concrete_fields)
-    move = f"""UPDATE {VM._meta.db_table} SET state = %s, state_changed_at = %s
-                WHERE id IN (SELECT id FROM picked) AND state = %s RETURNING {vm_columns}"""  # noqa: S608
-    lease_fields = ("vm", "pool", "user", "started_at", "expires_at", "end_reason", "note", "tags")
-    audit_fields = ("at", "actor", "actor_name", "action", "target_type", "target_id", "target_repr", "pool",
-                    "before", "after", "message", "request_id")
-    move_and_log = f""", moved AS ({move}), logged AS ({history_sql(connection, object_id="id")} FROM moved)
+
+    def move(only_if: str = "") -> str:
+        return f"""UPDATE {VM._meta.db_table} SET state = %s, state_changed_at = %s
+                WHERE id IN (SELECT id FROM picked) AND state = %s{only_if} RETURNING {vm_columns}"""  # noqa: S608
+
+    move_and_log = f""", moved AS ({move()}), logged AS ({history_sql(connection, object_id="id")} FROM moved)
             SELECT {vm_columns} FROM moved"""  # noqa: S608
+    take_and_lease = _take_and_lease_sql(lock_vms, move, vm_columns)
     # Only table and column names from the models are formatted in; values are parameters.
     return {
         "groups": f"""SELECT g.name, gl.id FROM {user_model._meta.db_table} u
@@ -96,12 +99,38 @@ def _checkout_sql() -> dict[str, str]:
         "take": f"""WITH picked AS MATERIALIZED (
                 SELECT id FROM {VM._meta.db_table} WHERE pool_id = %s AND state = %s AND NOT on_demand
                 ORDER BY ready_at, id LIMIT %s{lock_vms})
-            {move_and_log if _history_in_statement() else move}""",  # noqa: S608
+            {move_and_log if _history_in_statement() else move()}""",  # noqa: S608
         # PostgreSQL: the same, and the leases and their audit events, in one round trip.
-        "take_and_lease": f"""WITH picked AS MATERIALIZED (
-                SELECT id FROM {VM._meta.db_table} WHERE pool_id = %s AND state = %s AND NOT on_demand
+        "take_and_lease": take_and_lease(""),
+        # The same, all or nothing, and only when nothing but the per-user limit applies:
+        # taking nothing sends the checkout to the full path (see checkout). Run after the
+        # user's lock, so its counts see what the lock's previous holder committed.
+        "take_in_one_go": take_and_lease(f"""
+                AND (%s = 0 OR (SELECT count(*) FROM {Lease._meta.db_table}
+                                WHERE user_id = %s AND ended_at IS NULL) + %s <= %s)
+                AND NOT EXISTS (SELECT 1 FROM {OnDemandRequest._meta.db_table}
+                                WHERE user_id = %s AND status IN (%s, %s))
+                AND NOT EXISTS (SELECT 1 FROM {memberships} ug
+                                JOIN {GroupLeaseLimit._meta.db_table} gl ON gl.group_id = ug.group_id
+                                WHERE ug.user_id = %s)
+                AND NOT EXISTS (SELECT 1 FROM {PoolFirstBoot._meta.db_table}
+                                WHERE pool_id = %s AND guest_username <> '')""",  # noqa: S608
+                                         all_or_nothing=" AND (SELECT count(*) FROM picked) = %s"),
+    }
+
+
+def _take_and_lease_sql(lock_vms: str, move: Callable[[str], str], vm_columns: str) -> Callable[..., str]:
+    """take_and_lease's statement, with ``only_if`` added to the pick's conditions and
+    ``all_or_nothing`` to the move's (PostgreSQL only)."""
+    lease_fields = ("vm", "pool", "user", "started_at", "expires_at", "end_reason", "note", "tags")
+    audit_fields = ("at", "actor", "actor_name", "action", "target_type", "target_id", "target_repr", "pool",
+                    "before", "after", "message", "request_id")
+
+    def take_and_lease(only_if: str, all_or_nothing: str = "") -> str:
+        return f"""WITH picked AS MATERIALIZED (
+                SELECT id FROM {VM._meta.db_table} WHERE pool_id = %s AND state = %s AND NOT on_demand{only_if}
                 ORDER BY ready_at, id LIMIT %s{lock_vms})
-            , moved AS ({move}), logged AS ({history_sql(connection, object_id="id")} FROM moved),
+            , moved AS ({move(all_or_nothing)}), logged AS ({history_sql(connection, object_id="id")} FROM moved),
             leased AS (INSERT INTO {Lease._meta.db_table} ({_columns(Lease, lease_fields)})
                 SELECT id, pool_id, %s, %s, %s, '', %s, %s::jsonb FROM moved RETURNING id, vm_id),
             audited AS (INSERT INTO {AuditEvent._meta.db_table} ({_columns(AuditEvent, audit_fields)})
@@ -111,8 +140,9 @@ def _checkout_sql() -> dict[str, str]:
             SELECT {", ".join(f"m.{c}" for c in vm_columns.split(", "))}, l.id AS taken_lease_id,
                 EXISTS (SELECT 1 FROM {PoolFirstBoot._meta.db_table} fb
                         WHERE fb.pool_id = m.pool_id AND fb.guest_username <> '') AS guest_keys
-            FROM moved m JOIN leased l ON l.vm_id = m.id""",  # noqa: S608
-    }
+            FROM moved m JOIN leased l ON l.vm_id = m.id"""  # noqa: S608
+
+    return take_and_lease
 
 
 def _columns(model: type[Model], names: tuple[str, ...]) -> str:
@@ -214,13 +244,10 @@ def check_lease_limits(user: User, adding: int) -> None:
 TAKEN_EXTRA = ("taken_lease_id", "guest_keys")
 
 
-def _taken_vms(sql: str, params: list) -> list[VM]:
-    """The VMs take_and_lease returns, with its extra columns as attributes: loaded as
-    Model.from_db does, since a raw() queryset's per-query setup (columns matched to fields,
-    converters, init order) cost a third of the checkout's CPU in Python."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+def _taken_vms(rows: list[tuple]) -> list[VM]:
+    """The VMs take_and_lease returned, with its extra columns as attributes, in the ORM's
+    order: loaded as Model.from_db does, since a raw() queryset's per-query setup (columns
+    matched to fields, converters, init order) cost a third of the checkout's CPU in Python."""
     taken_at = width(VM)
     vms = []
     for row in rows:
@@ -228,26 +255,128 @@ def _taken_vms(sql: str, params: list) -> list[VM]:
         for name, value in zip(TAKEN_EXTRA, row[taken_at:], strict=True):
             setattr(vm, name, value)
         vms.append(vm)
-    return vms
+    return _ordered(vms)
 
 
 def _ordered(vms: Iterable[VM]) -> list[VM]:
     return sorted(vms, key=lambda vm: (vm.ready_at is None, vm.ready_at, vm.pk))  # the ORM's order, NULLs last
 
 
-@transaction.atomic
+def _lease_params(user: User, now: datetime, expires_at: datetime, note: str, tags: dict | None) -> list[Any]:
+    """take_and_lease's parameters after the move's: the history rows, the leases, their audit events."""
+    actor = current_actor()
+    return [*history_params(model_label=VM._meta.label_lower, field="state", old=VMState.READY, new=VMState.LEASED),
+            user.pk, now, expires_at, note, json.dumps(tags or {}),
+            now, actor.user_id, actor.name, "lease.checkout", Lease._meta.label_lower,
+            f" → {user}", expires_at.isoformat(), actor.request_id]
+
+
+def _leases_of(vms: list[VM], pool: Pool, user: User, now: datetime, expires_at: datetime, note: str,
+               tags: dict | None) -> list[Lease]:
+    """The Lease objects of the VMs take_and_lease returned (written by its SQL, so no
+    post_save): receivers of leases_inserted (first boot's keys) hear of them here, with
+    first boot's question (does the pool put lessees' keys into its guests?) answered by
+    the statement rather than by a round trip of their own."""
+    leases = []
+    for vm in vms:
+        lease = Lease(id=vm.taken_lease_id, vm=vm, pool=pool, user=user, started_at=now,  # type: ignore[attr-defined]
+                      expires_at=expires_at, note=note, tags=tags or {})
+        lease._state.adding, lease._state.db = False, connection.alias
+        leases.append(lease)
+    leases_inserted.send(sender=Lease, pool_id=pool.pk, leases=leases,
+                         guest_keys=any(vm.guest_keys for vm in vms))  # type: ignore[attr-defined]
+    return leases
+
+
+def _in_one_go(pools: list[Pool]) -> bool:
+    """Whether a checkout may try _checkout_in_one_go first: VMs of one enabled pool that
+    does not move checked-out VMs between hosts (those moves are jobs queued in the
+    checkout's transaction), on PostgreSQL."""
+    pool = pools[0]
+    return (_history_in_statement() and pool.enabled and not pool.balance_hosts
+            and all(p.pk == pool.pk for p in pools))
+
+
+def _checkout_in_one_go(*, user: User, pool: Pool, wanted: int, lifetime: timedelta | None, note: str,
+                        tags: dict | None) -> list[Lease]:
+    """The user's lock and take_in_one_go, sent together; outside a transaction, between
+    a BEGIN and a COMMIT sent with them. One round trip for the whole checkout, where the
+    full path makes five (BEGIN, the lock and count, their pipeline's sync, the take, COMMIT).
+
+    Empty when it took nothing: the pool is short, or more than the per-user limit applies
+    (group limits, on-demand requests pending, lessees' keys for the pool's guests, an
+    admin past the per-user limit). The full path then decides, in a transaction of its own.
+    """
+    now = timezone.now()
+    expires_at = now + min(lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
+    limit = 0 if user.is_superuser else settings.VMPORTAL_MAX_LEASES_PER_USER
+    params: list[Any] = [
+        pool.pk, VMState.READY, limit, user.pk, wanted, limit, user.pk, *PENDING, user.pk, pool.pk, wanted,  # the pick
+        VMState.LEASED, now, VMState.READY, wanted,  # the move, all or nothing
+        *_lease_params(user, now, expires_at, note, tags),
+    ]
+    sql = _checkout_sql()
+    connection.ensure_connection()
+    own_transaction = connection.get_autocommit()
+    try:
+        with connection.cursor() as lock, connection.cursor() as take:
+            with _pipelined():  # sent, and their results read, as it ends (its Sync): one round trip
+                if own_transaction:
+                    lock.execute("BEGIN")
+                lock.execute(sql["groups"], [user.pk])
+                take.execute(sql["take_in_one_go"], params)
+                if own_transaction:
+                    lock.execute("COMMIT")
+            vms = _taken_vms(take.fetchall())
+    except BaseException:
+        if own_transaction:
+            _roll_back()
+        raise
+    if not vms:
+        return []
+    leases = _leases_of(vms, pool, user, now, expires_at, note, tags)
+    nudge.nudge(pool.pk)
+    return leases
+
+
+def _roll_back() -> None:
+    """End a transaction _checkout_in_one_go began and did not commit (a statement failed,
+    or the connection did): Django, in autocommit, knows of none."""
+    raw = connection.connection
+    if raw is None or raw.closed or raw.info.transaction_status == TransactionStatus.IDLE:
+        return
+    try:
+        raw.execute("ROLLBACK")
+    except psycopg.Error:
+        connection.close()  # unusable: the next query opens a new one
+
+
 def checkout(*, user: User, pools: list[Pool], lifetime: timedelta | None = None,
              note: str = "", tags: dict | None = None) -> list[Lease]:
     """Lease one ready VM from each entry of ``pools`` (a pool may repeat), all or nothing.
 
     SKIP LOCKED lets concurrent checkouts take different VMs without waiting on each
-    other; the one-to-one lease constraint would refuse a double lease anyway.
+    other; the one-to-one lease constraint would refuse a double lease anyway. VMs of one
+    pool (CI's checkout) are asked for in one round trip first (_checkout_in_one_go); when
+    that takes nothing, the full path decides: it refuses, saying why, or takes VMs that
+    became ready meanwhile.
     """
     if not pools:
         raise VmPortalError("Ask for at least one VM.")
     if len(pools) > settings.VMPORTAL_MAX_VMS_PER_CHECKOUT:
         raise VmPortalError(f"Ask for at most {settings.VMPORTAL_MAX_VMS_PER_CHECKOUT} VMs in one checkout "
                             "(VMPORTAL_MAX_VMS_PER_CHECKOUT).")
+    if _in_one_go(pools):
+        leases = _checkout_in_one_go(user=user, pool=pools[0], wanted=len(pools), lifetime=lifetime,
+                                     note=note, tags=tags)
+        if leases:
+            return leases
+    return _checkout_in_transaction(user=user, pools=pools, lifetime=lifetime, note=note, tags=tags)
+
+
+@transaction.atomic
+def _checkout_in_transaction(*, user: User, pools: list[Pool], lifetime: timedelta | None, note: str,
+                             tags: dict | None) -> list[Lease]:
     check_lease_limits(user, len(pools))
     now = timezone.now()
     leases: list[Lease] = []
@@ -259,31 +388,17 @@ def checkout(*, user: User, pools: list[Pool], lifetime: timedelta | None = None
         # request's job leases them. Taken VMs are already LEASED; a short pool rolls the
         # whole checkout back.
         history: dict[str, Any] = dict(field="state", old=VMState.READY, new=VMState.LEASED)
-        params = [pool_id, VMState.READY, wanted, VMState.LEASED, now, VMState.READY]
+        params: list[Any] = [pool_id, VMState.READY, wanted, VMState.LEASED, now, VMState.READY]
         duration = min(lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
         expires_at = now + duration
         if _history_in_statement():
-            actor = current_actor()
-            params += history_params(model_label=VM._meta.label_lower, **history)
-            params += [user.pk, now, expires_at, note, json.dumps(tags or {}),
-                       now, actor.user_id, actor.name, "lease.checkout", Lease._meta.label_lower,
-                       f" → {user}", expires_at.isoformat(), actor.request_id]
-            vms = _ordered(_taken_vms(_checkout_sql()["take_and_lease"], params))
+            params += _lease_params(user, now, expires_at, note, tags)
+            with connection.cursor() as cursor:
+                cursor.execute(_checkout_sql()["take_and_lease"], params)
+                vms = _taken_vms(cursor.fetchall())
             if len(vms) < wanted:
                 raise PoolEmpty(pool, wanted, len(vms))
-            taken = []
-            for vm in vms:
-                lease_id = vm.taken_lease_id  # type: ignore[attr-defined]  # a column of the raw query
-                lease = Lease(id=lease_id, vm=vm, pool=pool, user=user, started_at=now,
-                              expires_at=expires_at, note=note, tags=tags or {})
-                lease._state.adding, lease._state.db = False, connection.alias
-                taken.append(lease)
-            # Written by SQL, so no post_save: receivers (first boot's keys) hear of them
-            # here, with first boot's question (does the pool put lessees' keys into its
-            # guests?) answered by the statement rather than by a round trip of their own.
-            leases_inserted.send(sender=Lease, pool_id=pool_id, leases=taken,
-                                 guest_keys=any(vm.guest_keys for vm in vms))  # type: ignore[attr-defined]
-            leases += taken
+            leases += _leases_of(vms, pool, user, now, expires_at, note, tags)
             if pool.balance_hosts:
                 balance.request_moves(vms)
             nudge.nudge(pool_id)

@@ -1,5 +1,6 @@
 """A checkout's database work: the VM move, its history, the lease and its audit event are
-one statement on PostgreSQL, and an API checkout by token costs a fixed handful of queries."""
+one statement on PostgreSQL, and an API checkout by token costs a fixed handful of queries
+(test_checkout_in_one_go: the same outside a transaction)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ def test_a_checkout_moves_the_vm_and_writes_history_lease_and_audit_in_one_state
     writes = [sql for sql in _statements(ctx) if "INSERT INTO" in sql.upper() or sql.upper().startswith("UPDATE")]
     assert len(writes) == 1, writes
     assert all(t in writes[0] for t in ("pools_vm", "leases_lease", "audit_auditevent", StateChange._meta.db_table))
-    # The user lock and count (sent together), and the statement itself, which also answers
-    # first boot's question about the pool.
-    assert len(_statements(ctx)) <= 3, _statements(ctx)
+    # The user lock and the statement itself (sent together), which also counts the user's
+    # leases and answers first boot's question about the pool.
+    assert len(_statements(ctx)) == 2, _statements(ctx)
     assert Lease.objects.get(pk=lease.pk).vm.state == VMState.LEASED
 
 
@@ -54,7 +55,7 @@ def test_the_checkouts_lease_and_audit_event_read_as_the_orm_wrote_them(engineer
     assert event.before is None and event.message == ""
 
 
-def test_an_api_checkout_by_token_costs_four_queries(engineer, redis_conn):
+def test_an_api_checkout_by_token_costs_three_queries(engineer, redis_conn):
     pool = factories.pool(name="deb", size=2)
     factories.vm(pool, state=VMState.READY)
     _, raw = tokens.create_token(user=engineer, name="ci")
@@ -64,9 +65,9 @@ def test_an_api_checkout_by_token_costs_four_queries(engineer, redis_conn):
         answer = client.post("/api/v3/vm/deb")
     assert answer.status_code == 200, answer.content
     # Token, user and the pool by name in one statement (also the connection's health check),
-    # user lock and lease count (2) in one round trip, the checkout with first boot's look at
-    # the pool (1).
-    assert len(_statements(ctx)) <= 4, _statements(ctx)
+    # then the user lock and the checkout with its counts and first boot's look at the pool
+    # (2) in one round trip. (Outside this test's transaction, a BEGIN and a COMMIT join them.)
+    assert len(_statements(ctx)) == 3, _statements(ctx)
 
 
 def test_a_revoked_token_stops_working_on_its_next_request(engineer, redis_conn):

@@ -1,0 +1,174 @@
+"""A checkout of one pool's VMs outside a transaction (as the API and pages make it): BEGIN,
+the user's lock, the all-or-nothing take and COMMIT go out together, and whatever more than
+the per-user limit applies sends it to the full path. Real transactions here (no test
+transaction around them), so the BEGIN and COMMIT are the checkout's own."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from django.contrib.auth.models import Group, User
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
+from psycopg.pq import TransactionStatus
+
+from apps.audit.models import AuditEvent
+from apps.core.models import StateChange
+from apps.firstboot.models import KeyDelivery, PoolFirstBoot
+from apps.leases import ondemand, services
+from apps.leases.models import GroupLeaseLimit, Lease
+from apps.pools.models import VM, VMState
+from tests import factories
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _pool_with_ready_vms(n: int, **kw):
+    pool = factories.pool(size=n, **kw)
+    for _ in range(n):
+        factories.vm(pool, state=VMState.READY)
+    return pool
+
+
+def _idle() -> bool:
+    """Django's connection in autocommit with no transaction open on the server."""
+    return connection.get_autocommit() and connection.connection.info.transaction_status == TransactionStatus.IDLE
+
+
+def test_one_vm_is_leased_by_begin_lock_take_and_commit_sent_together(engineer, redis_conn, settings):
+    settings.VMPORTAL_MAX_LEASES_PER_USER = 5
+    pool = _pool_with_ready_vms(2)
+    with CaptureQueriesContext(connection) as ctx:
+        [lease] = services.checkout(user=engineer, pools=[pool], note="ci")
+    statements = [q["sql"] for q in ctx.captured_queries]
+    assert [s.split()[0].upper() for s in statements] == ["BEGIN", "SELECT", "WITH", "COMMIT"], statements
+    assert _idle()
+    row = Lease.objects.select_related("vm").get(pk=lease.pk)
+    assert (row.user_id, row.pool_id, row.note, row.vm.state, row.ended_at) == \
+        (engineer.pk, pool.pk, "ci", VMState.LEASED, None)
+    assert AuditEvent.objects.filter(action="lease.checkout", target_id=str(lease.pk)).exists()
+    assert StateChange.objects.filter(object_id=str(row.vm_id), new=VMState.LEASED).exists()
+    assert VM.objects.filter(pool=pool, state=VMState.READY).count() == 1
+
+
+def test_the_per_user_limit_refuses_and_nothing_moves(engineer, redis_conn, settings):
+    settings.VMPORTAL_MAX_LEASES_PER_USER = 1
+    pool = _pool_with_ready_vms(3)
+    services.checkout(user=engineer, pools=[pool])
+    with pytest.raises(services.LeaseLimitReached, match="You have 1 active lease; the limit is 1"):
+        services.checkout(user=engineer, pools=[pool])
+    assert (Lease.objects.count(), VM.objects.filter(state=VMState.READY).count()) == (1, 2)
+    assert _idle()
+
+
+def test_several_vms_from_a_short_pool_take_none(engineer, redis_conn):
+    pool = _pool_with_ready_vms(2)
+    with pytest.raises(services.PoolEmpty, match="has 2 ready VMs; 3 requested"):
+        services.checkout(user=engineer, pools=[pool] * 3)
+    assert not Lease.objects.exists()
+    assert VM.objects.filter(state=VMState.READY).count() == 2
+    assert _idle()
+
+
+def test_several_vms_from_one_pool_are_leased_together(engineer, redis_conn):
+    pool = _pool_with_ready_vms(3)
+    leases = services.checkout(user=engineer, pools=[pool] * 2)
+    assert len({lease.vm_id for lease in leases}) == 2
+    assert Lease.objects.filter(user=engineer).count() == 2
+
+
+def test_a_superuser_is_not_held_to_the_per_user_limit(redis_conn, settings):
+    settings.VMPORTAL_MAX_LEASES_PER_USER = 1
+    root = User.objects.create_superuser("root-admin", password="pw")
+    pool = _pool_with_ready_vms(2)
+    services.checkout(user=root, pools=[pool])
+    services.checkout(user=root, pools=[pool])
+    assert Lease.objects.filter(user=root).count() == 2
+
+
+def test_an_admin_past_the_per_user_limit_is_served_by_the_full_path(admin_user, redis_conn, settings):
+    settings.VMPORTAL_MAX_LEASES_PER_USER = 1
+    pool = _pool_with_ready_vms(2)
+    services.checkout(user=admin_user, pools=[pool])
+    with CaptureQueriesContext(connection) as ctx:
+        services.checkout(user=admin_user, pools=[pool])
+    assert Lease.objects.filter(user=admin_user).count() == 2
+    assert sum(q["sql"].upper() == "COMMIT" for q in ctx.captured_queries) == 2  # the try, then the full path
+    assert _idle()
+
+
+def test_a_group_limit_is_kept_by_the_full_path(engineer, other_engineer, redis_conn, settings):
+    settings.VMPORTAL_MAX_LEASES_PER_USER = 10
+    team = Group.objects.create(name="team")
+    team.user_set.add(engineer, other_engineer)
+    GroupLeaseLimit.objects.create(group=team, max_active_leases=1)
+    pool = _pool_with_ready_vms(3)
+    services.checkout(user=engineer, pools=[pool])
+    with pytest.raises(services.LeaseLimitReached, match="Your group team has 1 active lease"):
+        services.checkout(user=other_engineer, pools=[pool])
+    assert Lease.objects.count() == 1
+
+
+def test_pending_on_demand_vms_count_toward_the_limit(engineer, redis_conn, settings):
+    settings.VMPORTAL_MAX_LEASES_PER_USER = 2
+    pool = _pool_with_ready_vms(3)
+    ondemand.request_vms(user=engineer, pools=[pool, pool])
+    with pytest.raises(services.LeaseLimitReached, match="0 active leases and 2 VMs coming on demand"):
+        services.checkout(user=engineer, pools=[pool])
+    assert not Lease.objects.exists()
+
+
+def test_a_pool_that_puts_lessees_keys_into_guests_records_the_delivery_with_the_lease(engineer, redis_conn):
+    pool = _pool_with_ready_vms(1)
+    PoolFirstBoot.objects.create(pool=pool, guest_username="ops")
+    [lease] = services.checkout(user=engineer, pools=[pool])
+    assert KeyDelivery.objects.filter(lease=lease).exists()
+
+
+def test_a_failed_statement_rolls_the_checkout_back_and_the_connection_goes_on(engineer, redis_conn):
+    pool = _pool_with_ready_vms(2)
+    db = connection.settings_dict
+    # Another session holds the user's row, and this one waits for it at most 100 ms.
+    with psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]) as other:
+        other.execute("SELECT 1 FROM auth_user WHERE id = %s FOR UPDATE", [engineer.pk])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '100ms'")
+        try:
+            with pytest.raises(OperationalError, match="lock timeout"):
+                services.checkout(user=engineer, pools=[pool])
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+        assert _idle()
+        other.rollback()
+    assert not Lease.objects.exists()
+    [lease] = services.checkout(user=engineer, pools=[pool])
+    assert Lease.objects.get().pk == lease.pk
+
+
+def test_concurrent_checkouts_by_one_user_stop_at_the_limit(redis_conn, settings):
+    settings.VMPORTAL_MAX_LEASES_PER_USER = 3
+    user = User.objects.create_user("erin-engineer")
+    pool = _pool_with_ready_vms(8)
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def one() -> None:
+        try:
+            start.wait(10)
+            services.checkout(user=user, pools=[pool])
+            outcomes.append("leased")
+        except services.LeaseLimitReached:
+            outcomes.append("limit")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["leased"] * 3 + ["limit"] * 5
+    assert Lease.objects.filter(user=user).count() == 3
