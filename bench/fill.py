@@ -11,7 +11,7 @@ worker process spent (the fill's own cost: the simulator shares the machine).
 ``--spy FILE`` has py-spy sample the worker's stacks that hold the GIL during the fill
 (its CPU, without cProfile's overhead). ``--profile FILE`` runs the fill job in this
 process instead of a worker, under cProfile (stats written to FILE, the top printed), and
-counts its SQL statements.
+counts its SQL statements and SOAP calls.
 ``--warm`` has the worker fill a pool of 2 first, untimed: the timed fill is then that of a
 worker that has run a job before (pyVmomi imported, its types loaded, a session logged in),
 as every fill but a worker's first is; without it each run's worker is fresh.
@@ -214,16 +214,31 @@ def profiled_fill(pool, *, width: int, out: str) -> None:
         statements[sql[:150]] += 1
         return execute(sql, params, many, context)
 
+    # The simulator's share of the machine is its answers to these: SOAP calls by method.
+    from pyVmomi import SoapStubAdapter
+
+    soap: Counter[str] = Counter()
+    invoke = SoapStubAdapter.InvokeMethod
+
+    def counted(self, mo, info, args, outerStub=None):  # noqa: ANN001, ANN202, N803
+        soap[info.wsdlName] += 1
+        return invoke(self, mo, info, args, outerStub)
+
     profiler = cProfile.Profile()
     cpu, start = time.process_time(), time.perf_counter()
-    with connection.execute_wrapper(count):
-        profiler.runcall(runner.run, job.pk)
+    SoapStubAdapter.InvokeMethod = counted
+    try:
+        with connection.execute_wrapper(count):
+            profiler.runcall(runner.run, job.pk)
+    finally:
+        SoapStubAdapter.InvokeMethod = invoke
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     profiler.dump_stats(out)
     ready = pool.vms.filter(state=VMState.READY).count()
     pstats.Stats(out).sort_stats("cumulative").print_stats(25)
     for sql, n in statements.most_common(15):
         print(f"{n:6d}  {sql}")
+    print(f"SOAP calls: {sum(soap.values())} ({dict(soap.most_common())})")
     print(f"fill job in-process: {elapsed:.2f} s, CPU {cpu:.2f} s (all threads), {ready} ready; "
           f"SQL statements in the job's thread: {sum(kinds.values())} ({dict(kinds.most_common())}); "
           f"profile in {out}")
