@@ -21,13 +21,11 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import Resolver404, ResolverMatch, URLResolver, get_resolver, get_urlconf
-from redis.exceptions import RedisError
 
 from apps.api.auth import presented_token
 from apps.api.guard import refusal
-from apps.api.http import error
+from apps.api.http import OUTAGES, error, outage_error
 from apps.audit.context import Actor, _current, new_request_id
-from vmportal.unavailable import unavailable_response
 
 log = logging.getLogger(__name__)
 PREFIXES = ("/api/v1/", "/api/v2/", "/api/v3/")
@@ -74,9 +72,8 @@ def _view(request: HttpRequest) -> HttpResponseBase:
         response = match.func(request, *match.args, **match.kwargs)
         if callable(getattr(response, "render", None)):
             response = response.render()
-    except RedisError as exc:
-        log.warning("%s %s answered 503, Redis unavailable: %s", request.method, request.path, exc)
-        return unavailable_response(request)
+    except OUTAGES as exc:
+        return outage_error(request, exc)
     except Exception:
         log.exception("API request failed: %s %s", request.method, request.path)
         return error("Internal error; it has been logged.", 500)

@@ -70,8 +70,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "apps.audit.middleware.AuditContextMiddleware",
-    # A Redis error that reaches a view is a clear 503 (page or JSON), never a 500.
-    "vmportal.unavailable.RedisUnavailableMiddleware",
+    # A Redis error or a lost database connection that reaches a view is a clear 503 (page
+    # or JSON), never a 500.
+    "vmportal.unavailable.UnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "vmportal.urls"

@@ -1,39 +1,41 @@
-"""Redis down is a clear 503, never a 500.
+"""Redis or PostgreSQL down is a clear 503, never a 500.
 
 Most of what needs Redis already carries on without it: sessions fall back to the
 database, the API's rate limits fail open, a job stays queued in its row until Redis is
 back, a lost nudge only delays a reconcile. Whatever still reaches a view as a Redis
 error (a queue read, a new caller that forgot) becomes a 503 that says what is wrong and
 when to try again: JSON under /api/, a page elsewhere.
+
+The database likewise: a connection that PostgreSQL dropped mid-request (a restart, a
+failover, an administrator's terminate), or a statement it gave up on as a transient
+conflict (a lock or statement timeout, a deadlock it broke), is Django's OperationalError
+or InterfaceError. The server rolled its transaction back (unless its COMMIT had gone
+through, which the answer says to check); Django drops the broken connection at the end
+of the request and the next one opens a new one. Constraint and programming errors are
+not outages: they stay 500s, logged with their traceback. The API's own views answer
+these themselves (apps.api.http.outage_error); this middleware answers for pages.
 """
 
 from __future__ import annotations
 
-import logging
-
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from redis.exceptions import RedisError
 
-from apps.api.http import error, is_api_path
-
-log = logging.getLogger(__name__)
-RETRY_AFTER = "30"
-MESSAGE = "The job queue (Redis) is unavailable right now, so this could not be done. Try again in a minute."
+from apps.api.http import OUTAGES, REDIS_MESSAGE, RETRY_AFTER, error, is_api_path, outage_message
 
 
-def unavailable_response(request: HttpRequest) -> HttpResponse:
+def unavailable_response(request: HttpRequest, message: str = REDIS_MESSAGE) -> HttpResponse:
     if is_api_path(request.path):
-        return error(MESSAGE, 503, headers={"Retry-After": RETRY_AFTER})
+        return error(message, 503, headers={"Retry-After": RETRY_AFTER})
     try:
-        response = render(request, "error.html", {"message": MESSAGE}, status=503)
-    except Exception:  # the page itself needed Redis: plain text still says it
-        response = HttpResponse(MESSAGE, status=503, content_type="text/plain; charset=utf-8")
+        response = render(request, "error.html", {"message": message}, status=503)
+    except Exception:  # the page itself needed Redis or the database: plain text still says it
+        response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
     response["Retry-After"] = RETRY_AFTER
     return response
 
 
-class RedisUnavailableMiddleware:
+class UnavailableMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
 
@@ -41,7 +43,6 @@ class RedisUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not isinstance(exception, RedisError):
+        if not isinstance(exception, OUTAGES):
             return None
-        log.warning("%s %s answered 503, Redis unavailable: %s", request.method, request.path, exception)
-        return unavailable_response(request)
+        return unavailable_response(request, outage_message(request, exception))

@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.api import auth
-from apps.api.http import ApiError, error, unauthorized
+from apps.api.http import OUTAGES, ApiError, error, outage_error, unauthorized
 from apps.core.errors import VmPortalError
 from apps.core.permissions import is_admin
 
@@ -53,6 +53,8 @@ def api_view(*, auth_by: str = "token", admin: bool = False, public: tuple[str, 
                 return error(str(exc), exc.http_status, **exc.extra)
             except VmPortalError as exc:
                 return error(str(exc), exc.http_status)
+            except OUTAGES as exc:
+                return outage_error(request, exc)
             except Exception:
                 log.exception("API request failed: %s %s", request.method, request.path)
                 return error("Internal error; it has been logged.", 500)

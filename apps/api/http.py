@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import timedelta
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
+from redis.exceptions import RedisError
 
 from apps.core.errors import VmPortalError
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(VmPortalError):
@@ -31,6 +36,25 @@ def error(message: str, status: int, headers: dict | None = None, **extra: Any) 
     for name, value in (headers or {}).items():
         response[name] = value
     return response
+
+
+# Redis or PostgreSQL away (see vmportal.unavailable): a 503 that says so, never a 500.
+OUTAGES = (RedisError, OperationalError, InterfaceError)
+RETRY_AFTER = "30"
+REDIS_MESSAGE = "The job queue (Redis) is unavailable right now, so this could not be done. Try again in a minute."
+DATABASE_MESSAGE = ("The database did not answer or dropped the connection, so this could not be done. "
+                    "Try again in a minute; if you were changing something, check first whether it went through.")
+
+
+def outage_message(request: HttpRequest, exc: Exception) -> str:
+    """What to tell the person whose request met one of OUTAGES; logged here as a warning."""
+    what = "Redis unavailable" if isinstance(exc, RedisError) else "database unavailable"
+    log.warning("%s %s answered 503, %s: %s", request.method, request.path, what, str(exc).strip())
+    return REDIS_MESSAGE if isinstance(exc, RedisError) else DATABASE_MESSAGE
+
+
+def outage_error(request: HttpRequest, exc: Exception) -> JsonResponse:
+    return error(outage_message(request, exc), 503, headers={"Retry-After": RETRY_AFTER})
 
 
 # Pages a person opens in a browser that live under /api/; everything else there is the API.
