@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, models, transaction
+from django.db import DatabaseError, close_old_connections, connection, models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
@@ -174,7 +174,27 @@ def push(job: Job) -> bool:
 
 
 def run(job_id: int) -> str:
-    """The RQ entry point. Runs a Job at most once, even if RQ delivers it twice."""
+    """The RQ entry point. Runs a Job at most once, even if RQ delivers it twice.
+
+    A worker has no requests, whose start and end let Django drop broken connections: here
+    each job does it. Its first query checks the connection kept from the last job
+    (CONN_HEALTH_CHECKS) and opens a new one if PostgreSQL dropped it meanwhile (a restart,
+    a failover, an idle timeout); one that failed during the job is closed after it. Without
+    this, a worker whose connection PostgreSQL had dropped failed every job it took, for ever.
+    """
+    _drop_broken_connection()
+    try:
+        return _run(job_id)
+    finally:
+        _drop_broken_connection()
+
+
+def _drop_broken_connection() -> None:
+    if not connection.in_atomic_block:  # run inside a caller's transaction (tests): theirs to keep
+        close_old_connections()
+
+
+def _run(job_id: int) -> str:
     now = timezone.now()
     try:
         # The claim is one conditional UPDATE on the row as it was queued (no read first).

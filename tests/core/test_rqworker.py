@@ -77,3 +77,38 @@ def test_a_worker_with_poolmanager_reconciles_pools_in_its_thread_and_stops_on_s
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_whose_database_connection_was_dropped_runs_its_next_job():
+    from django.db import connection
+
+    from apps.jobs import runner
+    from apps.jobs.models import Job
+    from apps.pools.models import VMState
+    from tests import factories
+
+    vm = factories.vm(factories.pool(size=1), state=VMState.READY)  # a destroy finds nothing to do: no vSphere
+
+    def finished(job: Job) -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            if job.status not in (Job.Status.QUEUED, Job.Status.RUNNING):
+                return job.status
+            time.sleep(0.2)
+        return job.status
+
+    django_rq.get_queue("purge").empty()
+    worker = manage_process("rqworker", "purge", "--worker-class", "rq.SimpleWorker")
+    try:
+        assert finished(runner.enqueue("pools.destroy", target=vm, vm_id=vm.pk)) == Job.Status.SUCCEEDED
+        # PostgreSQL drops the worker's idle connection (a restart, a failover, an admin).
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            assert cursor.fetchone()[0] >= 1
+        assert finished(runner.enqueue("pools.destroy", target=vm, vm_id=vm.pk)) == Job.Status.SUCCEEDED
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
