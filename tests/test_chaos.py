@@ -1,9 +1,9 @@
 """The chaos harness's quick run (tools/chaos/run.py --quick) as part of `make test`.
 
 It starts its own Redis, simulator, web server, pool manager and workers against a
-database of its own, kills workers mid-job, stops the simulator and Redis, loads the API
-with 32 clients, and after each fault reads every invariant. `make chaos` runs the full
-version.
+database of its own, kills workers mid-job, stops the simulator and Redis, has PostgreSQL
+drop every session, loads the API with 32 clients, and after each fault reads every
+invariant. `make chaos` runs the full version.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_after_worker_kills_outages_and_load_every_invariant_is_zero_and_the_sys
     print(proc.stdout[-20000:])  # the tables, shown by -ra/-s or on failure
     assert out.exists(), f"the harness did not finish:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     results = json.loads(out.read_text())["results"]
-    assert [r["name"] for r in results] == ["set-up", "kills", "vcenter", "redis", "load"]
+    assert [r["name"] for r in results] == ["set-up", "kills", "vcenter", "redis", "database", "load"]
     violations = {r["name"]: {k: v for k, v in r["counts"].items() if v} for r in results}
     assert all(not v for v in violations.values()), f"invariants broken: {violations}\n{proc.stdout[-6000:]}"
     unrecovered = [r["name"] for r in results if r["recovery"] is None]

@@ -17,6 +17,8 @@ Scenarios:
 - vcenter:  the simulator stopped for S seconds while a fill runs (its inventory is saved
             and loaded again, as a vCenter that comes back);
 - redis:    redis-server killed (-9) and started again empty while clients work;
+- database: PostgreSQL drops every session of the database (pg_terminate_backend, as a
+            restart or a failover does) N times while clients work and a fill runs;
 - load:     C clients check out and return through the vmpooler API for S seconds while
             the pool manager refills the pool.
 
@@ -66,6 +68,7 @@ class Profile:
     load_seconds: float
     load_clients: int
     load_pool_size: int
+    database_drops: int = 3
     load_hold: float = 2.0  # a client keeps its VM up to this long (uniform) before returning it
     fixed_size: int = 4
     plain_size: int = 3
@@ -73,7 +76,8 @@ class Profile:
     job_stale_after: int | None = None
 
 
-FULL = Profile(kills=20, vcenter_outage=60, redis_outage=30, load_seconds=60, load_clients=32, load_pool_size=60)
+FULL = Profile(kills=20, vcenter_outage=60, redis_outage=30, load_seconds=60, load_clients=32, load_pool_size=60,
+               database_drops=6)
 # A shorter heartbeat bound keeps the quick run short; the rule it tests is the same.
 QUICK = Profile(kills=5, vcenter_outage=10, redis_outage=5, load_seconds=10, load_clients=32, load_pool_size=16,
                 job_stale_after=15)
@@ -460,6 +464,30 @@ def scenario_redis(h: Harness) -> Result:
                      errors=lambda: len(stats.errors_5xx), notes=[note, stats.summary(), *stats.errors_5xx[:5]])
 
 
+def scenario_database(h: Harness) -> Result:
+    from django.db import connection
+    from load import Loop
+
+    n = h.profile.database_drops
+    say(f"\n== PostgreSQL drops every session of the database {n} times while clients work and a fill runs")
+    bg = Loop(h.web_port, h.tokens, ["fixed", "plain"], clients=4, pause=0.3).start()
+    hosts = checkout_and_return(h, "fixed", 2)  # destroys, and a fill to replace them
+    dropped = []
+    for _ in range(n):
+        time.sleep(h.rng.uniform(0.5, 1.5))
+        with connection.cursor() as cursor:  # the driver's own session stays
+            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            dropped.append(cursor.fetchone()[0])
+    ended = _now()
+    time.sleep(3)
+    stats = bg.stop()
+    note = f"returned {len(hosts)} VMs of fixed; sessions dropped each time: {dropped}"
+    say(f"  {note}; background clients: {stats.summary()}")
+    return h.recover("database", f"all sessions dropped {n} times", ended,
+                     errors=lambda: len(stats.errors_5xx), notes=[note, stats.summary(), *stats.errors_5xx[:5]])
+
+
 def scenario_load(h: Harness) -> Result:
     from load import Loop
 
@@ -483,7 +511,8 @@ def scenario_load(h: Harness) -> Result:
     return result
 
 
-SCENARIOS = {"kills": scenario_kills, "vcenter": scenario_vcenter, "redis": scenario_redis, "load": scenario_load}
+SCENARIOS = {"kills": scenario_kills, "vcenter": scenario_vcenter, "redis": scenario_redis,
+             "database": scenario_database, "load": scenario_load}
 
 
 # --------------------------------------------------------------------------- main
