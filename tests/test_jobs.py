@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from datetime import timedelta
 
 import django_rq
 import pytest
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from rq import SimpleWorker
 
@@ -32,6 +33,15 @@ def echo(job: runner.JobContext, *, word: str) -> None:
 @runner.handler("test.explode", queue="default")
 def explode(job: runner.JobContext) -> None:
     raise RuntimeError("template gone")
+
+
+@runner.handler("test.cut_off", queue="default")
+def cut_off(job: runner.JobContext, *, then_raise: bool) -> None:
+    """Its database connection is dropped under it (PostgreSQL restarted, failed over)."""
+    with suppress(OperationalError), connection.cursor() as cursor:  # the session ends: so it says
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    if then_raise:
+        raise RuntimeError("vCenter said no")
 
 
 def work_off() -> None:
@@ -206,3 +216,12 @@ def test_a_job_whose_worker_died_before_claiming_it_is_pushed_again(redis_conn, 
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
     assert AuditEvent.objects.filter(action="test.echo").count() == 1
+
+
+@pytest.mark.parametrize(("then_raise", "status"), [(False, Job.Status.SUCCEEDED), (True, Job.Status.FAILED)])
+def test_a_job_whose_connection_was_dropped_records_its_end_on_a_new_one(redis_conn, then_raise, status):
+    job = runner.enqueue("test.cut_off", then_raise=then_raise)
+    assert runner.run(job.pk) == status  # not left running for the reaper's bound
+    job.refresh_from_db()
+    assert job.status == status
+    assert job.finished_at is not None

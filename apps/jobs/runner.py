@@ -24,7 +24,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection, models, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    models,
+    transaction,
+)
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
@@ -213,19 +221,32 @@ def _run(job_id: int) -> str:
     except Exception as exc:
         log.exception("Job %s (%s) failed", job.pk, job.kind)
         reason = f"{type(exc).__name__}: {exc}"[:4000]
+        tail = traceback.format_exc(limit=5)[-4000:]
         try:
-            job.move_to(Job.Status.FAILED, finished_at=timezone.now(), error=reason,
-                        log=Concat(F("log"), Value(traceback.format_exc(limit=5)[-4000:])))
+            _finish(job, Job.Status.FAILED, error=reason, log=Concat(F("log"), Value(tail)))
         except StaleState:
             return "failed"
         if hook := _on_failure.get(job.kind):
             _call_hook(hook, job, failure_reason(exc))
         return "failed"
     try:
-        job.move_to(Job.Status.SUCCEEDED, finished_at=timezone.now())
+        _finish(job, Job.Status.SUCCEEDED)
     except StaleState:
         return "lost"
     return "succeeded"
+
+
+def _finish(job: Job, status: str, **changes: Any) -> None:
+    """Record how the job ended, on a new connection if PostgreSQL dropped this one during
+    the job (a restart, a failover): else the row stayed running until the reaper's bound
+    and its compensation ran then, for a job whose outcome was known."""
+    try:
+        job.move_to(status, finished_at=timezone.now(), **changes)
+    except (OperationalError, InterfaceError):
+        if connection.in_atomic_block or connection.is_usable():
+            raise
+        connection.close()
+        job.move_to(status, finished_at=timezone.now(), **changes)
 
 
 def failure_reason(exc: BaseException) -> str:
