@@ -455,13 +455,18 @@ def scenario_redis(h: Harness) -> Result:
     api.close()
     time.sleep(seconds)
     h.redis.start()
+    note = f"while Redis was down the driver checked out and returned {len(hosts)} VMs of plain (answers {asked})"
+    return _fault_over(h, bg, "redis", f"Redis down {seconds:.0f}s, back empty", note)
+
+
+def _fault_over(h: Harness, bg, name: str, fault: str, note: str) -> Result:  # noqa: ANN001 (load.Loop)
+    """A fault the background clients worked through is over: their answers, then the recovery."""
     ended = _now()
     time.sleep(3)
     stats = bg.stop()
-    note = f"while Redis was down the driver checked out and returned {len(hosts)} VMs of plain (answers {asked})"
     say(f"  {note}; background clients: {stats.summary()}")
-    return h.recover("redis", f"Redis down {seconds:.0f}s, back empty", ended,
-                     errors=lambda: len(stats.errors_5xx), notes=[note, stats.summary(), *stats.errors_5xx[:5]])
+    return h.recover(name, fault, ended, errors=lambda: len(stats.errors_5xx),
+                     notes=[note, stats.summary(), *stats.errors_5xx[:5]])
 
 
 def scenario_database(h: Harness) -> Result:
@@ -479,13 +484,8 @@ def scenario_database(h: Harness) -> Result:
             cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
             dropped.append(cursor.fetchone()[0])
-    ended = _now()
-    time.sleep(3)
-    stats = bg.stop()
     note = f"returned {len(hosts)} VMs of fixed; sessions dropped each time: {dropped}"
-    say(f"  {note}; background clients: {stats.summary()}")
-    return h.recover("database", f"all sessions dropped {n} times", ended,
-                     errors=lambda: len(stats.errors_5xx), notes=[note, stats.summary(), *stats.errors_5xx[:5]])
+    return _fault_over(h, bg, "database", f"all sessions dropped {n} times", note)
 
 
 def scenario_load(h: Harness) -> Result:
