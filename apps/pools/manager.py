@@ -123,10 +123,18 @@ def _fill_job_alive(pool: Pool) -> bool:
     return runner.unfinished("pools.fill", pool).exists()
 
 
+# A job whose database connection PostgreSQL dropped (a restart, a failover) or whose
+# statement it gave up on (a lock or statement timeout) failed with one of these.
+DATABASE_OUTAGES = frozenset({"OperationalError", "InterfaceError"})
+
+
 def _transient(error: str) -> bool:
-    """Whether a failed job's error (the runner records ``"<class>: <message>"``) is a vSphere
-    error worth trying again soon: one its class marks as not permanent."""
-    cls = getattr(vsphere_errors, error.partition(":")[0].strip(), None)
+    """Whether a failed job's error (the runner records ``"<class>: <message>"``) is worth
+    trying again soon: a vSphere error its class marks as not permanent, or a database outage."""
+    name = error.partition(":")[0].strip()
+    if name in DATABASE_OUTAGES:
+        return True
+    cls = getattr(vsphere_errors, name, None)
     return isinstance(cls, type) and issubclass(cls, vsphere_errors.VSphereError) and not cls.permanent
 
 

@@ -76,6 +76,8 @@ def test_a_destroy_that_failed_for_a_permanent_fault_waits_for_the_long_retry():
     assert manager._transient("Unreachable: destroy 'x' failed: connection refused")
     assert manager._transient("TransientFault: destroy 'x' failed: the connection to vCenter broke off")
     assert manager._transient("OperationTimeout: destroy 'x' failed: timed out")
+    # PostgreSQL dropped the job's connection (a restart, a failover): tried again soon too.
+    assert manager._transient("OperationalError: server closed the connection unexpectedly")
     assert not manager._transient("InvalidSpec: destroy 'x' failed: 'x' is not marked as ours")
-    assert not manager._transient("OperationalError: server closed the connection unexpectedly")
+    assert not manager._transient("IntegrityError: duplicate key value violates unique constraint")
     assert not manager._transient("")
