@@ -35,11 +35,24 @@ def explode(job: runner.JobContext) -> None:
     raise RuntimeError("template gone")
 
 
-@runner.handler("test.cut_off", queue="default")
-def cut_off(job: runner.JobContext, *, then_raise: bool) -> None:
+def cut_off_lost(job: Job, reason: str) -> None:
+    cut_off_calls.append(("lost", reason))
+
+
+def cut_off_failed(job: Job, reason: str) -> None:
+    cut_off_calls.append(("failed", reason))
+
+
+cut_off_calls: list[tuple[str, str]] = []
+
+
+@runner.handler("test.cut_off", queue="default", on_lost=cut_off_lost, on_failure=cut_off_failed)
+def cut_off(job: runner.JobContext, *, then_raise: bool, mid_statement: bool = False) -> None:
     """Its database connection is dropped under it (PostgreSQL restarted, failed over)."""
     with suppress(OperationalError), connection.cursor() as cursor:  # the session ends: so it says
         cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    if mid_statement:
+        Job.objects.filter(pk=job.job.pk).update(log="never written")  # fails: the connection is gone
     if then_raise:
         raise RuntimeError("vCenter said no")
 
@@ -218,10 +231,25 @@ def test_a_job_whose_worker_died_before_claiming_it_is_pushed_again(redis_conn, 
     assert AuditEvent.objects.filter(action="test.echo").count() == 1
 
 
-@pytest.mark.parametrize(("then_raise", "status"), [(False, Job.Status.SUCCEEDED), (True, Job.Status.FAILED)])
-def test_a_job_whose_connection_was_dropped_records_its_end_on_a_new_one(redis_conn, then_raise, status):
+@pytest.mark.parametrize(("then_raise", "status", "hook"), [
+    (False, Job.Status.SUCCEEDED, None),
+    (True, Job.Status.FAILED, "failed"),  # it failed for a reason of its own, which it knows
+])
+def test_a_job_whose_connection_was_dropped_records_its_end_on_a_new_one(redis_conn, then_raise, status, hook):
+    cut_off_calls.clear()
     job = runner.enqueue("test.cut_off", then_raise=then_raise)
     assert runner.run(job.pk) == status  # not left running for the reaper's bound
     job.refresh_from_db()
     assert job.status == status
     assert job.finished_at is not None
+    assert [kind for kind, _ in cut_off_calls] == ([hook] if hook else [])
+
+
+def test_a_job_the_dropped_connection_broke_is_compensated_as_a_lost_one(redis_conn):
+    """What it had recorded is unknown, as when its worker dies: the kind's on_lost hook runs."""
+    cut_off_calls.clear()
+    job = runner.enqueue("test.cut_off", then_raise=False, mid_statement=True)
+    assert runner.run(job.pk) == Job.Status.FAILED
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and job.error.startswith(("OperationalError", "InterfaceError"))
+    assert [kind for kind, _ in cut_off_calls] == ["lost"]

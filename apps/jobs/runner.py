@@ -226,7 +226,12 @@ def _run(job_id: int) -> str:
             _finish(job, Job.Status.FAILED, error=reason, log=Concat(F("log"), Value(tail)))
         except StaleState:
             return "failed"
-        if hook := _on_failure.get(job.kind):
+        hook = _on_failure.get(job.kind)
+        if isinstance(exc, DatabaseOutage):
+            # PostgreSQL dropped the job mid-way: what it had recorded is unknown, as when
+            # its worker dies, so its kind compensates as for a lost job (the reaper's hook).
+            hook = _on_lost.get(job.kind, hook)
+        if hook:
             _call_hook(hook, job, failure_reason(exc))
         return "failed"
     try:
@@ -236,13 +241,16 @@ def _run(job_id: int) -> str:
     return "succeeded"
 
 
+DatabaseOutage = (OperationalError, InterfaceError)
+
+
 def _finish(job: Job, status: str, **changes: Any) -> None:
     """Record how the job ended, on a new connection if PostgreSQL dropped this one during
     the job (a restart, a failover): else the row stayed running until the reaper's bound
     and its compensation ran then, for a job whose outcome was known."""
     try:
         job.move_to(status, finished_at=timezone.now(), **changes)
-    except (OperationalError, InterfaceError):
+    except DatabaseOutage:
         if connection.in_atomic_block or connection.is_usable():
             raise
         connection.close()
