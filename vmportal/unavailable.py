@@ -21,10 +21,10 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from apps.api.http import OUTAGES, REDIS_MESSAGE, RETRY_AFTER, error, is_api_path, outage_message
+from apps.api.http import OUTAGES, RETRY_AFTER, error, is_api_path, outage_message
 
 
-def unavailable_response(request: HttpRequest, message: str = REDIS_MESSAGE) -> HttpResponse:
+def unavailable_response(request: HttpRequest, message: str) -> HttpResponse:
     if is_api_path(request.path):
         return error(message, 503, headers={"Retry-After": RETRY_AFTER})
     try:

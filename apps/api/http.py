@@ -8,11 +8,10 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from redis.exceptions import RedisError
 
-from apps.core.errors import VmPortalError
+from apps.core.errors import DATABASE_OUTAGES, VmPortalError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ def error(message: str, status: int, headers: dict | None = None, **extra: Any) 
 
 
 # Redis or PostgreSQL away (see vmportal.unavailable): a 503 that says so, never a 500.
-OUTAGES = (RedisError, OperationalError, InterfaceError)
+OUTAGES = (RedisError, *DATABASE_OUTAGES)
 RETRY_AFTER = "30"
 REDIS_MESSAGE = "The job queue (Redis) is unavailable right now, so this could not be done. Try again in a minute."
 DATABASE_MESSAGE = ("The database did not answer or dropped the connection, so this could not be done. "

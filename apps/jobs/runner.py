@@ -24,15 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import (
-    DatabaseError,
-    InterfaceError,
-    OperationalError,
-    close_old_connections,
-    connection,
-    models,
-    transaction,
-)
+from django.db import DatabaseError, close_old_connections, connection, models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce, Concat
 from django.utils import timezone
@@ -40,7 +32,7 @@ from redis.exceptions import RedisError
 from rq.job import JobStatus
 
 from apps.audit.context import SYSTEM, Actor, acting_as
-from apps.core.errors import VmPortalError
+from apps.core.errors import DATABASE_OUTAGES, VmPortalError
 from apps.core.redis_client import rq_queue
 from apps.core.states import StaleState
 from apps.jobs.models import Job
@@ -227,7 +219,7 @@ def _run(job_id: int) -> str:
         except StaleState:
             return "failed"
         hook = _on_failure.get(job.kind)
-        if isinstance(exc, DatabaseOutage):
+        if isinstance(exc, DATABASE_OUTAGES):
             # PostgreSQL dropped the job mid-way: what it had recorded is unknown, as when
             # its worker dies, so its kind compensates as for a lost job (the reaper's hook).
             hook = _on_lost.get(job.kind, hook)
@@ -241,16 +233,13 @@ def _run(job_id: int) -> str:
     return "succeeded"
 
 
-DatabaseOutage = (OperationalError, InterfaceError)
-
-
 def _finish(job: Job, status: str, **changes: Any) -> None:
     """Record how the job ended, on a new connection if PostgreSQL dropped this one during
     the job (a restart, a failover): else the row stayed running until the reaper's bound
     and its compensation ran then, for a job whose outcome was known."""
     try:
         job.move_to(status, finished_at=timezone.now(), **changes)
-    except DatabaseOutage:
+    except DATABASE_OUTAGES:
         if connection.in_atomic_block or connection.is_usable():
             raise
         connection.close()

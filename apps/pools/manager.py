@@ -32,6 +32,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.audit import services as audit
+from apps.core.errors import DATABASE_OUTAGES
 from apps.core.states import StaleState, TransitionError
 from apps.inventory.models import Folder, Host, VCenter
 from apps.jobs import runner
@@ -123,16 +124,15 @@ def _fill_job_alive(pool: Pool) -> bool:
     return runner.unfinished("pools.fill", pool).exists()
 
 
-# A job whose database connection PostgreSQL dropped (a restart, a failover) or whose
-# statement it gave up on (a lock or statement timeout) failed with one of these.
-DATABASE_OUTAGES = frozenset({"OperationalError", "InterfaceError"})
+# The class names a job failed by a database outage records (see _transient).
+DATABASE_OUTAGE_NAMES = frozenset(cls.__name__ for cls in DATABASE_OUTAGES)
 
 
 def _transient(error: str) -> bool:
     """Whether a failed job's error (the runner records ``"<class>: <message>"``) is worth
     trying again soon: a vSphere error its class marks as not permanent, or a database outage."""
     name = error.partition(":")[0].strip()
-    if name in DATABASE_OUTAGES:
+    if name in DATABASE_OUTAGE_NAMES:
         return True
     cls = getattr(vsphere_errors, name, None)
     return isinstance(cls, type) and issubclass(cls, vsphere_errors.VSphereError) and not cls.permanent
