@@ -262,10 +262,14 @@ def _ordered(vms: Iterable[VM]) -> list[VM]:
     return sorted(vms, key=lambda vm: (vm.ready_at is None, vm.ready_at, vm.pk))  # the ORM's order, NULLs last
 
 
+# The history a checkout writes for each VM it takes.
+TAKEN: dict[str, Any] = dict(field="state", old=VMState.READY, new=VMState.LEASED)
+
+
 def _lease_params(user: User, now: datetime, expires_at: datetime, note: str, tags: dict | None) -> list[Any]:
     """take_and_lease's parameters after the move's: the history rows, the leases, their audit events."""
     actor = current_actor()
-    return [*history_params(model_label=VM._meta.label_lower, field="state", old=VMState.READY, new=VMState.LEASED),
+    return [*history_params(model_label=VM._meta.label_lower, **TAKEN),
             user.pk, now, expires_at, note, json.dumps(tags or {}),
             now, actor.user_id, actor.name, "lease.checkout", Lease._meta.label_lower,
             f" → {user}", expires_at.isoformat(), actor.request_id]
@@ -387,7 +391,6 @@ def _checkout_in_transaction(*, user: User, pools: list[Pool], lifetime: timedel
         # On-demand VMs are ready for their requester only, for the moment before their
         # request's job leases them. Taken VMs are already LEASED; a short pool rolls the
         # whole checkout back.
-        history: dict[str, Any] = dict(field="state", old=VMState.READY, new=VMState.LEASED)
         params: list[Any] = [pool_id, VMState.READY, wanted, VMState.LEASED, now, VMState.READY]
         duration = min(lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
         expires_at = now + duration
@@ -404,7 +407,7 @@ def _checkout_in_transaction(*, user: User, pools: list[Pool], lifetime: timedel
             nudge.nudge(pool_id)
             continue
         vms = _ordered(VM.objects.raw(_checkout_sql()["take"], params))
-        record_history(VM, [vm.pk for vm in vms], **history)
+        record_history(VM, [vm.pk for vm in vms], **TAKEN)
         if len(vms) < wanted:
             raise PoolEmpty(pool, wanted, len(vms))
         for vm in vms:
