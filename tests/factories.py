@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from apps.inventory.models import Cluster, Datacenter, Host, VCenter
-from apps.pools.models import VM, Pool, Template, TemplateStatus
+from apps.pools.models import VM, Pool, Template, TemplateStatus, VMState
 
 _seq = itertools.count(1)
 
@@ -53,6 +53,14 @@ def vm(pool: Pool, **kw) -> VM:
     n = next(_seq)
     defaults = {"name": f"{pool.name}-{n}", "vcenter_id": pool.template.vcenter_id, "template": pool.template}
     return VM.objects.create(pool=pool, **{**defaults, **kw})
+
+
+def pool_with_ready_vms(n: int) -> Pool:
+    """A pool of size ``n``, full of ready VMs."""
+    full = pool(size=n)
+    for _ in range(n):
+        vm(full, state=VMState.READY)
+    return full
 
 
 def host_with_load(cluster: Cluster) -> Host:

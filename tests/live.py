@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import psycopg
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import connection
 
 from apps.inventory.models import Folder, VCenter
@@ -37,6 +41,23 @@ def manage_process(*args: str, **env_vars: str) -> subprocess.Popen:
     }
     return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextmanager
+def users_row_held(user_id: int) -> Iterator[None]:
+    """Another PostgreSQL session locks the user's row, and this one waits at most 100 ms for
+    a lock: the next statement that needs the row fails as a lock timeout."""
+    db = connection.settings_dict
+    with psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]) as other:
+        other.execute(f"SELECT 1 FROM {User._meta.db_table} WHERE id = %s FOR UPDATE", [user_id])  # noqa: S608
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '100ms'")
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+            other.rollback()
 
 
 def worker(*, burst: bool = True) -> subprocess.Popen:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 import pytest
 from django.contrib.auth.models import Group, User
 from django.db import OperationalError, connection
@@ -22,15 +21,9 @@ from apps.leases import services
 from apps.leases.models import GroupLeaseLimit, Lease
 from apps.pools.models import VM, VMState
 from tests import factories
+from tests.live import users_row_held
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _pool_with_ready_vms(n: int, **kw):
-    pool = factories.pool(size=n, **kw)
-    for _ in range(n):
-        factories.vm(pool, state=VMState.READY)
-    return pool
 
 
 def _idle() -> bool:
@@ -40,7 +33,7 @@ def _idle() -> bool:
 
 def test_one_vm_is_leased_by_begin_lock_take_and_commit_sent_together(engineer, redis_conn, settings):
     settings.VMPORTAL_MAX_LEASES_PER_USER = 5
-    pool = _pool_with_ready_vms(2)
+    pool = factories.pool_with_ready_vms(2)
     with CaptureQueriesContext(connection) as ctx:
         [lease] = services.checkout(user=engineer, pools=[pool], note="ci")
     statements = [q["sql"] for q in ctx.captured_queries]
@@ -56,7 +49,7 @@ def test_one_vm_is_leased_by_begin_lock_take_and_commit_sent_together(engineer, 
 
 def test_the_per_user_limit_refuses_and_nothing_moves(engineer, redis_conn, settings):
     settings.VMPORTAL_MAX_LEASES_PER_USER = 1
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     services.checkout(user=engineer, pools=[pool])
     with pytest.raises(services.LeaseLimitReached, match="You have 1 active lease; the limit is 1"):
         services.checkout(user=engineer, pools=[pool])
@@ -65,7 +58,7 @@ def test_the_per_user_limit_refuses_and_nothing_moves(engineer, redis_conn, sett
 
 
 def test_several_vms_from_a_short_pool_take_none(engineer, redis_conn):
-    pool = _pool_with_ready_vms(2)
+    pool = factories.pool_with_ready_vms(2)
     with pytest.raises(services.PoolEmpty, match="has 2 ready VMs; 3 requested"):
         services.checkout(user=engineer, pools=[pool] * 3)
     assert not Lease.objects.exists()
@@ -74,7 +67,7 @@ def test_several_vms_from_a_short_pool_take_none(engineer, redis_conn):
 
 
 def test_several_vms_from_one_pool_are_leased_together(engineer, redis_conn):
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     leases = services.checkout(user=engineer, pools=[pool] * 2)
     assert len({lease.vm_id for lease in leases}) == 2
     assert Lease.objects.filter(user=engineer).count() == 2
@@ -83,7 +76,7 @@ def test_several_vms_from_one_pool_are_leased_together(engineer, redis_conn):
 def test_a_superuser_is_not_held_to_the_per_user_limit(redis_conn, settings):
     settings.VMPORTAL_MAX_LEASES_PER_USER = 1
     root = User.objects.create_superuser("root-admin", password="pw")
-    pool = _pool_with_ready_vms(2)
+    pool = factories.pool_with_ready_vms(2)
     services.checkout(user=root, pools=[pool])
     services.checkout(user=root, pools=[pool])
     assert Lease.objects.filter(user=root).count() == 2
@@ -91,7 +84,7 @@ def test_a_superuser_is_not_held_to_the_per_user_limit(redis_conn, settings):
 
 def test_an_admin_past_the_per_user_limit_is_served_by_the_full_path(admin_user, redis_conn, settings):
     settings.VMPORTAL_MAX_LEASES_PER_USER = 1
-    pool = _pool_with_ready_vms(2)
+    pool = factories.pool_with_ready_vms(2)
     services.checkout(user=admin_user, pools=[pool])
     with CaptureQueriesContext(connection) as ctx:
         services.checkout(user=admin_user, pools=[pool])
@@ -105,7 +98,7 @@ def test_a_group_limit_is_kept_by_the_full_path(engineer, other_engineer, redis_
     team = Group.objects.create(name="team")
     team.user_set.add(engineer, other_engineer)
     GroupLeaseLimit.objects.create(group=team, max_active_leases=1)
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     services.checkout(user=engineer, pools=[pool])
     with pytest.raises(services.LeaseLimitReached, match="Your group team has 1 active lease"):
         services.checkout(user=other_engineer, pools=[pool])
@@ -113,28 +106,18 @@ def test_a_group_limit_is_kept_by_the_full_path(engineer, other_engineer, redis_
 
 
 def test_a_pool_that_puts_lessees_keys_into_guests_records_the_delivery_with_the_lease(engineer, redis_conn):
-    pool = _pool_with_ready_vms(1)
+    pool = factories.pool_with_ready_vms(1)
     PoolFirstBoot.objects.create(pool=pool, guest_username="ops")
     [lease] = services.checkout(user=engineer, pools=[pool])
     assert KeyDelivery.objects.filter(lease=lease).exists()
 
 
 def test_a_failed_statement_rolls_the_checkout_back_and_the_connection_goes_on(engineer, redis_conn):
-    pool = _pool_with_ready_vms(2)
-    db = connection.settings_dict
-    # Another session holds the user's row, and this one waits for it at most 100 ms.
-    with psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]) as other:
-        other.execute("SELECT 1 FROM auth_user WHERE id = %s FOR UPDATE", [engineer.pk])
-        with connection.cursor() as cursor:
-            cursor.execute("SET lock_timeout = '100ms'")
-        try:
-            with pytest.raises(OperationalError, match="lock timeout"):
-                services.checkout(user=engineer, pools=[pool])
-        finally:
-            with connection.cursor() as cursor:
-                cursor.execute("RESET lock_timeout")
+    pool = factories.pool_with_ready_vms(2)
+    with users_row_held(engineer.pk):
+        with pytest.raises(OperationalError, match="lock timeout"):
+            services.checkout(user=engineer, pools=[pool])
         assert _idle()
-        other.rollback()
     assert not Lease.objects.exists()
     [lease] = services.checkout(user=engineer, pools=[pool])
     assert Lease.objects.get().pk == lease.pk
@@ -143,7 +126,7 @@ def test_a_failed_statement_rolls_the_checkout_back_and_the_connection_goes_on(e
 def test_concurrent_checkouts_by_one_user_stop_at_the_limit(redis_conn, settings):
     settings.VMPORTAL_MAX_LEASES_PER_USER = 3
     user = User.objects.create_user("erin-engineer")
-    pool = _pool_with_ready_vms(8)
+    pool = factories.pool_with_ready_vms(8)
     start = threading.Barrier(8)
 
     def one(_: int) -> str:

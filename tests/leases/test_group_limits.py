@@ -12,15 +12,7 @@ from django.urls import reverse
 
 from apps.leases import services
 from apps.leases.models import GroupLeaseLimit, Lease
-from apps.pools.models import VMState
 from tests import factories
-
-
-def _pool_with_ready_vms(n: int):
-    pool = factories.pool(size=n)
-    for _ in range(n):
-        factories.vm(pool, state=VMState.READY)
-    return pool
 
 
 def _team(limit: int, *members: User) -> Group:
@@ -34,7 +26,7 @@ def _team(limit: int, *members: User) -> Group:
 def test_members_of_a_limited_group_share_its_quota(engineer, other_engineer, settings):
     settings.VMPORTAL_MAX_LEASES_PER_USER = 10
     _team(2, engineer, other_engineer)
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     services.checkout(user=engineer, pools=[pool])
     services.checkout(user=other_engineer, pools=[pool])
     with pytest.raises(services.LeaseLimitReached, match="Your group storage-team has 2 active leases; its limit is 2"):
@@ -45,7 +37,7 @@ def test_members_of_a_limited_group_share_its_quota(engineer, other_engineer, se
 @pytest.mark.django_db
 def test_group_limit_counts_every_vm_of_a_multi_vm_checkout(engineer):
     _team(2, engineer)
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     with pytest.raises(services.LeaseLimitReached, match="storage-team"):
         services.checkout(user=engineer, pools=[pool, pool, pool])
     assert not Lease.objects.exists()
@@ -55,7 +47,7 @@ def test_group_limit_counts_every_vm_of_a_multi_vm_checkout(engineer):
 @pytest.mark.django_db
 def test_returned_leases_free_the_group_quota(engineer, other_engineer):
     _team(1, engineer, other_engineer)
-    pool = _pool_with_ready_vms(2)
+    pool = factories.pool_with_ready_vms(2)
     [lease] = services.checkout(user=engineer, pools=[pool])
     with pytest.raises(services.LeaseLimitReached):
         services.checkout(user=other_engineer, pools=[pool])
@@ -66,7 +58,7 @@ def test_returned_leases_free_the_group_quota(engineer, other_engineer):
 @pytest.mark.django_db
 def test_people_outside_the_group_are_not_limited_by_it(engineer, other_engineer):
     _team(1, engineer)
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     services.checkout(user=engineer, pools=[pool])
     assert len(services.checkout(user=other_engineer, pools=[pool, pool])) == 2
 
@@ -74,7 +66,7 @@ def test_people_outside_the_group_are_not_limited_by_it(engineer, other_engineer
 @pytest.mark.django_db
 def test_admins_are_exempt_from_group_limits(admin_user, engineer):
     _team(1, admin_user, engineer)
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     assert len(services.checkout(user=admin_user, pools=[pool, pool])) == 2
     with pytest.raises(services.LeaseLimitReached, match="storage-team"):
         services.checkout(user=engineer, pools=[pool])
@@ -86,7 +78,7 @@ def test_the_strictest_of_several_groups_applies(engineer):
     tight = Group.objects.create(name="interns")
     GroupLeaseLimit.objects.create(group=tight, max_active_leases=1)
     tight.user_set.add(engineer)
-    pool = _pool_with_ready_vms(2)
+    pool = factories.pool_with_ready_vms(2)
     services.checkout(user=engineer, pools=[pool])
     with pytest.raises(services.LeaseLimitReached, match="Your group interns"):
         services.checkout(user=engineer, pools=[pool])
@@ -101,7 +93,7 @@ def test_group_lease_limits_are_editable_in_the_admin():
 @pytest.mark.django_db
 def test_group_limit_message_reaches_the_page(client, engineer):
     _team(0, engineer)
-    pool = _pool_with_ready_vms(1)
+    pool = factories.pool_with_ready_vms(1)
     client.force_login(engineer)
     response = client.post(f"/pools/{pool.name}/checkout", follow=True)
     assert b"Your group storage-team has 0 active leases; its limit is 0." in response.content
@@ -112,7 +104,7 @@ def test_group_limit_message_reaches_the_page(client, engineer):
 def test_concurrent_checkouts_by_one_group_never_exceed_its_limit():
     members = [User.objects.create_user(f"member{i}") for i in range(12)]
     _team(3, *members)
-    pool = _pool_with_ready_vms(12)
+    pool = factories.pool_with_ready_vms(12)
     barrier = threading.Barrier(len(members))
     outcomes: list[str] = []
     lock = threading.Lock()

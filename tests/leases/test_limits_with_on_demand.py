@@ -20,13 +20,6 @@ from tests import factories
 Status = OnDemandRequest.Status
 
 
-def _pool_with_ready_vms(n: int):
-    pool = factories.pool(size=n)
-    for _ in range(n):
-        factories.vm(pool, state=VMState.READY)
-    return pool
-
-
 def _held(*users: User) -> int:
     """Active leases plus VMs still coming on demand."""
     pending = OnDemandRequest.objects.filter(user__in=users, status__in=(Status.QUEUED, Status.PROVISIONING))
@@ -36,7 +29,7 @@ def _held(*users: User) -> int:
 @pytest.mark.django_db
 def test_checkout_counts_the_users_pending_on_demand_vms(engineer, redis_conn, settings):
     settings.VMPORTAL_MAX_LEASES_PER_USER = 2
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     ondemand.request_vms(user=engineer, pools=[pool, pool])
     with pytest.raises(services.LeaseLimitReached, match="0 active leases and 2 VMs coming on demand; the limit is 2"):
         services.checkout(user=engineer, pools=[pool])
@@ -46,7 +39,7 @@ def test_checkout_counts_the_users_pending_on_demand_vms(engineer, redis_conn, s
 @pytest.mark.django_db
 def test_on_demand_request_counts_active_leases_and_other_pending_requests(engineer, redis_conn, settings):
     settings.VMPORTAL_MAX_LEASES_PER_USER = 3
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     services.checkout(user=engineer, pools=[pool])
     ondemand.request_vms(user=engineer, pools=[pool])
     with pytest.raises(services.LeaseLimitReached, match="1 active lease and 1 VM coming on demand"):
@@ -61,7 +54,7 @@ def test_group_limit_counts_pending_on_demand_vms_of_every_member(engineer, othe
     group = Group.objects.create(name="storage-team")
     GroupLeaseLimit.objects.create(group=group, max_active_leases=2)
     group.user_set.add(engineer, other_engineer)
-    pool = _pool_with_ready_vms(3)
+    pool = factories.pool_with_ready_vms(3)
     ondemand.request_vms(user=engineer, pools=[pool])
     services.checkout(user=other_engineer, pools=[pool])
     with pytest.raises(services.LeaseLimitReached, match="storage-team has 1 active lease and 1 VM coming on demand"):
@@ -113,7 +106,7 @@ def test_concurrent_checkouts_and_on_demand_requests_of_one_person_never_exceed_
     group = Group.objects.create(name="db-team")
     GroupLeaseLimit.objects.create(group=group, max_active_leases=5)
     group.user_set.add(dana, erik)
-    pool = _pool_with_ready_vms(40)
+    pool = factories.pool_with_ready_vms(40)
     threads_per_user = 6
     start = threading.Barrier(2 * threads_per_user)
     outcomes: list[str] = []
