@@ -537,7 +537,8 @@ def main() -> None:
               f"{USERS} users; logs in {LOG_DIR}")
         port = free_port()
         # The per-user limit stays on (so its query runs) but high enough for every checkout.
-        procs.append(start_gunicorn(port, args.workers, args.threads, max_leases=needed))
+        # A user's leases in both pools count: with one client, one user holds them all.
+        procs.append(start_gunicorn(port, args.workers, args.threads, max_leases=2 * needed))
         # README step 3: the pool manager in a thread of the worker for the other queues
         # (--separate-poolmanager: `manage.py poolmanager`, a process of its own).
         if args.separate_poolmanager:
@@ -555,7 +556,7 @@ def main() -> None:
             for spy in spies:
                 spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
                 spy.wait(30)
-            raw = raw_run(url, seeded, clients, count(clients), needed)
+            raw = raw_run(url, seeded, clients, count(clients), 2 * needed)
             results.append((clients, web, raw))
             print(f"{clients:2d} clients  http {web.line()}   load {os.getloadavg()[0]:.2f}")
             print(f"            {web.cpu_line()}")
