@@ -115,21 +115,41 @@ def test_concurrent_requesters_start_one_copy_and_two_racing_workers_make_one_vm
     assert copy.status == TemplateStatus.READY and copy.moid == made.moid
 
 
-def test_a_vm_of_another_installation_in_the_copys_place_is_not_adopted(vcsim_factory, redis_conn):
+def test_a_vm_of_another_installation_in_the_copys_place_is_not_adopted(client, admin_user, vcsim_factory,
+                                                                        redis_conn):
     vc, folder = site(vcsim_factory(*GUEST))
     seed = make_pool(vc, folder, name="seed", size=0)
     source = seed.template.copies.get()
     c1 = Cluster.objects.get(vcenter=vc, name="DC0_C1")
     with connect(Endpoint.from_vcenter(vc)) as conn:
-        ops.copy_template_to_cluster(conn, template_moid=source.moid, name="debian-12-DC0_C1",
-                                     folder_moid=ops.get_vm(conn, source.moid).folder_moid,
-                                     resource_pool_moid=c1.resource_pool_moid, owner="elsewhere:template-copy:x")
+        squatter = ops.copy_template_to_cluster(
+            conn, template_moid=source.moid, name="debian-12-DC0_C1",
+            folder_moid=ops.get_vm(conn, source.moid).folder_moid,
+            resource_pool_moid=c1.resource_pool_moid, owner="elsewhere:template-copy:x").template
     pool = Pool.objects.create(name="deb-c1", template=seed.template, cluster=c1, folder=folder, size=1)
     manager.reconcile_pool(pool.pk)
     run_worker()
     copy = TemplateCopy.objects.get(cluster=c1)
     assert copy.status == TemplateStatus.FAILED and "elsewhere:template-copy:x" in copy.status_reason
     assert not pool.vms.exists()
+    # The empty pool says why, where monitoring looks: not "ok" with nothing in it.
+    pool.refresh_from_db()
+    assert pool.health == Pool.Health.DEGRADED and "elsewhere:template-copy:x" in pool.health_reason
+    client.force_login(admin_user)
+    health = client.get(reverse("adminui:health-json")).json()
+    assert [(p["name"], p["health"]) for p in health["pools"]] == [("deb-c1", "degraded")]
+
+    # Someone removes what was in the way; the copy's next try makes it, and the pool is OK.
+    with connect(Endpoint.from_vcenter(vc)) as conn:
+        ops.destroy_vm(conn, squatter.moid, allow_template=True)
+    TemplateCopy.objects.filter(pk=copy.pk).update(
+        status_changed_at=copy.status_changed_at - templates.copies.COPY_RETRY_AFTER)
+    manager.reconcile_pool(pool.pk)
+    run_worker()
+    copy.refresh_from_db()
+    pool.refresh_from_db()
+    assert copy.status == TemplateStatus.READY, copy.status_reason
+    assert (pool.health, pool.health_reason) == (Pool.Health.OK, "")
 
 
 def test_a_template_change_copies_the_new_one_and_removes_the_old_copy_once_unused(vcsim_factory, redis_conn):

@@ -24,7 +24,7 @@ from apps.pools import nudge, placement
 from apps.pools.instance import instance_id
 from apps.pools.models import VM, Pool, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
 from apps.pools.templates import leftovers
-from apps.pools.templates.recovery import copy_failed, lost_to
+from apps.pools.templates.recovery import copy_failed, lost_to, pools_served_again
 from apps.vsphere import operations as ops
 from apps.vsphere.placement import least_loaded_host
 from apps.vsphere.session import Endpoint, connect
@@ -155,6 +155,7 @@ def copy_to_cluster_job(job: runner.JobContext, *, copy_id: int) -> None:
             audit.record("template.copied", target=template, after={
                 "cluster": str(copy.cluster), "datastore": str(copy.datastore or ""), "path": info.path,
                 "adopted": not made.created})
+            pools_served_again(copy)
             for pool_id in _pools_waiting(copy):
                 nudge.nudge(pool_id)  # the pools waiting for it fill now, not at the next cycle
     except StaleState as lost:

@@ -21,8 +21,9 @@ from apps.core.states import StaleState
 from apps.inventory.models import VCenter
 from apps.jobs import runner
 from apps.jobs.models import Job
+from apps.pools import placement
 from apps.pools.downloads import human_size
-from apps.pools.models import Template, TemplateBuild, TemplateCopy, TemplateStatus
+from apps.pools.models import Pool, Template, TemplateBuild, TemplateCopy, TemplateStatus
 from apps.pools.templates import leftovers
 from apps.vsphere import operations as ops
 from apps.vsphere.session import Endpoint, connect
@@ -67,8 +68,8 @@ def fail_template(template_id: int | None, reason: str, *, copy_id: int | None =
         if build is not None and not fail_unsettled(build, reason):
             return False
         copy = TemplateCopy.objects.filter(pk=copy_id).first() if copy_id else None
-        if copy is not None:
-            fail_unsettled(copy, reason)
+        if copy is not None and fail_unsettled(copy, reason):
+            degrade_pools_waiting(copy, reason)
         template = Template.objects.filter(pk=template_id).first() if template_id else None
         if template is None or not fail_unsettled(template, reason):
             return False
@@ -150,6 +151,42 @@ def copy_failed(job: Job, reason: str) -> None:
     copy = TemplateCopy.objects.select_related("template", "cluster").filter(pk=job.args["copy_id"]).first()
     if copy is not None and fail_unsettled(copy, reason):
         audit.record("template.copy_failed", target=copy.template, message=f"{copy.cluster}: {reason}")
+        degrade_pools_waiting(copy, reason)
+
+
+# How the health reason of a pool waiting for a failed copy begins (see pools_served_again).
+WAITING_FOR_COPY = "No ready copy of its template in cluster"
+
+
+def _waiting(copy: TemplateCopy) -> list[Pool]:
+    """Pools of ``copy``'s template in its cluster that no ready copy serves."""
+    return [pool for pool in Pool.objects.filter(template=copy.template_id, cluster=copy.cluster_id).order_by("pk")
+            if not placement.copies_serving(pool.template_id, pool.cluster_id, pool.datastore_id).exists()]
+
+
+def degrade_pools_waiting(copy: TemplateCopy, reason: str) -> None:
+    """The pools that can clone only once ``copy`` is made stay empty meanwhile: degraded,
+    with why, so the health page and health.json list them rather than calling them OK.
+
+    Never failing, and no backoff: the pool manager tries the copy again by itself
+    (COPY_RETRY_AFTER), and the pool returns to OK once the copy is ready
+    (pools_served_again) or its first clone succeeds. A pool failing for a reason of its
+    own keeps that reason."""
+    for pool in _waiting(copy):
+        if pool.health == Pool.Health.FAILING:
+            continue
+        with contextlib.suppress(StaleState):  # its health moved meanwhile: that verdict stands
+            pool.move_health(Pool.Health.DEGRADED, health_reason=(
+                f"{WAITING_FOR_COPY} {copy.cluster}: making it failed ({reason}). It is tried again "
+                "every few minutes; remove or rename what is in its way, or pick another cluster."))
+
+
+def pools_served_again(copy: TemplateCopy) -> None:
+    """``copy`` is ready: the pools degraded only for want of it are OK again."""
+    for pool in Pool.objects.filter(template=copy.template_id, cluster=copy.cluster_id,
+                                    health=Pool.Health.DEGRADED, health_reason__startswith=WAITING_FOR_COPY):
+        with contextlib.suppress(StaleState):
+            pool.move_health(Pool.Health.OK, health_reason="")
 
 
 runner.compensate(*TEMPLATE_JOB_KINDS, on_lost=job_lost)
