@@ -73,7 +73,9 @@ def checkout_statement(name: str, wanted: int) -> str:
     custom plans, so it plans each execution afresh (half the server's CPU of a checkout,
     0.8 against 0.4 ms). With the literal, and the move finding its rows by primary key
     (= ANY of an array, planned the same for any count), the generic plan is the cheaper
-    one and is kept after the fifth execution. One prepared statement per count asked for.
+    one and is kept once PostgreSQL has compared it (psycopg prepares a statement on its
+    fifth run, PostgreSQL plans five more before it compares). One prepared statement per
+    count asked for.
     """
     return _checkout_sql()[name].replace(WANTED, f"LIMIT {int(wanted)}")
 
