@@ -19,9 +19,9 @@ set 0 to see the difference). Then, for each client count in ``--clients``:
 - HTTP: that many threads POST /api/v3/vm/<pool> with an X-AUTH-TOKEN (one token per
   user, 16 users), ``--checkouts`` in all after a warm-up (``--browser``: the page's
   POST /pools/<pool>/checkout with a session cookie and CSRF token instead);
-- raw psycopg: as many threads doing the checkout's own SQL (the token lookup, then BEGIN,
-  the user's lock, the statement that counts, moves, writes history, lease and audit
-  event, and COMMIT, sent together as the service sends them).
+- raw psycopg: as many threads doing the checkout's own SQL (the token lookup, then the
+  user's lock and the statement that counts, moves, writes history, lease and audit event,
+  sent together in one transaction as the service sends them).
 
 It prints throughput, p50/p99, answers >= 500, other failures, VMs leased twice (counted
 in the database, must be 0), and the CPU time per checkout of each process group (from
@@ -405,8 +405,8 @@ LOOKUP_SQL = """SELECT t.id, t.user_id, t.last_used_at, u.is_active, u.is_superu
 
 def raw_run(url: str, seeded: Seeded, clients: int, total: int, max_leases: int) -> Run:
     """The checkout's SQL, statement for statement, from plain psycopg threads: the token
-    lookup, then BEGIN, the user's lock, the service's one-go statement and COMMIT sent
-    together, with the parameters the service passes."""
+    lookup, then the user's lock and the service's one-go statement sent together (one
+    transaction, committed at the pipeline's Sync), with the parameters the service passes."""
     import hashlib
 
     import psycopg
@@ -421,8 +421,8 @@ def raw_run(url: str, seeded: Seeded, clients: int, total: int, max_leases: int)
     conns = []
 
     def make(index: int):
-        # autocommit, as Django's connection is between transactions: the BEGIN and COMMIT
-        # are the checkout's own, in its one round trip.
+        # autocommit, as Django's connection is between transactions: the pipeline's
+        # implicit transaction is the checkout's own, in its one round trip.
         conn = psycopg.connect(url, prepare_threshold=5, autocommit=True)
         conns.append(conn)  # kept open until measured: a closed backend's CPU time is gone from /proc
         token_hash = hashlib.sha256(seeded.tokens[index % USERS].encode()).hexdigest()
@@ -446,10 +446,8 @@ def raw_run(url: str, seeded: Seeded, clients: int, total: int, max_leases: int)
                       "bench"]
             with conn.cursor() as lock, conn.cursor() as take:
                 with conn.pipeline():
-                    lock.execute("BEGIN")
                     lock.execute(sql["groups"], [user])
                     take.execute(checkout_statement("take_in_one_go", 1), params)
-                    lock.execute("COMMIT")
                 return None if take.fetchall() else "pool empty"
 
         return checkout

@@ -1,13 +1,16 @@
-"""A checkout of one pool's VMs outside a transaction (as the API and pages make it): BEGIN,
-the user's lock, the all-or-nothing take and COMMIT go out together, and whatever more than
-the per-user limit applies sends it to the full path. Real transactions here (no test
-transaction around them), so the BEGIN and COMMIT are the checkout's own."""
+"""A checkout of one pool's VMs outside a transaction (as the API and pages make it): the
+user's lock and the all-or-nothing take go out together, one transaction that PostgreSQL
+commits at the pipeline's Sync, and whatever more than the per-user limit applies sends it
+to the full path. Real transactions here (no test transaction around them), so the
+transaction is the checkout's own."""
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 from django.contrib.auth.models import Group, User
 from django.db import OperationalError, connection
@@ -31,13 +34,14 @@ def _idle() -> bool:
     return connection.get_autocommit() and connection.connection.info.transaction_status == TransactionStatus.IDLE
 
 
-def test_one_vm_is_leased_by_begin_lock_take_and_commit_sent_together(engineer, redis_conn, settings):
+def test_one_vm_is_leased_by_the_lock_and_the_take_sent_together_in_one_transaction(
+        engineer, redis_conn, settings):
     settings.VMPORTAL_MAX_LEASES_PER_USER = 5
     pool = factories.pool_with_ready_vms(2)
     with CaptureQueriesContext(connection) as ctx:
         [lease] = services.checkout(user=engineer, pools=[pool], note="ci")
     statements = [q["sql"] for q in ctx.captured_queries]
-    assert [s.split()[0].upper() for s in statements] == ["BEGIN", "SELECT", "WITH", "COMMIT"], statements
+    assert [s.split()[0].upper() for s in statements] == ["SELECT", "WITH"], statements
     assert _idle()
     row = Lease.objects.select_related("vm").get(pk=lease.pk)
     assert (row.user_id, row.pool_id, row.note, row.vm.state, row.ended_at) == \
@@ -45,6 +49,32 @@ def test_one_vm_is_leased_by_begin_lock_take_and_commit_sent_together(engineer, 
     assert AuditEvent.objects.filter(action="lease.checkout", target_id=str(lease.pk)).exists()
     assert StateChange.objects.filter(object_id=str(row.vm_id), new=VMState.LEASED).exists()
     assert VM.objects.filter(pool=pool, state=VMState.READY).count() == 1
+
+
+def test_the_users_lock_is_held_until_the_lease_is_committed(engineer, redis_conn):
+    """Neither BEGIN nor COMMIT is sent, yet the lock and the take are one transaction: while
+    the take waits (here at its commit, for the pool row another session holds), the user's
+    row stays locked, so a second checkout by the same person would wait and then count the
+    first one's lease."""
+    pool = factories.pool_with_ready_vms(1)
+    db = connection.settings_dict
+    params = {"host": db["HOST"], "port": db["PORT"] or 5432, "user": db["USER"], "dbname": db["NAME"]}
+    with psycopg.connect(**params) as holder, psycopg.connect(**params, autocommit=True) as probe:
+        holder.execute("SELECT 1 FROM pools_pool WHERE id = %s FOR UPDATE", [pool.pk])  # the lease's key check waits
+        with ThreadPoolExecutor(1) as thread:
+            leased = thread.submit(lambda: [services.checkout(user=engineer, pools=[pool]), connection.close()][0])
+            for _ in range(100):  # until the checkout waits for the pool row
+                if probe.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                 "AND datname = current_database()").fetchone()[0]:
+                    break
+                time.sleep(0.05)
+            try:
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    probe.execute("SELECT 1 FROM auth_user WHERE id = %s FOR NO KEY UPDATE NOWAIT", [engineer.pk])
+            finally:
+                holder.rollback()  # the checkout goes on, whatever the probe found
+            [lease] = leased.result(timeout=10)
+    assert Lease.objects.get().pk == lease.pk
 
 
 def test_the_per_user_limit_refuses_and_nothing_moves(engineer, redis_conn, settings):
@@ -89,7 +119,9 @@ def test_an_admin_past_the_per_user_limit_is_served_by_the_full_path(admin_user,
     with CaptureQueriesContext(connection) as ctx:
         services.checkout(user=admin_user, pools=[pool])
     assert Lease.objects.filter(user=admin_user).count() == 2
-    assert sum(q["sql"].upper() == "COMMIT" for q in ctx.captured_queries) == 2  # the try, then the full path
+    # The try took nothing (its transaction ended at its Sync); the full path took the VM.
+    assert [q["sql"].split()[0].upper() for q in ctx.captured_queries].count("WITH") == 2
+    assert sum(q["sql"].upper() == "COMMIT" for q in ctx.captured_queries) == 1
     assert _idle()
 
 
