@@ -14,6 +14,7 @@ from rq import SimpleWorker
 
 from apps.audit.models import AuditEvent
 from apps.audit.services import record
+from apps.core.errors import Conflict
 from apps.firstboot.models import KeyDelivery
 from apps.jobs import runner
 from apps.jobs.models import Job
@@ -90,6 +91,24 @@ def test_failure_is_recorded_with_the_reason(redis_conn):
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error == "RuntimeError: template gone"
+
+
+@runner.handler("test.refused", queue="default")
+def refused(job: runner.JobContext) -> None:
+    raise Conflict("a VM named 'debian-12-DC0_C1' is in the way; rename or remove it")
+
+
+def test_a_fault_named_for_people_is_logged_as_its_message_and_a_crash_with_its_traceback(redis_conn, caplog):
+    refusal, crash = runner.enqueue("test.refused"), runner.enqueue("test.explode")
+    with caplog.at_level("WARNING", logger="apps.jobs.runner"):
+        work_off()
+    [said] = [r for r in caplog.records if r.name == "apps.jobs.runner" and f"Job {refusal.pk} " in r.getMessage()]
+    assert said.levelname == "WARNING" and said.exc_info is None
+    assert "is in the way; rename or remove it" in said.getMessage()
+    [crashed] = [r for r in caplog.records if r.name == "apps.jobs.runner" and f"Job {crash.pk} " in r.getMessage()]
+    assert crashed.levelname == "ERROR" and crashed.exc_info is not None
+    refusal.refresh_from_db()
+    assert refusal.status == Job.Status.FAILED and "Traceback" in refusal.log  # the job's own log keeps it
 
 
 def test_a_job_delivered_twice_runs_once(redis_conn):

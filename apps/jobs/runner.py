@@ -211,7 +211,12 @@ def _run(job_id: int) -> str:
         with Heartbeat(job), acting_as(Actor(user_id=None, name=SYSTEM.name, job_id=job.pk)):
             _handlers[job.kind].func(ctx, **job.args)
     except Exception as exc:
-        log.exception("Job %s (%s) failed", job.pk, job.kind)
+        if isinstance(exc, VmPortalError):
+            # A fault the job met and named for people (a name in the way, vCenter refusing):
+            # its message is the news; the traceback still goes to the job's own log below.
+            log.warning("Job %s (%s) failed: %s", job.pk, job.kind, failure_reason(exc))
+        else:
+            log.exception("Job %s (%s) failed", job.pk, job.kind)
         reason = f"{type(exc).__name__}: {exc}"[:4000]
         tail = traceback.format_exc(limit=5)[-4000:]
         try:
