@@ -21,12 +21,10 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from apps.api.http import OUTAGES, RETRY_AFTER, error, is_api_path, outage_message
+from apps.api.http import OUTAGES, RETRY_AFTER, is_api_path, outage_error, outage_message
 
 
-def unavailable_response(request: HttpRequest, message: str) -> HttpResponse:
-    if is_api_path(request.path):
-        return error(message, 503, headers={"Retry-After": RETRY_AFTER})
+def unavailable_page(request: HttpRequest, message: str) -> HttpResponse:
     try:
         response = render(request, "error.html", {"message": message}, status=503)
     except Exception:  # the page itself needed Redis or the database: plain text still says it
@@ -45,4 +43,6 @@ class UnavailableMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, OUTAGES):
             return None
-        return unavailable_response(request, outage_message(request, exception))
+        if is_api_path(request.path):
+            return outage_error(request, exception)
+        return unavailable_page(request, outage_message(request, exception))

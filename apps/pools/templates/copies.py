@@ -24,7 +24,7 @@ from apps.pools import nudge, placement
 from apps.pools.instance import instance_id
 from apps.pools.models import VM, Pool, Template, TemplateBuild, TemplateCopy, TemplateStatus, VMState
 from apps.pools.templates import leftovers
-from apps.pools.templates.recovery import copy_failed, lost_to, pools_served_again
+from apps.pools.templates.recovery import copy_failed, lost_to, pools_of, pools_served_again
 from apps.vsphere import operations as ops
 from apps.vsphere.placement import least_loaded_host
 from apps.vsphere.session import Endpoint, connect
@@ -123,10 +123,6 @@ def _copy_host(copy: TemplateCopy) -> str | None:
         return None  # inventory not synced, or no usable host now: vSphere decides (or refuses)
 
 
-def _pools_waiting(copy: TemplateCopy) -> list[int]:
-    return list(Pool.objects.filter(template=copy.template_id, cluster=copy.cluster_id).values_list("pk", flat=True))
-
-
 @runner.handler("templates.copy_to_cluster", queue="deploy", on_failure=copy_failed)
 def copy_to_cluster_job(job: runner.JobContext, *, copy_id: int) -> None:
     copy = TemplateCopy.objects.select_related("template__vcenter", "cluster", "datastore").get(pk=copy_id)
@@ -156,7 +152,7 @@ def copy_to_cluster_job(job: runner.JobContext, *, copy_id: int) -> None:
                 "cluster": str(copy.cluster), "datastore": str(copy.datastore or ""), "path": info.path,
                 "adopted": not made.created})
             pools_served_again(copy)
-            for pool_id in _pools_waiting(copy):
+            for pool_id in pools_of(copy).values_list("pk", flat=True):
                 nudge.nudge(pool_id)  # the pools waiting for it fill now, not at the next cycle
     except StaleState as lost:
         current = TemplateCopy.objects.filter(pk=copy.pk).values_list("status", "moid").first()
@@ -173,7 +169,7 @@ def _needed(copy: TemplateCopy) -> bool:
     in its cluster, a VM of its template not destroyed there (a linked clone reads its base
     disk for its whole life), or a build VM being cloned from its template."""
     where = Q(cluster=copy.cluster_id) | Q(host__cluster=copy.cluster_id)
-    return (Pool.objects.filter(template=copy.template_id, cluster=copy.cluster_id).exists()
+    return (pools_of(copy).exists()
             or VM.objects.filter(where, template=copy.template_id).exclude(state=VMState.DESTROYED).exists()
             or TemplateBuild.objects.filter(source_template=copy.template_id,
                                             status=TemplateBuild.Status.CLONING).exists())

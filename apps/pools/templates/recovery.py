@@ -14,6 +14,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 
 from apps.audit import services as audit
 from apps.core.errors import Conflict
@@ -158,9 +159,14 @@ def copy_failed(job: Job, reason: str) -> None:
 WAITING_FOR_COPY = "No ready copy of its template in cluster"
 
 
+def pools_of(copy: TemplateCopy) -> QuerySet[Pool]:
+    """The pools that clone from ``copy``: of its template, in its cluster."""
+    return Pool.objects.filter(template=copy.template_id, cluster=copy.cluster_id)
+
+
 def _waiting(copy: TemplateCopy) -> list[Pool]:
-    """Pools of ``copy``'s template in its cluster that no ready copy serves."""
-    return [pool for pool in Pool.objects.filter(template=copy.template_id, cluster=copy.cluster_id).order_by("pk")
+    """Pools of ``copy`` that no ready copy serves."""
+    return [pool for pool in pools_of(copy).order_by("pk")
             if not placement.copies_serving(pool.template_id, pool.cluster_id, pool.datastore_id).exists()]
 
 
@@ -183,8 +189,7 @@ def degrade_pools_waiting(copy: TemplateCopy, reason: str) -> None:
 
 def pools_served_again(copy: TemplateCopy) -> None:
     """``copy`` is ready: the pools degraded only for want of it are OK again."""
-    for pool in Pool.objects.filter(template=copy.template_id, cluster=copy.cluster_id,
-                                    health=Pool.Health.DEGRADED, health_reason__startswith=WAITING_FOR_COPY):
+    for pool in pools_of(copy).filter(health=Pool.Health.DEGRADED, health_reason__startswith=WAITING_FOR_COPY):
         with contextlib.suppress(StaleState):
             pool.move_health(Pool.Health.OK, health_reason="")
 
