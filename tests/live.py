@@ -43,12 +43,17 @@ def manage_process(*args: str, **env_vars: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def other_session(**options: object) -> psycopg.Connection:
+    """A PostgreSQL session of its own on the test database, beside Django's."""
+    db = connection.settings_dict
+    return psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"], **options)
+
+
 @contextmanager
 def users_row_held(user_id: int) -> Iterator[None]:
     """Another PostgreSQL session locks the user's row, and this one waits at most 100 ms for
     a lock: the next statement that needs the row fails as a lock timeout."""
-    db = connection.settings_dict
-    with psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]) as other:
+    with other_session() as other:
         other.execute(f"SELECT 1 FROM {User._meta.db_table} WHERE id = %s FOR UPDATE", [user_id])  # noqa: S608
         with connection.cursor() as cursor:
             cursor.execute("SET lock_timeout = '100ms'")

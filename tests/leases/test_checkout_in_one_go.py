@@ -24,7 +24,7 @@ from apps.leases import services
 from apps.leases.models import GroupLeaseLimit, Lease
 from apps.pools.models import VM, VMState
 from tests import factories
-from tests.live import users_row_held
+from tests.live import other_session, users_row_held
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,9 +57,7 @@ def test_the_users_lock_is_held_until_the_lease_is_committed(engineer, redis_con
     row stays locked, so a second checkout by the same person would wait and then count the
     first one's lease."""
     pool = factories.pool_with_ready_vms(1)
-    db = connection.settings_dict
-    params = {"host": db["HOST"], "port": db["PORT"] or 5432, "user": db["USER"], "dbname": db["NAME"]}
-    with psycopg.connect(**params) as holder, psycopg.connect(**params, autocommit=True) as probe:
+    with other_session() as holder, other_session(autocommit=True) as probe:
         holder.execute("SELECT 1 FROM pools_pool WHERE id = %s FOR UPDATE", [pool.pk])  # the lease's key check waits
         with ThreadPoolExecutor(1) as thread:
             leased = thread.submit(lambda: [services.checkout(user=engineer, pools=[pool]), connection.close()][0])
