@@ -96,8 +96,9 @@ def test_the_checkout_statement_tells_first_boot_whether_the_pool_takes_the_less
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
 def test_the_checkout_statement_is_planned_once_per_connection_not_per_checkout(engineer, redis_conn, settings):
-    """Its generic plan, kept after the fifth run, is the one PostgreSQL chooses: with the
-    count as a parameter it planned every checkout afresh (half its CPU per checkout)."""
+    """Its generic plan is the one PostgreSQL keeps once it has compared it with five custom
+    plans: with the count as a parameter it planned every checkout afresh (half its CPU per
+    checkout)."""
     if not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
         pytest.skip("DATABASE_PREPARED_STATEMENTS is off")
     settings.VMPORTAL_MAX_LEASES_PER_USER = 20
