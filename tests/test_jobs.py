@@ -21,6 +21,7 @@ from apps.jobs.models import Job
 from apps.leases.models import Lease, VMTask
 from apps.pools.models import VMState
 from tests import factories
+from tests.live import other_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -272,3 +273,67 @@ def test_a_job_the_dropped_connection_broke_is_compensated_as_a_lost_one(redis_c
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and job.error.startswith(("OperationalError", "InterfaceError"))
     assert [kind for kind, _ in cut_off_calls] == ["lost"]
+
+
+def seen_by_others(job: Job, reason: str) -> None:
+    """An on_failure hook that records how another session sees the job while it runs."""
+    with other_session() as other:
+        seen.append(other.execute(f"SELECT status FROM {Job._meta.db_table} WHERE id = %s",  # noqa: S608
+                                  [job.pk]).fetchone()[0])
+
+
+seen: list[str] = []
+
+
+@runner.handler("test.watched", queue="default", on_failure=seen_by_others)
+def watched(job: runner.JobContext) -> None:
+    raise RuntimeError("vCenter said no")
+
+
+def test_a_failed_job_is_seen_ended_only_with_its_compensation(redis_conn):
+    """Apart, the pool manager saw a failed fill, started the next, and the failed one's
+    hook then left its "cloning" rows to that one, which never looks at them (chaos run)."""
+    seen.clear()
+    job = runner.enqueue("test.watched")
+    assert runner.run(job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert seen == [Job.Status.RUNNING]  # the hook ran before anyone could see the job failed
+
+
+def dropped_while_restarting(job: Job, reason: str) -> None:
+    """An on_lost hook PostgreSQL drops while it is "restarting" (``drops_left``)."""
+    if drops_left:
+        drops_left.pop()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    compensated.append(reason)
+
+
+drops_left: list[int] = []
+compensated: list[str] = []
+
+
+@runner.handler("test.dropped", queue="default", on_lost=dropped_while_restarting)
+def dropped(job: runner.JobContext) -> None:
+    with suppress(OperationalError), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    Job.objects.filter(pk=job.job.pk).update(log="never written")  # fails: the connection is gone
+
+
+def test_a_failure_postgresql_cannot_record_is_left_running_for_the_reaper(redis_conn, settings):
+    """Its compensation is not lost: the row stays running, its heartbeat stopped, and the
+    reaper fails it and runs the hook once PostgreSQL answers again."""
+    settings.VMPORTAL_JOB_STALE_AFTER = 45
+    compensated.clear()
+    drops_left[:] = [1, 2, 3]  # more than the runner's attempts
+    job = runner.enqueue("test.dropped")
+    assert runner.run(job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING  # no attempt committed
+    assert compensated == []
+    drops_left.clear()  # PostgreSQL is back
+    assert runner.reap_lost(now=timezone.now() + timedelta(seconds=60)) == 1
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "stopped before it finished" in job.error
+    assert compensated == [job.error]

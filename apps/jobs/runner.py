@@ -217,52 +217,87 @@ def _run(job_id: int) -> str:
             log.warning("Job %s (%s) failed: %s", job.pk, job.kind, failure_reason(exc))
         else:
             log.exception("Job %s (%s) failed", job.pk, job.kind)
-        reason = f"{type(exc).__name__}: {exc}"[:4000]
-        tail = traceback.format_exc(limit=5)[-4000:]
-        try:
-            _finish(job, Job.Status.FAILED, error=reason, log=Concat(F("log"), Value(tail)))
-        except StaleState:
-            return "failed"
-        hook = _on_failure.get(job.kind)
-        if isinstance(exc, DATABASE_OUTAGES):
-            # PostgreSQL dropped the job mid-way: what it had recorded is unknown, as when
-            # its worker dies, so its kind compensates as for a lost job (the reaper's hook).
-            hook = _on_lost.get(job.kind, hook)
-        if hook:
-            _call_hook(hook, job, failure_reason(exc))
-        return "failed"
+        return _fail(job, exc, traceback.format_exc(limit=5)[-4000:])
     try:
-        _finish(job, Job.Status.SUCCEEDED)
+        _on_a_live_connection(lambda: _end(job, Job.Status.SUCCEEDED))
     except StaleState:
+        return "lost"
+    except DATABASE_OUTAGES as exc:
+        _left_to_the_reaper(job, exc)
         return "lost"
     return "succeeded"
 
 
-def _finish(job: Job, status: str, **changes: Any) -> None:
-    """Record how the job ended, on a new connection if PostgreSQL dropped this one during
-    the job (a restart, a failover): else the row stayed running until the reaper's bound
-    and its compensation ran then, for a job whose outcome was known."""
+def _fail(job: Job, exc: Exception, tail: str) -> str:
+    """Record that the job failed and run its kind's hook, in one transaction.
+
+    One transaction, as the reaper does it: nothing sees the job ended before its
+    compensation is in. Apart, the pool manager saw a failed fill, started the next one,
+    and the failed one's hook then found a fill running and left its "cloning" rows to it,
+    which never looks at them (chaos run: 4 rows stuck, their clones orphaned). And should
+    PostgreSQL drop the connection again in between, the hook was lost for good.
+    """
+    hook = _on_failure.get(job.kind)
+    if isinstance(exc, DATABASE_OUTAGES):
+        # PostgreSQL dropped the job mid-way: what it had recorded is unknown, as when
+        # its worker dies, so its kind compensates as for a lost job (the reaper's hook).
+        hook = _on_lost.get(job.kind, hook)
+    reason = f"{type(exc).__name__}: {exc}"[:4000]
+
+    def failed(*, compensate: bool) -> None:
+        with transaction.atomic(), acting_as(SYSTEM):
+            _end(job, Job.Status.FAILED, error=reason, log=Concat(F("log"), Value(tail)))
+            if hook and compensate:
+                hook(job, failure_reason(exc))
+
     try:
-        job.move_to(status, finished_at=timezone.now(), **changes)
+        _on_a_live_connection(lambda: failed(compensate=True))
+    except StaleState:
+        pass  # the reaper declared it lost (and compensated) first
+    except DATABASE_OUTAGES as outage:
+        _left_to_the_reaper(job, outage)
+    except Exception:
+        # The hook itself is broken: the job's end is still recorded, without it.
+        log.exception("Compensation of job %s (%s) failed", job.pk, job.kind)
+        try:
+            _on_a_live_connection(lambda: failed(compensate=False))
+        except StaleState:
+            pass
+        except DATABASE_OUTAGES as outage:
+            _left_to_the_reaper(job, outage)
+    return "failed"
+
+
+def _end(job: Job, status: str, **changes: Any) -> None:
+    # From running, whatever an attempt whose transaction then failed set on the instance.
+    job.status = Job.Status.RUNNING
+    job.move_to(status, finished_at=timezone.now(), **changes)
+
+
+def _on_a_live_connection(record: Callable[[], None]) -> None:
+    """Record a job's end, on a new connection if PostgreSQL dropped this one during the job
+    (a restart, a failover): else the row stayed running until the reaper's bound and its
+    compensation ran then, for a job whose outcome was known."""
+    try:
+        record()
     except DATABASE_OUTAGES:
         if connection.in_atomic_block or connection.is_usable():
             raise
         connection.close()
-        job.move_to(status, finished_at=timezone.now(), **changes)
+        record()
+
+
+def _left_to_the_reaper(job: Job, exc: BaseException) -> None:
+    """PostgreSQL is still not answering: the row stays running, its heartbeat stops, and
+    reap_lost fails and compensates it after VMPORTAL_JOB_STALE_AFTER."""
+    log.warning("Job %s (%s) ended but PostgreSQL did not record it (%s); the pool manager will "
+                "compensate it in %s s.", job.pk, job.kind, exc, settings.VMPORTAL_JOB_STALE_AFTER)
 
 
 def failure_reason(exc: BaseException) -> str:
     """What an ``on_failure`` hook is told: a domain error's own message (written for people,
     who read it where the hook records it), else the exception's type and text."""
     return str(exc) if isinstance(exc, VmPortalError) else f"{type(exc).__name__}: {exc}"[:4000]
-
-
-def _call_hook(hook: Hook, job: Job, reason: str) -> None:
-    try:
-        with transaction.atomic(), acting_as(SYSTEM):
-            hook(job, reason)
-    except Exception:
-        log.exception("Compensation of job %s (%s) failed", job.pk, job.kind)
 
 
 def reap_lost(*, now: datetime | None = None) -> int:
