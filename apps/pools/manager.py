@@ -62,13 +62,14 @@ class ReconcileReport:
     fill_started: bool = False
     destroy: list[int] = field(default_factory=list)
     timed_out: list[int] = field(default_factory=list)
+    orphaned: list[int] = field(default_factory=list)
     expired_leases: list[int] = field(default_factory=list)
     deficit: int = 0
 
     def __str__(self) -> str:
         return (
             f"{self.pool}: deficit {self.deficit}, fill {'started' if self.fill_started else '-'}, "
-            f"destroy {len(self.destroy)}, boot timeouts {len(self.timed_out)}, "
+            f"destroy {len(self.destroy)}, boot timeouts {len(self.timed_out)}, orphaned clones {len(self.orphaned)}, "
             f"expired leases {len(self.expired_leases)}"
         )
 
@@ -189,7 +190,7 @@ DRAINABLE = (VMState.READY, VMState.BOOTING)
 
 
 # _census's counts, in its columns' order.
-CENSUS = ("live", "booting", "timed_out", "failed", "destroying", "old_template", "elsewhere", "stale")
+CENSUS = ("live", "booting", "cloning", "timed_out", "failed", "destroying", "old_template", "elsewhere", "stale")
 
 
 @cache
@@ -205,6 +206,7 @@ def _census_sql() -> str:
     return f"""SELECT
         COUNT(CASE WHEN {own} AND {among(LIVE)} THEN 1 END),
         COUNT(CASE WHEN {own} AND v.state = '{VMState.BOOTING}' THEN 1 END),
+        COUNT(CASE WHEN {own} AND v.state = '{VMState.CLONING}' THEN 1 END),
         COUNT(CASE WHEN v.state = '{VMState.BOOTING}' AND v.state_changed_at < %s THEN 1 END),
         COUNT(CASE WHEN v.state = '{VMState.FAILED}' THEN 1 END),
         COUNT(CASE WHEN v.state = '{VMState.DESTROYING}' THEN 1 END),
@@ -218,7 +220,7 @@ def _census_sql() -> str:
 def _census(pool: Pool, now: datetime) -> dict[str, int]:
     """The pool's VMs counted by what reconcile would do with them, in one scan of the
     (pool, state) index: ``live`` (its own VMs ready, booting or cloning: what its size
-    counts), ``booting``, and how many are due to time out (``timed_out``), be destroyed
+    counts), ``booting``, ``cloning``, and how many are due to time out (``timed_out``), be destroyed
     (``failed``, ``destroying``) or drained (``old_template``, ``elsewhere``: placed in
     another cluster than the pool's, ``stale``: ready beyond its TTL). Reconcile runs a
     step's locking query only when its count is not zero. Without locks: holding every
@@ -259,11 +261,18 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
     pool.size = autosize.autosize_pool(pool).size
 
     census = _census(pool, now)
+    if census["cloning"] and not _fill_job_alive(pool):
+        # Only a fill makes the pool's own clones, and it moves each on before it ends, or
+        # its hook fails them: rows still cloning with no fill queued or running are ones
+        # that hook never reached (seen when PostgreSQL dropped every session twice in a
+        # second). Failed, they are destroyed below and their clone found by its marker.
+        # No fill can start meanwhile: only a reconcile, under this pool's lock, starts one.
+        report.orphaned = fail_orphaned_clones(own, "Its clone job ended without recording the clone.")
     if census["timed_out"]:
         for vm in vms.filter(state=VMState.BOOTING, state_changed_at__lt=now - pool.boot_timeout):
             vm.move_to(VMState.FAILED, state_reason=f"The guest did not become usable within {pool.boot_timeout}.")
             report.timed_out.append(vm.pk)
-    if census["failed"] or report.timed_out:
+    if census["failed"] or report.timed_out or report.orphaned:
         for vm in vms.filter(state=VMState.FAILED):
             _destroy(vm, vm.state_reason or "failed", report)
     if census["destroying"]:
@@ -290,7 +299,7 @@ def reconcile_pool(pool_id: int) -> ReconcileReport:
     if census["stale"] and pool.ready_ttl:
         for vm in own.filter(state=VMState.READY, ready_at__lt=now - pool.ready_ttl):
             _destroy(vm, f"Ready for longer than {pool.ready_ttl}; recycled.", report)
-    if report.destroy or report.timed_out:
+    if report.destroy or report.timed_out or report.orphaned:
         census = _census(pool, now)  # what is left to count, now that some went
     target = pool.size if pool.enabled else 0
     # Shrink: destroy ready VMs, oldest first; clones in flight finish and are trimmed

@@ -103,6 +103,25 @@ def test_boot_timeout_fails_the_vm_with_a_reason_and_destroys_it():
     assert "did not become usable within 0:05:00" in stuck.state_reason
 
 
+def test_clones_no_fill_will_record_are_failed_and_destroyed():
+    """A fill moves each of its clones on before it ends, or its hook fails them; rows left
+    cloning with no fill queued or running are ones that hook never reached (chaos run:
+    PostgreSQL dropped every session twice in a second; 4 rows stuck, clones orphaned)."""
+    pool = a_pool(size=3)
+    fill = runner.enqueue("pools.fill", target=pool, pool_id=pool.pk)
+    claimed = manager.claim_slots(pool.pk, 2)
+    report = manager.reconcile_pool(pool.pk)  # its fill is alive: its clones are its own
+    assert report.orphaned == [] and set(VM.objects.filter(pool=pool).values_list("state", flat=True)) == {
+        VMState.CLONING}
+    Job.objects.filter(pk=fill.pk).update(status=Job.Status.FAILED)
+    report = manager.reconcile_pool(pool.pk)
+    assert sorted(report.orphaned) == sorted(vm.pk for vm in claimed)
+    assert sorted(report.destroy) == sorted(report.orphaned)
+    for vm in VM.objects.filter(pk__in=report.orphaned):
+        assert vm.state == VMState.DESTROYING and "ended without recording the clone" in vm.state_reason
+    assert report.fill_started  # and the pool fills again
+
+
 def test_expired_lease_ends_and_its_vm_is_destroyed(engineer):
     pool = a_pool(size=1)
     factories.vm(pool, state=VMState.READY)
