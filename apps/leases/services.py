@@ -131,8 +131,8 @@ def _checkout_sql() -> dict[str, str]:
         # taking nothing sends the checkout to the full path (see checkout). Run after the
         # user's lock, so its counts see what the lock's previous holder committed.
         "take_in_one_go": take_and_lease(f"""
-                AND (%s = 0 OR (SELECT count(*) FROM {Lease._meta.db_table}
-                                WHERE user_id = %s AND ended_at IS NULL) + %s <= %s)
+                AND (%s = 0 OR (SELECT count(*) FROM (SELECT FROM {Lease._meta.db_table}
+                                WHERE user_id = %s AND ended_at IS NULL LIMIT %s) mine) + %s <= %s)
                 AND NOT EXISTS (SELECT 1 FROM {OnDemandRequest._meta.db_table}
                                 WHERE user_id = %s AND status IN (%s, %s))
                 AND NOT EXISTS (SELECT 1 FROM {memberships} ug
@@ -346,7 +346,7 @@ def _checkout_in_one_go(*, user: User, pool: Pool, wanted: int, lifetime: timede
     expires_at = now + min(lifetime or pool.lease_lifetime, pool.lease_max_lifetime)
     limit = 0 if user.is_superuser else settings.VMPORTAL_MAX_LEASES_PER_USER
     params: list[Any] = [
-        pool.pk, VMState.READY, limit, user.pk, wanted, limit, user.pk, *PENDING, user.pk, pool.pk,  # the pick
+        pool.pk, VMState.READY, limit, user.pk, limit, wanted, limit, user.pk, *PENDING, user.pk, pool.pk,  # the pick
         VMState.LEASED, now, VMState.READY, wanted,  # the move, all or nothing
         *_lease_params(user, now, expires_at, note, tags),
     ]

@@ -85,6 +85,21 @@ def test_the_per_user_limit_refuses_and_nothing_moves(engineer, redis_conn, sett
     assert _idle()
 
 
+def test_the_limit_counts_no_further_than_itself_and_still_refuses_what_would_pass_it(
+        engineer, redis_conn, settings):
+    """The one-go statement counts a user's leases only up to the limit (a user with a high
+    one does not make every checkout count hundreds of rows); what it counts still decides."""
+    settings.VMPORTAL_MAX_LEASES_PER_USER = 3
+    pool = factories.pool_with_ready_vms(6)
+    services.checkout(user=engineer, pools=[pool] * 2)
+    with pytest.raises(services.LeaseLimitReached, match="You have 2 active leases; the limit is 3"):
+        services.checkout(user=engineer, pools=[pool] * 2)
+    services.checkout(user=engineer, pools=[pool])
+    with pytest.raises(services.LeaseLimitReached, match="You have 3 active leases; the limit is 3"):
+        services.checkout(user=engineer, pools=[pool])
+    assert (Lease.objects.count(), VM.objects.filter(state=VMState.READY).count()) == (3, 3)
+
+
 def test_several_vms_from_a_short_pool_take_none(engineer, redis_conn):
     pool = factories.pool_with_ready_vms(2)
     with pytest.raises(services.PoolEmpty, match="has 2 ready VMs; 3 requested"):
