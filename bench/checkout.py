@@ -1,7 +1,8 @@
 """Checkout benchmark: vmpooler API checkouts while the pool refills, against raw psycopg.
 
     .venv/bin/python bench/checkout.py [--clients 1,16,32] [--checkouts 1500] [--workers 1] [--threads 8]
-                                       [--browser] [--profile DIR] [--separate-poolmanager]
+                                       [--leases-per-user 10] [--browser] [--profile DIR]
+                                       [--separate-poolmanager]
 
 Non-interactive and self-contained, in the README's production shape: it (re)creates its
 own database (``vmportal_bench_checkout`` on the local PostgreSQL of the tests, or the
@@ -16,9 +17,13 @@ fill job that clones into the simulator while the run goes on (that is how check
 used). Workers lower their CPU priority as in production (VMPORTAL_WORKER_NICE, default 10;
 set 0 to see the difference). Then, for each client count in ``--clients``:
 
-- HTTP: that many threads POST /api/v3/vm/<pool> with an X-AUTH-TOKEN (one token per
-  user, 16 users), ``--checkouts`` in all after a warm-up (``--browser``: the page's
-  POST /pools/<pool>/checkout with a session cookie and CSRF token instead);
+- HTTP: that many threads POST /api/v3/vm/<pool> with an X-AUTH-TOKEN, ``--checkouts`` in
+  all after a warm-up (``--browser``: the page's POST /pools/<pool>/checkout with a session
+  cookie and CSRF token instead). Nothing is given back, so a client changes to the next
+  user's token after ``--leases-per-user`` checkouts (default 10, the default per-user
+  limit, which stays on at that value): each user holds what a real one can. With 0, 16
+  users share every checkout, each ends up holding hundreds of leases, and the limit's count
+  of them grows through the run (it cost PostgreSQL 0.8 ms a checkout at ~760 leases);
 - raw psycopg: as many threads doing the checkout's own SQL (the token lookup, then the
   user's lock and the statement that counts, moves, writes history, lease and audit event,
   sent together in one transaction as the service sends them).
@@ -49,6 +54,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -179,12 +185,34 @@ class Seeded:
     tokens: list[str]
     pool_id: int
     raw_pool_id: int
+    per_user: int  # checkouts a client makes with one user before it takes the next; 0: USERS users
+    taken: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def credentials(self, index: int) -> Callable[[], int]:
+        """Client ``index``'s source of users: a function returning the index of the user
+        (into tokens and sessions) to make its next checkout as."""
+        if not self.per_user:
+            return lambda: index % USERS
+        state = {"user": 0, "left": 0}
+
+        def user() -> int:
+            if not state["left"]:
+                with self.lock:
+                    state["user"], self.taken = self.taken, self.taken + 1
+                if state["user"] >= len(self.tokens):
+                    raise RuntimeError(f"the bench seeded {len(self.tokens)} users, too few for its checkouts")
+                state["left"] = self.per_user
+            state["left"] -= 1
+            return state["user"]
+
+        return user
 
 
-def seed(sim, vms_for_http: int, vms_for_raw: int) -> Seeded:
+def seed(sim, vms_for_http: int, vms_for_raw: int, users: int, per_user: int, browser: bool) -> Seeded:
     """A template registered in the simulator, two pools of it, each as large as the ready
     VMs seeded into it (so every checkout leaves a deficit the pool manager refills), and
-    16 users, each with a session and an API token."""
+    ``users`` users, each with an API token (and a session, for ``browser``)."""
     import django
 
     django.setup()
@@ -219,14 +247,15 @@ def seed(sim, vms_for_http: int, vms_for_raw: int) -> Seeded:
         )
         pool_ids.append(pool.pk)
     sessions, tokens = [], []
-    for i in range(USERS):
+    for i in range(users):
         user = User.objects.create_user(f"bench{i}")  # no usable password: signed in via the session
-        session = SessionStore()
-        session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-        session.save()
-        sessions.append(session.session_key)
+        if browser:
+            session = SessionStore()
+            session[SESSION_KEY] = str(user.pk)
+            session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+            session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+            session.save()
+            sessions.append(session.session_key)
         tokens.append(create_token(user=user, name="bench")[1])
     from django.db import connection
 
@@ -236,7 +265,7 @@ def seed(sim, vms_for_http: int, vms_for_raw: int) -> Seeded:
         # cost PostgreSQL 1.5 ms rather than 1.0.
         cursor.execute("ANALYZE")
     connection.close()
-    return Seeded(sessions, tokens, pool_ids[0], pool_ids[1])
+    return Seeded(sessions, tokens, pool_ids[0], pool_ids[1], per_user)
 
 
 def free_port() -> int:
@@ -309,13 +338,15 @@ class Connection:
 class ApiClient:
     """One CI system: a kept-alive connection and its token, checking out with vmpooler's API."""
 
-    def __init__(self, port: int, token: str):
+    def __init__(self, port: int, seeded: Seeded, index: int):
         self.conn = Connection(port)
-        self.headers = {"X-AUTH-TOKEN": token, "Content-Length": "0"}
+        self.user = seeded.credentials(index)
+        self.tokens = seeded.tokens
 
     def checkout(self) -> str | None:
         """None on success (200 with a hostname), else what went wrong."""
-        response = self.conn.send("POST", f"/api/v3/vm/{POOL}", None, self.headers)
+        headers = {"X-AUTH-TOKEN": self.tokens[self.user()], "Content-Length": "0"}
+        response = self.conn.send("POST", f"/api/v3/vm/{POOL}", None, headers)
         body = response.read()
         if response.status == 200 and json.loads(body).get(POOL, {}).get("hostname"):
             return None
@@ -323,12 +354,16 @@ class ApiClient:
 
 
 class BrowserClient:
-    """One signed-in browser: a kept-alive connection, its session cookie and CSRF token."""
+    """One signed-in browser: a kept-alive connection, its CSRF cookie and token, and the
+    session cookie of the user it checks out as."""
 
-    def __init__(self, port: int, session_key: str):
+    def __init__(self, port: int, seeded: Seeded, index: int):
         self.conn = Connection(port)
-        self.cookie = f"sessionid={session_key}"
-        response = self.conn.send("GET", "/", None, {"Cookie": self.cookie})
+        self.user = seeded.credentials(index)
+        self.sessions = seeded.sessions
+        # The CSRF cookie is the browser's, not the session's: one home page sets it, and a
+        # change of user is a change of session cookie only.
+        response = self.conn.send("GET", "/", None, {"Cookie": f"sessionid={self.sessions[0]}"})
         body = response.read().decode()
         if response.status != 200:
             raise RuntimeError(f"GET / answered {response.status}; is the session valid?")
@@ -336,13 +371,14 @@ class BrowserClient:
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body)
         if not (csrf_cookie and token):
             raise RuntimeError("no CSRF cookie or token on the home page")
-        self.cookie += f"; csrftoken={csrf_cookie.group(1)}"
+        self.csrf = f"csrftoken={csrf_cookie.group(1)}"
         self.form = f"csrfmiddlewaretoken={token.group(1)}".encode()
 
     def checkout(self) -> str | None:
         """None on success (a redirect to the lease page), else what went wrong."""
+        cookie = f"sessionid={self.sessions[self.user()]}; {self.csrf}"
         response = self.conn.send("POST", f"/pools/{POOL}/checkout", self.form,
-                                  {"Cookie": self.cookie, "Content-Type": "application/x-www-form-urlencoded"})
+                                  {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
         response.read()
         location = response.getheader("Location") or ""
         if response.status == 302 and location.startswith("/leases/"):
@@ -391,9 +427,7 @@ def run_threads(clients: int, total: int, work) -> Run:
 
 def http_run(port: int, seeded: Seeded, clients: int, total: int, browser: bool) -> Run:
     def make(index: int):
-        if browser:
-            return BrowserClient(port, seeded.sessions[index % USERS]).checkout
-        return ApiClient(port, seeded.tokens[index % USERS]).checkout
+        return (BrowserClient if browser else ApiClient)(port, seeded, index).checkout
 
     return run_threads(clients, total, make)
 
@@ -425,7 +459,8 @@ def raw_run(url: str, seeded: Seeded, clients: int, total: int, max_leases: int)
         # implicit transaction is the checkout's own, in its one round trip.
         conn = psycopg.connect(url, prepare_threshold=5, autocommit=True)
         conns.append(conn)  # kept open until measured: a closed backend's CPU time is gone from /proc
-        token_hash = hashlib.sha256(seeded.tokens[index % USERS].encode()).hexdigest()
+        user_of = seeded.credentials(index)
+        hashes = {}
 
         def checkout() -> str | None:
             try:
@@ -436,10 +471,14 @@ def raw_run(url: str, seeded: Seeded, clients: int, total: int, max_leases: int)
                 return f"raw {type(exc).__name__}: {exc}"[:200]
 
         def attempt() -> str | None:
-            [[_, user, _, _, _, username]] = conn.execute(LOOKUP_SQL, [token_hash]).fetchall()
+            i = user_of()
+            if i not in hashes:
+                hashes.clear()
+                hashes[i] = hashlib.sha256(seeded.tokens[i].encode()).hexdigest()
+            [[_, user, _, _, _, username]] = conn.execute(LOOKUP_SQL, [hashes[i]]).fetchall()
             now = datetime.now(UTC)
             expires = now + timedelta(hours=2)
-            params = [pool, VMState.READY, max_leases, user, 1, max_leases, user, *PENDING, user, pool,
+            params = [pool, VMState.READY, max_leases, user, max_leases, 1, max_leases, user, *PENDING, user, pool,
                       VMState.LEASED, now, VMState.READY, 1, *history,
                       user, now, expires, "vmpooler API", "{}",
                       now, user, username, "lease.checkout", "leases.lease", f" → {username}", expires.isoformat(),
@@ -506,6 +545,8 @@ def main() -> None:
     parser.add_argument("--checkouts", type=int, default=1500, help="checkouts per client count (1 client: a third)")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument("--leases-per-user", type=int, default=10,
+                        help="checkouts a client makes as one user before it takes the next (0: 16 users for all)")
     parser.add_argument("--browser", action="store_true", help="the page's checkout (session + CSRF), not the API")
     parser.add_argument("--profile", type=Path, help="record gunicorn with py-spy during the 16-client run here")
     parser.add_argument("--separate-poolmanager", action="store_true",
@@ -530,13 +571,19 @@ def main() -> None:
     results: list[tuple[int, Run, Run]] = []
     try:
         PIDS["vcsim"] = sim.process.pid
-        seeded = seed(sim, needed, needed)
+        per_user = max(0, args.leases_per_user)
+        # Each client wastes at most one user's unused checkouts per run (http and raw).
+        users = USERS if not per_user else -(-2 * needed // per_user) + 2 * (4 + sum(levels))
+        seeded = seed(sim, needed, needed, users, per_user, args.browser)
         print(f"database {BENCH_DB}: pools {POOL} and {RAW_POOL}, each of size {needed} and as many ready VMs; "
-              f"{USERS} users; logs in {LOG_DIR}")
+              f"{users} users, " + (f"a client takes the next after {per_user} checkouts (the per-user limit)"
+                                    if per_user else "shared by all checkouts") + f"; logs in {LOG_DIR}")
         port = free_port()
-        # The per-user limit stays on (so its query runs) but high enough for every checkout.
-        # A user's leases in both pools count: with one client, one user holds them all.
-        procs.append(start_gunicorn(port, args.workers, args.threads, max_leases=2 * needed))
+        # The per-user limit stays on (so its query runs), at each user's share; with
+        # --leases-per-user 0 high enough for every checkout (a user's leases in both pools
+        # count: with one client, one user holds them all).
+        max_leases = per_user or 2 * needed
+        procs.append(start_gunicorn(port, args.workers, args.threads, max_leases=max_leases))
         # README step 3: the pool manager in a thread of the worker for the other queues
         # (--separate-poolmanager: `manage.py poolmanager`, a process of its own).
         if args.separate_poolmanager:
@@ -554,7 +601,7 @@ def main() -> None:
             for spy in spies:
                 spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded and exits
                 spy.wait(30)
-            raw = raw_run(url, seeded, clients, count(clients), 2 * needed)
+            raw = raw_run(url, seeded, clients, count(clients), max_leases)
             results.append((clients, web, raw))
             print(f"{clients:2d} clients  http {web.line()}   load {os.getloadavg()[0]:.2f}")
             print(f"            {web.cpu_line()}")
