@@ -27,8 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST = ("-guest-ip", "10.30.0.0/16")
 
 
-def manage_process(*args: str, **env_vars: str) -> subprocess.Popen:
-    """A `manage.py <args>` process on the test database and Redis; ``env_vars`` override its environment."""
+def manage_process(*args: str, own_session: bool = False, **env_vars: str) -> subprocess.Popen:
+    """A `manage.py <args>` process on the test database and Redis; ``env_vars`` override its
+    environment. ``own_session``: it leads a session of its own, as under systemd."""
     db = connection.settings_dict
     url = f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     env = {
@@ -40,7 +41,7 @@ def manage_process(*args: str, **env_vars: str) -> subprocess.Popen:
         **env_vars,
     }
     return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=own_session)
 
 
 def other_session(**options: object) -> psycopg.Connection:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import django_rq
 import pytest
@@ -33,6 +34,33 @@ def test_jobs_run_at_the_configured_niceness_above_the_starting_process(monkeypa
     base = os.nice(0)
     assert _niceness_seen_by_a_job(monkeypatch, "7") == min(19, base + 7)
     assert _niceness_seen_by_a_job(monkeypatch, "0") == base
+
+
+def autogroup() -> str:
+    """What a job sees of its session's autogroup, e.g. "/autogroup-85 nice 10"."""
+    return Path("/proc/self/autogroup").read_text().strip()
+
+
+def _autogroup_seen_by_a_job(monkeypatch, *options: str) -> str:
+    monkeypatch.setenv("VMPORTAL_WORKER_NICE", "10")
+    queue = django_rq.get_queue("default")
+    queue.empty()
+    job = queue.enqueue(autogroup)
+    worker = manage_process("rqworker", "default", "--worker-class", "rq.SimpleWorker", "--burst", *options,
+                            own_session=True)
+    assert worker.wait(timeout=60) == 0
+    job.refresh()
+    assert job.is_finished, job.get_status()
+    return job.return_value()
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="the kernel has no autogroup to lower")
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_leading_its_session_lowers_the_sessions_autogroup_unless_it_hosts_the_pool_manager(monkeypatch):
+    """Autogroup shares the CPU between sessions before nice counts: without this, a niced
+    worker under systemd got as much CPU as the web process."""
+    assert _autogroup_seen_by_a_job(monkeypatch).endswith(" nice 10")
+    assert _autogroup_seen_by_a_job(monkeypatch, "--poolmanager").endswith(" nice 0")
 
 
 def test_an_out_of_range_niceness_is_refused_naming_the_setting():

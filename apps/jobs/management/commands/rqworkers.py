@@ -136,10 +136,11 @@ class Supervisor:
         log.info("worker %d (%s) started as pid %d", index + 1, self.labels[index], pid)
 
     def child(self, argv: list[str], label: str) -> int:
-        # A process group of its own: a terminal's Ctrl-C, or a kill of the parent's group,
-        # reaches the worker once, through the parent. RQ takes a second signal for a cold
-        # shutdown, which ends the running job at once.
-        os.setpgid(0, 0)
+        # A session (and so a process group) of its own: a terminal's Ctrl-C, or a kill of
+        # the parent's group, reaches the worker once, through the parent (RQ takes a second
+        # signal for a cold shutdown, which ends the running job at once); and rqworker can
+        # lower its session's autogroup (VMPORTAL_WORKER_NICE) without lowering the others'.
+        os.setsid()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
