@@ -218,14 +218,7 @@ def _run(job_id: int) -> str:
         else:
             log.exception("Job %s (%s) failed", job.pk, job.kind)
         return _fail(job, exc, traceback.format_exc(limit=5)[-4000:])
-    try:
-        _on_a_live_connection(lambda: _end(job, Job.Status.SUCCEEDED))
-    except StaleState:
-        return "lost"
-    except DATABASE_OUTAGES as exc:
-        _left_to_the_reaper(job, exc)
-        return "lost"
-    return "succeeded"
+    return "succeeded" if _recorded(job, lambda: _end(job, Job.Status.SUCCEEDED)) else "lost"
 
 
 def _fail(job: Job, exc: Exception, tail: str) -> str:
@@ -251,20 +244,11 @@ def _fail(job: Job, exc: Exception, tail: str) -> str:
                 hook(job, failure_reason(exc))
 
     try:
-        _on_a_live_connection(lambda: failed(compensate=True))
-    except StaleState:
-        pass  # the reaper declared it lost (and compensated) first
-    except DATABASE_OUTAGES as outage:
-        _left_to_the_reaper(job, outage)
+        _recorded(job, lambda: failed(compensate=True))
     except Exception:
         # The hook itself is broken: the job's end is still recorded, without it.
         log.exception("Compensation of job %s (%s) failed", job.pk, job.kind)
-        try:
-            _on_a_live_connection(lambda: failed(compensate=False))
-        except StaleState:
-            pass
-        except DATABASE_OUTAGES as outage:
-            _left_to_the_reaper(job, outage)
+        _recorded(job, lambda: failed(compensate=False))
     return "failed"
 
 
@@ -274,24 +258,31 @@ def _end(job: Job, status: str, **changes: Any) -> None:
     job.move_to(status, finished_at=timezone.now(), **changes)
 
 
-def _on_a_live_connection(record: Callable[[], None]) -> None:
-    """Record a job's end, on a new connection if PostgreSQL dropped this one during the job
-    (a restart, a failover): else the row stayed running until the reaper's bound and its
-    compensation ran then, for a job whose outcome was known."""
+def _recorded(job: Job, record: Callable[[], None]) -> bool:
+    """Record a job's end; whether it was recorded. Other exceptions ``record`` raises pass.
+
+    On a new connection if PostgreSQL dropped this one during the job (a restart, a
+    failover): else the row stayed running until the reaper's bound and its compensation
+    ran then, for a job whose outcome was known. False when the reaper declared the job
+    lost first (StaleState: that verdict stands), or when PostgreSQL still does not answer:
+    then the row stays running, its heartbeat stopped, and reap_lost fails and compensates
+    it after VMPORTAL_JOB_STALE_AFTER.
+    """
     try:
-        record()
-    except DATABASE_OUTAGES:
-        if connection.in_atomic_block or connection.is_usable():
-            raise
-        connection.close()
-        record()
-
-
-def _left_to_the_reaper(job: Job, exc: BaseException) -> None:
-    """PostgreSQL is still not answering: the row stays running, its heartbeat stops, and
-    reap_lost fails and compensates it after VMPORTAL_JOB_STALE_AFTER."""
-    log.warning("Job %s (%s) ended but PostgreSQL did not record it (%s); the pool manager will "
-                "compensate it in %s s.", job.pk, job.kind, exc, settings.VMPORTAL_JOB_STALE_AFTER)
+        try:
+            record()
+        except DATABASE_OUTAGES:
+            if connection.in_atomic_block or connection.is_usable():
+                raise
+            connection.close()
+            record()
+    except StaleState:
+        return False
+    except DATABASE_OUTAGES as exc:
+        log.warning("Job %s (%s) ended but PostgreSQL did not record it (%s); the pool manager will "
+                    "compensate it in %s s.", job.pk, job.kind, exc, settings.VMPORTAL_JOB_STALE_AFTER)
+        return False
+    return True
 
 
 def failure_reason(exc: BaseException) -> str:
