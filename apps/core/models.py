@@ -22,7 +22,7 @@ class StateChange(models.Model):
     reason = models.TextField(blank=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, db_constraint=False,
-        null=True, blank=True, related_name="+",
+        null=True, blank=True, related_name="+", db_index=False,  # no constraint to check, never read by it
     )
     actor_name = models.CharField(max_length=150, help_text='Username, or "system" for jobs.')
     job_id = models.BigIntegerField(null=True, blank=True, help_text="The job that made the change, if one did.")

@@ -25,9 +25,11 @@ class Lease(models.Model):
     # One-to-one: the database itself refuses a second lease of the same VM, ever.
     vm = models.OneToOneField(VM, on_delete=models.PROTECT, related_name="lease")
     pool = models.ForeignKey(Pool, on_delete=models.SET_NULL, null=True, related_name="leases")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="leases")
+    # Indexed by (user, ended_at), whose first column it is.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="leases",
+                             db_index=False)
     started_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField(db_index=True)
+    expires_at = models.DateTimeField()  # indexed for active leases only (Meta.indexes)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
     note = models.TextField(blank=True)
@@ -42,6 +44,8 @@ class Lease(models.Model):
             # The API's lease pages walk active leases by id; ended leases (one per VM ever
             # made, kept) would otherwise be stepped over on every page.
             models.Index(fields=["id"], condition=models.Q(ended_at__isnull=True), name="lease_active_by_id"),
+            # Expiry and its warnings look at active leases only; a lease given back leaves it.
+            models.Index(fields=["expires_at"], condition=models.Q(ended_at__isnull=True), name="lease_active_expiry"),
         ]
 
     def __str__(self) -> str:

@@ -383,7 +383,9 @@ class VMQuerySet(models.QuerySet):
 
 class VM(models.Model):
     vcenter = models.ForeignKey(VCenter, on_delete=models.PROTECT, related_name="+")
-    pool = models.ForeignKey(Pool, on_delete=models.SET_NULL, null=True, blank=True, related_name="vms")
+    # Indexed by vm_checkout_order, whose first column it is (see Meta.indexes).
+    pool = models.ForeignKey(Pool, on_delete=models.SET_NULL, null=True, blank=True, related_name="vms",
+                             db_index=False)
     template = models.ForeignKey(Template, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     name = models.CharField(max_length=80)
     state = models.CharField(max_length=16, choices=VMState.choices, default=VMState.CLONING)
@@ -398,7 +400,8 @@ class VM(models.Model):
     # A checkout's move to a less loaded host (Pool.balance_hosts, apps.pools.balance): the
     # target while the vMotion runs (also what the per-vCenter migration limit counts), and
     # how the last move ended, for the lease page.
-    moving_to = models.ForeignKey(Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    moving_to = models.ForeignKey(Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+                                  db_index=False)
     moving_since = models.DateTimeField(null=True, blank=True)
     move_note = models.CharField(max_length=500, blank=True)
     ip_address = models.CharField(max_length=64, blank=True)
@@ -424,10 +427,15 @@ class VM(models.Model):
                 name="vm_unique_live_name",
             ),
         ]
+        # Every change of state writes a new row version into each of these (state is
+        # indexed, so no update is HOT): each one costs every checkout, clone and purge.
+        # A (pool) or (pool, state) index of its own would repeat vm_checkout_order's prefix.
         indexes = [
-            models.Index(fields=["pool", "state"]),
-            # Checkout takes the oldest ready VM of a pool without sorting them all.
+            # Checkout takes the oldest ready VM of a pool without sorting them all; any
+            # query by pool, or by pool and state, uses its first columns.
             models.Index(fields=["pool", "state", "ready_at", "id"], name="vm_checkout_order"),
+            # Almost every VM is moving nowhere: only those that are need an entry.
+            models.Index(fields=["moving_to"], condition=Q(moving_to__isnull=False), name="vm_moving_to"),
         ]
 
     def __str__(self) -> str:
