@@ -43,7 +43,7 @@ def build() -> None:
     subprocess.run(["bash", str(ROOT / "tools" / "vcsim" / "build.sh")], check=True)
 
 
-def start(*flags: str, listen: str = "127.0.0.1:0", timeout: float = 120.0) -> Vcsim:
+def start(*flags: str, listen: str = "127.0.0.1:0", timeout: float = 120.0, own_session: bool = False) -> Vcsim:
     """Start a simulator on a free port and wait until it prints its URL."""
     if not BINARY.exists():
         build()
@@ -52,6 +52,7 @@ def start(*flags: str, listen: str = "127.0.0.1:0", timeout: float = 120.0) -> V
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL if not os.environ.get("VCSIM_STDERR") else None,
         text=True,
+        start_new_session=own_session,
     )
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
