@@ -3,7 +3,7 @@
     .venv/bin/python bench/browser.py [--clicks 30] [--warmup 5] [--postgres]
 
 Non-interactive and self-contained, against the demo as `make demo` runs it: ``manage.py
-demo`` (the simulator, gunicorn 1x8, two clone workers, a worker for the other queues, the
+demo`` (the simulator, gunicorn 1x16, two clone workers, a worker for the other queues, the
 pool manager and the inventory watcher) on a database of its own: the demo's SQLite file
 under var/bench-browser/ (made afresh), or with ``--postgres`` a fresh ``vmportal_bench_browser``
 on the local PostgreSQL of the tests (or the server of DATABASE_URL). The engineer's lease

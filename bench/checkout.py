@@ -1,13 +1,13 @@
 """Checkout benchmark: vmpooler API checkouts while the pool refills, against raw psycopg.
 
-    .venv/bin/python bench/checkout.py [--clients 1,16,32] [--checkouts 1500] [--workers 1] [--threads 8]
+    .venv/bin/python bench/checkout.py [--clients 1,16,32] [--checkouts 1500] [--workers 1] [--threads 16]
                                        [--leases-per-user 10] [--browser] [--profile DIR]
                                        [--separate-poolmanager] [--simulator-nice N]
 
 Non-interactive and self-contained, in the README's production shape: it (re)creates its
 own database (``vmportal_bench_checkout`` on the local PostgreSQL of the tests, or the
 server of DATABASE_URL), starts the vSphere simulator, seeds a pool of a registered
-template whose size is the number of ready VMs seeded, and starts gunicorn (gthread, 1x8
+template whose size is the number of ready VMs seeded, and starts gunicorn (gthread, 1x16
 as README step 3 runs it on a small host), one clone ``rqworker`` and one for the other
 queues hosting the pool manager (``rqworker ... --poolmanager``; ``--separate-poolmanager``:
 ``manage.py poolmanager`` instead; README step 3's ``rqworkers`` forks the same two
@@ -633,7 +633,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,16,32", help="client counts, comma-separated")
     parser.add_argument("--checkouts", type=int, default=1500, help="checkouts per client count (1 client: a third)")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker")
     parser.add_argument("--leases-per-user", type=int, default=10,
                         help="checkouts a client makes as one user before it takes the next (0: 16 users for all)")
     parser.add_argument("--browser", action="store_true", help="the page's checkout (session + CSRF), not the API")

@@ -1,13 +1,13 @@
 """Resident memory of the production shape, idle with 10 small pools filled, beside vmpooler's.
 
-    .venv/bin/python bench/memory.py [--pools 10] [--size 2] [--idle 20] [--workers 1] [--threads 8] [--preload]
+    .venv/bin/python bench/memory.py [--pools 10] [--size 2] [--idle 20] [--workers 1] [--threads 16] [--preload]
                                      [--clone-workers 1] [--separate-workers] [--worker-per-queue]
                                      [--separate-poolmanager]
 
 Starts, against the vSphere simulator and a database of its own (``vmportal_bench_memory``,
 or ``BENCH_DB``; Redis ``BENCH_REDIS_URL``, default database 13), what README's
 "Running against a real vCenter" starts on a 2-core host: gunicorn ``vmportal.wsgi --workers 1
---worker-class gthread --threads 8`` (on a small host that also runs the workers and
+--worker-class gthread --threads 16`` (on a small host that also runs the workers and
 PostgreSQL; ``--workers 2 --threads 4`` for a worker per core), ``rqworkers clone "default
 purge deploy" --poolmanager``: a SimpleWorker for ``clone`` and one for the other queues
 hosting the pool manager's loop in a thread, forked from one process that loaded what they
@@ -182,9 +182,9 @@ def wait_until_full(pool_ids: list[int], size: int, timeout: float = 300) -> flo
 
 
 def session_pids(sid: int) -> list[int]:
-    """The processes of a session: the one started, the workers it forked and their own
-    process groups (rqworkers gives each worker one)."""
-    pids = []
+    """The processes of a session and their descendants: the one started, the workers it
+    forked (rqworkers' each take a session of their own, to lower its autogroup apart)."""
+    parent, session = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -192,9 +192,16 @@ def session_pids(sid: int) -> list[int]:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue  # gone meanwhile
-        if int(fields[3]) == sid:  # field 6 of stat: the session
-            pids.append(int(entry.name))
-    return pids
+        parent[int(entry.name)], session[int(entry.name)] = int(fields[1]), int(fields[3])  # ppid, session
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            if session.get(pid) == sid:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return [pid for pid in parent if ours(pid)]
 
 
 def kib(path: Path, key: str) -> int:
@@ -221,7 +228,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2, help="VMs per pool")
     parser.add_argument("--idle", type=float, default=20, help="seconds idle before measuring")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (README step 3: 1 on a small host)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker")
     parser.add_argument("--preload", action="store_true", help="gunicorn --preload")
     parser.add_argument("--clone-workers", type=int, default=1,
                         help="clone workers rqworkers forks (README: one per pool that fills at the same time)")

@@ -53,7 +53,7 @@ class Command(BaseCommand):
             manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
             self.spawn("web", [
                 sys.executable, "-m", "gunicorn", "vmportal.wsgi", "--bind", f"127.0.0.1:{port}",
-                "--workers", "1", "--threads", "8", "--log-level", "warning",
+                "--workers", "1", "--threads", "16", "--log-level", "warning",
             ])
             # README step 3 on a small host: the workers forked from one process (rqworkers),
             # SimpleWorkers that keep vSphere sessions across jobs. A fill job holds its
