@@ -227,14 +227,6 @@ def calibrate() -> float:
     return best
 
 
-def lower_autogroup_of(pid: int, niceness: int) -> None:
-    """Set the autogroup priority of ``pid``'s session (see apps/jobs/management/commands/rqworker.py)."""
-    try:
-        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
-    except OSError as exc:
-        print(f"--simulator-nice: could not set the simulator's priority ({exc}); it runs at 0")
-
-
 def prepare_database() -> str:
     """A fresh database of our own, migrated; returns its URL."""
     import psycopg
@@ -656,13 +648,14 @@ def main() -> None:
     speed_at_start = calibrate()
     url = prepare_database()
     needed = WARMUP + sum(count(c) for c in levels)
+    from apps.jobs.autogroup import lower_autogroup
     from tests import vcsim as launcher
 
     os.environ["VCSIM_STDERR"] = ""
     sim = launcher.start("-guest-ip", "10.40.0.0/16", "-guest-ip-delay", "1s",
                          own_session=args.simulator_nice is not None)
-    if args.simulator_nice is not None:
-        lower_autogroup_of(sim.process.pid, args.simulator_nice)
+    if args.simulator_nice is not None and not lower_autogroup(args.simulator_nice, sim.process.pid):
+        print("--simulator-nice: could not lower the simulator's autogroup (no autogroup here?); it runs at 0")
     procs: list[subprocess.Popen] = []
     results: list[tuple[int, Run, Run]] = []
     try:

@@ -10,38 +10,16 @@ INSTALLED_APPS; the options and the behaviour are otherwise django-rq's.
 import logging
 import os
 from argparse import ArgumentParser
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django_rq.management.commands.rqworker import Command as RQWorkerCommand
 
 from apps.jobs.apps import STARTUP_CHECKS
+from apps.jobs.autogroup import lower_autogroup
 from apps.pools.management.commands.poolmanager import DEFAULT_INTERVAL, PoolManagerLoop
 
 log = logging.getLogger(__name__)
-AUTOGROUP = Path("/proc/self/autogroup")
-
-
-def lower_autogroup(niceness: int) -> bool:
-    """Give this process's session the same lower priority, where nice alone does not work.
-
-    Linux's autogroup (on in Debian's kernels: /proc/sys/kernel/sched_autogroup_enabled)
-    first shares the CPU equally between sessions, and only then by nice inside each. A
-    worker in a session of its own (systemd's services, make demo, rqworkers' children, the
-    benches) got as much CPU as the web process at any nice: measured, two busy processes at
-    nice 19 against two at 0, each in its own session, took 3.0 s each of 6; with the
-    sessions' autogroups at 19, 0.1 s. Only a session this process leads is changed: one
-    started from a shell is the shell's, and its processes keep their priority.
-    """
-    if os.getsid(0) != os.getpid():
-        return False
-    try:
-        if int(AUTOGROUP.read_text().rsplit(maxsplit=1)[-1]) < niceness:  # "/autogroup-85 nice 0"
-            AUTOGROUP.write_text(str(niceness))
-    except (OSError, ValueError):  # no autogroup (kernel, or turned off), or not allowed
-        return False
-    return True
 
 
 class Command(RQWorkerCommand):
