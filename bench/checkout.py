@@ -159,7 +159,7 @@ def _cpu_by_group() -> dict[str, float]:
             totals[name] += seconds
         elif cmdline.startswith(b"postgres:") and BENCH_DB.encode() in cmdline:
             totals["postgres"] += seconds
-            owner = _backend_client(int(stat.parent.name), cmdline)
+            owner = _backend_client(int(stat.parent.name), cmdline, by_pgid)
             totals[f"pg:{owner}"] = totals.get(f"pg:{owner}", 0.0) + seconds
 
     own = os.times()
@@ -177,9 +177,10 @@ def _link(path: Path) -> str:
         return ""
 
 
-def _backend_client(backend: int, cmdline: bytes) -> str:
-    """Which counted group a PostgreSQL backend serves, found by its client's TCP port:
-    "other" for autovacuum and for a client that has gone."""
+def _backend_client(backend: int, cmdline: bytes, by_pgid: dict[int, str]) -> str:
+    """Which counted group (``by_pgid``: names by process group) a PostgreSQL backend
+    serves, found by its client's TCP port: "other" for autovacuum and for a client that
+    has gone."""
     match = re.search(rb"\((\d+)\)", cmdline)
     if not match:
         return "other"
@@ -197,7 +198,6 @@ def _backend_client(backend: int, cmdline: bytes) -> str:
             if int(cols[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(f"socket:[{cols[9]}]")
     owner = "other"
-    by_pgid = {pgid: name for name, pgid in GROUPS.items()}
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:
             pgid = int((fd_dir.parent / "stat").read_text().rsplit(")", 1)[1].split()[2])
