@@ -79,7 +79,7 @@ def _count_script():  # noqa: ANN202 (redis-py's Script, called with each URL's 
 
 
 def _over_limit(keys_and_limits: list[tuple[str, int]]) -> int | None:
-    """Seconds to wait when any counter is over its limit, else None."""
+    """Seconds to wait when any counter is over its (non-zero) limit, else None."""
     now = int(time.time())
     window = now - now % WINDOW
     try:
@@ -89,7 +89,7 @@ def _over_limit(keys_and_limits: list[tuple[str, int]]) -> int | None:
         log.warning("Rate limiting skipped, Redis unavailable: %s", exc)
         return None
     for count, (_, limit) in zip(counts, keys_and_limits, strict=True):
-        if limit and count > limit:
+        if count > limit:
             return max(1, window + WINDOW - now)
     return None
 
@@ -126,11 +126,13 @@ def refusal(request: HttpRequest) -> HttpResponse | None:
     if _has_nul(request):
         # PostgreSQL refuses NUL in text; refusing it here keeps every view from a 500.
         return error("NUL characters are not allowed in requests.", 400)
-    checks = [(f"ip:{client_ip(request)}", settings.VMPORTAL_API_RATE_LIMIT_PER_IP)]
-    raw = presented_token(request)
-    if raw:
-        checks.append((f"token:{hash_token(raw)}", settings.VMPORTAL_API_RATE_LIMIT_PER_TOKEN))
-    retry_after = _over_limit(checks)
+    # Only the limits that are on are counted: with both off (0) a request costs Redis nothing.
+    checks = []
+    if per_ip := settings.VMPORTAL_API_RATE_LIMIT_PER_IP:
+        checks.append((f"ip:{client_ip(request)}", per_ip))
+    if (per_token := settings.VMPORTAL_API_RATE_LIMIT_PER_TOKEN) and (raw := presented_token(request)):
+        checks.append((f"token:{hash_token(raw)}", per_token))
+    retry_after = _over_limit(checks) if checks else None
     if retry_after is not None:
         return error("Too many requests; slow down.", 429, headers={"Retry-After": str(retry_after)},
                      retry_after=retry_after)

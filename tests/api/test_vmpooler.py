@@ -322,6 +322,20 @@ def test_rate_limit_per_ip_counts_anonymous_requests(client, api, settings, debi
     assert response.status_code == 429 and "Retry-After" in response
 
 
+def test_a_limit_set_to_0_is_not_counted(api, settings, debian):
+    from apps.api.guard import KEY_PREFIX
+    from apps.core.redis_client import redis_client
+
+    settings.VMPORTAL_API_RATE_LIMIT_PER_IP = 0
+    settings.VMPORTAL_API_RATE_LIMIT_PER_TOKEN = 2
+    assert api.get("/api/v3/vm").status_code == 200
+    keys = {k.decode().split(":")[2] for k in redis_client().scan_iter(f"{KEY_PREFIX}:*")}
+    assert keys == {"token"}  # the per-IP counter, off, costs no Redis call
+    settings.VMPORTAL_API_RATE_LIMIT_PER_TOKEN = 0
+    for _ in range(3):
+        assert api.get("/api/v3/vm").status_code == 200  # both off: never refused
+
+
 def test_ready_pool_helper_builds_ready_vms(db):
     pool = ready_pool("p", ready=2)
     assert pool.vms.filter(state=VMState.READY).count() == 2
