@@ -49,6 +49,7 @@ prepared before anything is timed. Everything it starts it stops.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import http.client
 import json
 import os
@@ -642,6 +643,15 @@ def main() -> None:
     def count(clients: int) -> int:
         return max(100, args.checkouts // 3) if clients == 1 else args.checkouts
 
+    # One run at a time: a second would drop the database the first is using.
+    lock = (ROOT / "var" / "bench-checkout.lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit("another bench/checkout.py is running (var/bench-checkout.lock); wait for it to end")
+    # A kill (SIGTERM) ends the run as Ctrl-C does: through the cleanup below, not
+    # leaving gunicorn, the workers and the simulator running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     shutil.rmtree(LOG_DIR, ignore_errors=True)
     LOG_DIR.mkdir(parents=True)
     load_at_start = os.getloadavg()
