@@ -245,7 +245,7 @@ def prepare_database() -> str:
     url = urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
     os.environ.update({
         "DATABASE_URL": url, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "WARNING", "VMPORTAL_VAR_DIR": str(LOG_DIR),
-        # The load is the point: no rate limit answers (their Redis counters still run).
+        # The load is the point: no rate limits (vmpooler has none), so no Redis counting either.
         "VMPORTAL_API_RATE_LIMIT_PER_IP": "0", "VMPORTAL_API_RATE_LIMIT_PER_TOKEN": "0",
     })
     # PostgreSQL needs an explicit key (vmportal/settings.py); a throwaway one for the bench.
