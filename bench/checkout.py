@@ -644,7 +644,8 @@ def main() -> None:
         return max(100, args.checkouts // 3) if clients == 1 else args.checkouts
 
     # One run at a time: a second would drop the database the first is using.
-    lock = (ROOT / "var" / "bench-checkout.lock").open("a")
+    LOG_DIR.parent.mkdir(parents=True, exist_ok=True)  # var/, absent from a fresh clone
+    lock = (LOG_DIR.parent / "bench-checkout.lock").open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
